@@ -1,0 +1,144 @@
+"""Every MIND hyperparameter in one dataclass, and the feature sizes a model is built for.
+
+Defaults follow the paper (Li et al., CIKM 2019) where it gives a value: routing logits drawn from
+N(0, sigma^2) with sigma = 1 (0.1-5 made no difference), 3 routing iterations, Adam, and a large attention
+power p (hard attention trained best). The rest are sized for MovieLens on a small CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
+
+
+class ConfigError(ValueError):
+    """A hyperparameter or a feature spec that cannot build a model."""
+
+
+@dataclass
+class MindConfig:
+    """Hyperparameters of MIND, its baselines, training and evaluation.
+
+    Model
+        embedding_dim: d, the size of item embeddings, capsules and interest vectors.
+        num_interests: K, the most interest vectors a user gets.
+        adaptive_interests: use K'u = max(1, min(K, floor(log2 |Iu|))) interests (paper section 3.3);
+            False gives every user all K.
+        routing_iterations: r, rounds of behaviour-to-interest dynamic routing (paper: 3).
+        routing_logit_std: sigma of the N(0, sigma^2) draw of the initial routing logits (paper: 1).
+        routing_stop_gradient: do not backpropagate through the routing-logit updates (only the last
+            round's z = sum_i w_ij S e_i carries gradient to S and the embeddings, w held constant), as
+            the reference implementations do; False backpropagates through every round.
+        profile_embedding_dim: size of each profile field's embedding; p_u concatenates them.
+        hidden_dim: width of the first ReLU layer of the interest MLP (the second outputs d).
+        interest_output_relu: apply ReLU to the MLP's output layer too (the paper's "two ReLU layers").
+        attention_power: p of label-aware attention (training only). 0 averages the interests, larger p
+            sharpens toward the interest most similar to the target, math.inf is a hard argmax.
+        max_history_length: the most recent behaviours a user tower sees.
+    Training
+        num_negatives: items sampled per batch (shared by all rows) for the sampled softmax.
+        negative_sampler: "uniform" over the corpus, or "popularity" (train counts ** 0.75), both
+            with the logQ correction so the loss estimates the full softmax.
+        learning_rate, weight_decay: Adam's.
+        batch_size, epochs: training samples per step, passes over the training samples.
+        patience: stop after this many epochs without a better validation Recall@50 (0 = never stop early).
+        seed: seeds the routing-logit draw, initialisation, sample order and negatives.
+    Evaluation
+        holdout_fraction: user-split protocol; the last 20% of each held-out user's behaviours are targets.
+    """
+
+    embedding_dim: int = 64
+    num_interests: int = 4
+    adaptive_interests: bool = True
+    routing_iterations: int = 3
+    routing_logit_std: float = 1.0
+    routing_stop_gradient: bool = True
+    profile_embedding_dim: int = 16
+    hidden_dim: int = 128
+    interest_output_relu: bool = True
+    attention_power: float = math.inf
+    max_history_length: int = 50
+    num_negatives: int = 1000
+    negative_sampler: str = "uniform"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 10
+    patience: int = 2
+    seed: int = 42
+    holdout_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        positive_ints = ("embedding_dim", "num_interests", "routing_iterations", "profile_embedding_dim",
+                         "hidden_dim", "max_history_length", "num_negatives", "batch_size", "epochs")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"MindConfig.{name} must be a positive integer, got {value!r}")
+        if not self.routing_logit_std > 0:
+            raise ConfigError(f"MindConfig.routing_logit_std must be > 0, got {self.routing_logit_std!r}")
+        if not (self.attention_power >= 0):  # also rejects NaN
+            raise ConfigError(f"MindConfig.attention_power must be >= 0 (inf = hard), got {self.attention_power!r}")
+        if self.negative_sampler not in NEGATIVE_SAMPLERS:
+            raise ConfigError(f"MindConfig.negative_sampler must be one of {NEGATIVE_SAMPLERS}, "
+                              f"got {self.negative_sampler!r}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"MindConfig.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.patience < 0:
+            raise ConfigError("MindConfig: learning_rate must be > 0, weight_decay and patience >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> MindConfig:
+        """Rebuild from `to_dict()`; unknown keys are an error (a checkpoint from another version)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown MindConfig keys {unknown}; was this written by another mindstream version?")
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> MindConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The vocabulary sizes a model's embedding tables are built for.
+
+    num_items counts real items (indices 1..num_items; 0 is padding). Each vocabulary size includes
+    index 0 ("<unk>"/padding). profile_vocab_sizes is ordered like the profile columns.
+    """
+
+    num_items: int
+    item_feature_vocab_sizes: dict[str, int] = field(default_factory=dict)
+    profile_vocab_sizes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_vocabularies(cls, vocabularies: Mapping[str, Any]) -> FeatureSpec:
+        """From the checkpoint's `vocabularies` dict (docs/ARCHITECTURE.md)."""
+        return cls(
+            num_items=len(vocabularies["item_ids"]) - 1,
+            item_feature_vocab_sizes={k: len(v) for k, v in vocabularies["item_features"].items()},
+            profile_vocab_sizes={k: len(v) for k, v in vocabularies["profile"].items()},
+        )
+
+    @classmethod
+    def from_data(cls, data: Any) -> FeatureSpec:
+        """From a `model.data.InteractionData`."""
+        return cls.from_vocabularies(vocabularies_of(data))
+
+
+def vocabularies_of(data: Any) -> dict[str, Any]:
+    """The checkpoint's `vocabularies` dict for an `InteractionData` (plain lists, JSON-able)."""
+    return {
+        "item_ids": [str(i) for i in data.item_ids],
+        "item_features": {k: [str(v) for v in vs] for k, vs in data.item_feature_vocabs.items()},
+        "profile": {k: [str(v) for v in vs] for k, vs in data.profile_vocabs.items()},
+    }

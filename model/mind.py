@@ -1,0 +1,123 @@
+"""MIND: Multi-Interest Network with Dynamic routing (Li et al., CIKM 2019).
+
+The user tower turns a history of items (plus a profile) into up to K interest vectors; the item tower is
+the pooled item embedding. Training scores the target through label-aware attention; serving scores an
+item by f_score = max over the valid interests of v_k . e_i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.config import FeatureSpec, MindConfig
+from model.layers import (
+    EmbeddingPooling,
+    InterestMLP,
+    InterestRouting,
+    LabelAwareAttention,
+    ProfileEmbedding,
+    interest_mask_from_lengths,
+)
+
+
+class InterestOutput(NamedTuple):
+    """What a user tower returns. A NamedTuple so it traces to ONNX as three outputs."""
+
+    interest_vectors: Tensor      # (B, K, d) float; rows of invalid interests are zeros
+    valid_interest_mask: Tensor   # (B, K) bool; the first K'u are True
+    coupling: Tensor              # (B, L, K) float; w_ij of the last routing round (0 for padding)
+
+
+class RetrievalModel(nn.Module):
+    """What MIND and its baselines share: the item tower, the profile embedding, the training forward.
+
+    Subclasses implement `interests_from_embeddings`; everything else (training, evaluation, export) goes
+    through the methods here, so the baselines run in exactly the same code path.
+    """
+
+    model_kind = ""
+
+    def __init__(self, config: MindConfig, spec: FeatureSpec,
+                 item_feature_matrix: Mapping[str, np.ndarray | Tensor]) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.item_pooling = EmbeddingPooling(spec.num_items, config.embedding_dim, item_feature_matrix,
+                                             spec.item_feature_vocab_sizes)
+        self.profile_embedding = ProfileEmbedding(spec.profile_vocab_sizes, config.profile_embedding_dim)
+        self.label_aware_attention = LabelAwareAttention(config.attention_power)
+
+    @property
+    def num_interests(self) -> int:
+        return self.config.num_interests
+
+    def item_embeddings(self, item_index: Tensor) -> Tensor:
+        """item_index (...) int64 -> (..., d): pooled id + side-feature embeddings (0 -> zeros)."""
+        return self.item_pooling(item_index)
+
+    def all_item_embeddings(self) -> Tensor:
+        """(num_items + 1, d); row 0 (padding) is zeros."""
+        index = torch.arange(self.spec.num_items + 1, device=self.item_pooling.id_embedding.weight.device)
+        return self.item_pooling(index)
+
+    def interests_from_embeddings(self, behaviour_embeddings: Tensor, history_mask: Tensor,
+                                  profile: Tensor) -> InterestOutput:
+        raise NotImplementedError
+
+    def interests(self, history: Tensor, history_mask: Tensor, profile: Tensor) -> InterestOutput:
+        """history (B, L) int64 left-aligned, history_mask (B, L) bool, profile (B, P) int64 -> InterestOutput."""
+        return self.interests_from_embeddings(self.item_embeddings(history), history_mask, profile)
+
+    def forward(self, history: Tensor, history_mask: Tensor, profile: Tensor, target: Tensor) -> Tensor:
+        """Training view: the user vector label-aware attention picks for each target. -> (B, d)."""
+        output = self.interests(history, history_mask, profile)
+        return self.label_aware_attention(output.interest_vectors, output.valid_interest_mask,
+                                          self.item_embeddings(target))
+
+
+class MIND(RetrievalModel):
+    """Embedding pooling -> B2I dynamic routing -> (capsule ; profile) MLP -> K'u interest vectors.
+
+    With config.num_interests = 1 this is the paper's MIND-1 baseline.
+    """
+
+    model_kind = "mind"
+
+    def __init__(self, config: MindConfig, spec: FeatureSpec,
+                 item_feature_matrix: Mapping[str, np.ndarray | Tensor]) -> None:
+        super().__init__(config, spec, item_feature_matrix)
+        self.routing = InterestRouting(
+            dim=config.embedding_dim,
+            num_interests=config.num_interests,
+            max_history_length=config.max_history_length,
+            iterations=config.routing_iterations,
+            logit_std=config.routing_logit_std,
+            seed=config.seed,
+            stop_gradient=config.routing_stop_gradient,
+        )
+        self.interest_mlp = InterestMLP(config.embedding_dim, self.profile_embedding.output_dim,
+                                        config.hidden_dim, config.interest_output_relu)
+
+    def valid_interests(self, history_mask: Tensor) -> Tensor:
+        """(B, L) bool -> (B, K) bool. K'u counts the behaviours the tower sees (at most max_history_length)."""
+        lengths = history_mask.to(torch.long).sum(-1)
+        if self.config.adaptive_interests:
+            return interest_mask_from_lengths(lengths, self.config.num_interests)
+        return torch.ones_like(lengths, dtype=torch.bool).unsqueeze(-1).expand(-1, self.config.num_interests)
+
+    def interests_from_embeddings(self, behaviour_embeddings: Tensor, history_mask: Tensor,
+                                  profile: Tensor) -> InterestOutput:
+        """behaviour_embeddings (B, L, d), history_mask (B, L) bool, profile (B, P) int64 -> InterestOutput.
+
+        L must not exceed config.max_history_length (the routing-logit buffer has that many rows).
+        """
+        valid_interest_mask = self.valid_interests(history_mask)
+        capsules, coupling = self.routing(behaviour_embeddings, history_mask, valid_interest_mask)
+        interest_vectors = self.interest_mlp(capsules, self.profile_embedding(profile))
+        interest_vectors = interest_vectors * valid_interest_mask.unsqueeze(-1).to(interest_vectors.dtype)
+        return InterestOutput(interest_vectors, valid_interest_mask, coupling)

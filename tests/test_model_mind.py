@@ -1,0 +1,153 @@
+"""The MIND user tower and its baselines: shapes, masks, determinism, gradients, ONNX-traceability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.baselines import YouTubeDNN, build_model
+from model.config import FeatureSpec, MindConfig
+from model.mind import MIND
+
+NUM_ITEMS = 40
+
+
+def tiny_features(seed: int = 0) -> tuple[FeatureSpec, dict[str, np.ndarray]]:
+    """A 40-item corpus with a multi-valued genre and a year bucket, and a two-field profile."""
+    rng = np.random.default_rng(seed)
+    genre = rng.integers(0, 6, size=(NUM_ITEMS + 1, 3))
+    year = rng.integers(1, 4, size=(NUM_ITEMS + 1, 1))
+    genre[0] = 0
+    year[0] = 0
+    spec = FeatureSpec(NUM_ITEMS, {"genre": 6, "year_bucket": 4}, {"age_bucket": 5, "gender": 3})
+    return spec, {"genre": genre, "year_bucket": year}
+
+
+def tiny_model(kind: str = "mind", **config_changes) -> MIND:
+    spec, matrices = tiny_features()
+    config = MindConfig(embedding_dim=8, hidden_dim=16, profile_embedding_dim=4, max_history_length=20,
+                        **config_changes)
+    torch.manual_seed(0)
+    return build_model(kind, config, spec, matrices).eval()
+
+
+def batch(lengths: list[int], width: int | None = None, seed: int = 0):
+    """Left-aligned histories of the given lengths padded to `width`, and profiles."""
+    generator = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    history = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        history[row, :n] = torch.randint(1, NUM_ITEMS + 1, (n,), generator=generator)
+    mask = history > 0
+    profile = torch.randint(0, 3, (len(lengths), 2), generator=generator)
+    return history, mask, profile
+
+
+def test_interests_have_documented_shapes_and_adaptive_masks():
+    model = tiny_model(num_interests=4)
+    history, mask, profile = batch([1, 3, 4, 9, 20])
+    out = model.interests(history, mask, profile)
+    assert out.interest_vectors.shape == (5, 4, 8)
+    assert out.coupling.shape == (5, 20, 4)
+    assert out.valid_interest_mask.dtype == torch.bool
+    assert out.valid_interest_mask.sum(-1).tolist() == [1, 1, 2, 3, 4]
+    invalid = ~out.valid_interest_mask
+    assert bool((out.interest_vectors[invalid] == 0).all())
+    assert bool((out.coupling[~mask] == 0).all())
+
+
+def test_non_adaptive_model_gives_every_user_k_interests():
+    model = tiny_model(num_interests=3, adaptive_interests=False)
+    out = model.interests(*batch([1, 2, 20]))
+    assert bool(out.valid_interest_mask.all())
+
+
+def test_extra_padding_changes_nothing():
+    model = tiny_model()
+    history, mask, profile = batch([2, 5, 7], width=7)
+    wider = torch.cat([history, torch.zeros(3, 13, dtype=torch.long)], dim=1)
+    wider_mask = torch.cat([mask, torch.zeros(3, 13, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        narrow_out = model.interests(history, mask, profile)
+        wide_out = model.interests(wider, wider_mask, profile)
+    torch.testing.assert_close(wide_out.interest_vectors, narrow_out.interest_vectors)
+    torch.testing.assert_close(wide_out.valid_interest_mask, narrow_out.valid_interest_mask)
+    torch.testing.assert_close(wide_out.coupling[:, :7], narrow_out.coupling)
+
+
+def test_a_user_gets_the_same_vectors_alone_or_in_a_batch_and_on_every_call():
+    model = tiny_model()
+    history, mask, profile = batch([3, 11, 20])
+    with torch.no_grad():
+        together = model.interests(history, mask, profile).interest_vectors
+        again = model.interests(history, mask, profile).interest_vectors
+        alone = model.interests(history[1:2, :11], mask[1:2, :11], profile[1:2]).interest_vectors
+        model.train()
+        in_train_mode = model.interests(history, mask, profile).interest_vectors
+    torch.testing.assert_close(again, together)
+    torch.testing.assert_close(alone[0], together[1])
+    torch.testing.assert_close(in_train_mode, together)
+
+
+def test_all_item_embeddings_pool_every_item_with_padding_row_zero():
+    model = tiny_model()
+    table = model.all_item_embeddings()
+    assert table.shape == (NUM_ITEMS + 1, 8)
+    assert bool((table[0] == 0).all())
+    torch.testing.assert_close(table[[3, 17]], model.item_embeddings(torch.tensor([3, 17])))
+
+
+@pytest.mark.parametrize("kind", ["mind", "youtube_dnn"])
+def test_training_forward_gives_one_vector_per_target_and_finite_gradients(kind):
+    model = tiny_model(kind).train()
+    history, mask, profile = batch([1, 4, 9, 20])
+    target = torch.tensor([1, 2, 3, 4])
+    user_vectors = model(history, mask, profile, target)
+    assert user_vectors.shape == (4, 8)
+    logits = user_vectors @ model.all_item_embeddings().T
+    torch.nn.functional.cross_entropy(logits, target).backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads.values())
+    assert float(grads["item_pooling.id_embedding.weight"].abs().sum()) > 0
+
+
+def test_youtube_dnn_speaks_the_same_interface_with_one_interest():
+    model = tiny_model("youtube_dnn")
+    assert isinstance(model, YouTubeDNN)
+    history, mask, profile = batch([2, 6])
+    out = model.interests(history, mask, profile)
+    assert out.interest_vectors.shape == (2, 1, 8)
+    assert bool(out.valid_interest_mask.all())
+    torch.testing.assert_close(out.coupling.sum(1), torch.ones(2, 1))
+
+
+def test_user_tower_traces_to_onnx_with_dynamic_batch_and_length(tmp_path):
+    import onnxruntime
+
+    model = tiny_model()
+
+    class Tower(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, history, history_mask, profile):
+            out = self.inner.interests(history, history_mask, profile)
+            return out.interest_vectors, out.valid_interest_mask
+
+    history, mask, profile = batch([3, 9], width=9)
+    b, length = torch.export.Dim("batch"), torch.export.Dim("length", max=20)
+    path = tmp_path / "tower.onnx"
+    torch.onnx.export(Tower(model).eval(), (history, mask, profile), str(path), opset_version=18, dynamo=True,
+                      input_names=["history", "history_mask", "profile"],
+                      output_names=["interest_vectors", "valid_interest_mask"],
+                      dynamic_shapes=({0: b, 1: length}, {0: b, 1: length}, {0: b}))
+    session = onnxruntime.InferenceSession(str(path))
+    history, mask, profile = batch([1, 2, 5, 16, 20], seed=4)          # another B and L than traced
+    vectors, valid = session.run(None, {"history": history.numpy(), "history_mask": mask.numpy(),
+                                        "profile": profile.numpy()})
+    with torch.no_grad():
+        expected = model.interests(history, mask, profile)
+    np.testing.assert_allclose(vectors, expected.interest_vectors.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(valid, expected.valid_interest_mask.numpy())
