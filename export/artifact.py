@@ -61,8 +61,10 @@ class ArtifactError(Exception):
 class Manifest:
     """Everything a server needs to know about an artifact without loading torch.
 
-    `files` maps each file name in `HASHED_FILES` to its sha256 hex digest. `parity` records the
-    onnxruntime-vs-PyTorch check done at export time (tolerance, max abs difference, cases checked).
+    `files` maps each file name in `HASHED_FILES` to its sha256 hex digest. `adaptive_interests`: the
+    valid-interest mask follows K'u = max(1, min(K, floor(log2 n))) (else all K are valid). `parity` records
+    the onnxruntime-vs-PyTorch check done at export time (tolerance, max abs difference, cases checked).
+    `source` records where the artifact came from (checkpoint path), for `mind-export verify`.
     """
 
     model_version: str
@@ -73,6 +75,7 @@ class Manifest:
     num_items: int
     profile_fields: list[str]
     files: dict[str, str]
+    adaptive_interests: bool = True
     onnx_inputs: list[str] = dataclasses.field(default_factory=lambda: list(INPUT_NAMES))
     onnx_outputs: list[str] = dataclasses.field(default_factory=lambda: list(OUTPUT_NAMES))
     opset: int = 17
@@ -80,6 +83,7 @@ class Manifest:
     item_features: list[str] = dataclasses.field(default_factory=list)
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
     created_at: str = dataclasses.field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
 

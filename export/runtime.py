@@ -119,6 +119,11 @@ class UserTowerRuntime:
         _check_signature(session, manifest, onnx_path)
         return cls(artifact_dir, manifest, vocab, item_vectors, session)
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session (for tools such as parity checks and benchmarks)."""
+        return self._session
+
     # --- raw values → indices -------------------------------------------------------------------------
 
     def encode_histories(self, histories: Sequence[Sequence[object]]) -> tuple[np.ndarray, np.ndarray]:
