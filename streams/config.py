@@ -1,0 +1,207 @@
+"""One settings object for the streaming worker, read from the environment (the CLI turns flags into env).
+
+Every setting has a documented default that works on one laptop: a local Kafka broker, a Milvus Lite file,
+an in-memory table store and a web server bound to 127.0.0.1. No address or credential lives in code beyond
+those localhost defaults; SASL/TLS settings are passed through to faust (aiokafka) and kafka-python as given.
+
+| env var                          | default                | what |
+| -------------------------------- | ---------------------- | ---- |
+| `KAFKA_BOOTSTRAP`                | `localhost:9092`       | broker list `host:port[,host:port]` |
+| `KAFKA_SECURITY_PROTOCOL`        | `PLAINTEXT`            | `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` |
+| `KAFKA_SASL_MECHANISM`           | `PLAIN`                | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` |
+| `KAFKA_SASL_USERNAME` / `_PASSWORD` | unset               | SASL credentials (only read from the environment) |
+| `KAFKA_SSL_CAFILE`               | unset                  | CA bundle for `SSL` / `SASL_SSL` (system CAs when unset) |
+| `MILVUS_URI`                     | `./mindstream.db`      | a Milvus Lite file, or `http://host:19530` for a server |
+| `MILVUS_TOKEN`                   | unset                  | Milvus server token (`user:password` or API key) |
+| `MINDSTREAM_ARTIFACT`            | `./artifacts/latest`   | the directory written by `mind-export` |
+| `MINDSTREAM_APP_ID`              | `mindstream`           | faust app id = Kafka consumer group and changelog topic prefix |
+| `MINDSTREAM_TOPIC_INTERACTIONS`  | `interactions`         | input events, keyed by user id |
+| `MINDSTREAM_TOPIC_PROFILES`      | `user-profiles`        | compacted: user id → profile fields |
+| `MINDSTREAM_TOPIC_UPDATES`       | `interest-updates`     | one message per recomputed user |
+| `MINDSTREAM_TOPIC_DLQ`           | `interactions-dlq`     | every event that could not be processed |
+| `MINDSTREAM_PARTITIONS`          | `4`                    | partitions of the input topics (and so of the table changelogs) |
+| `MINDSTREAM_REPLICATION`         | `1`                    | replication factor of topics the project creates |
+| `MINDSTREAM_BATCH_SIZE`          | `256`                  | most events per micro-batch (one tower call per batch) |
+| `MINDSTREAM_BATCH_WINDOW_S`      | `0.1`                  | longest wait for a micro-batch to fill, seconds |
+| `MINDSTREAM_TABLE_STORE`         | `memory://`            | `memory://` or `rocksdb://` (needs `pip install mindstream[rocksdb]`) |
+| `MINDSTREAM_WEB_HOST`            | `127.0.0.1`            | address the worker's web server binds to |
+| `MINDSTREAM_WEB_PORT`            | `6066`                 | port of the worker's web server |
+| `MINDSTREAM_DATA_DIR`            | `./mindstream-data`    | faust's local state (RocksDB tables, worker state) |
+| `MINDSTREAM_MAX_HISTORY`         | `0`                    | behaviours kept per user; `0` = the artifact's `max_history_length` |
+| `MINDSTREAM_MAX_SEEN`            | `512`                  | recent event ids kept per user to drop duplicate deliveries |
+| `MINDSTREAM_MAX_ATTEMPTS`        | `5`                    | tries of a batch's tower+store step (backoff 0.5 s doubling) before dead-lettering |
+| `MINDSTREAM_MAX_FUTURE_S`        | `86400`                | events stamped further than this in the future are rejected |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+TABLE_STORES = ("memory://", "rocksdb://")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the worker cannot use; the message names the env var and what to do."""
+
+
+# field name -> (env var, default as a string)
+_ENV: dict[str, tuple[str, str]] = {
+    "kafka_bootstrap": ("KAFKA_BOOTSTRAP", "localhost:9092"),
+    "kafka_security_protocol": ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+    "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", "PLAIN"),
+    "kafka_sasl_username": ("KAFKA_SASL_USERNAME", ""),
+    "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", ""),
+    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", ""),
+    "milvus_uri": ("MILVUS_URI", "./mindstream.db"),
+    "milvus_token": ("MILVUS_TOKEN", ""),
+    "artifact_dir": ("MINDSTREAM_ARTIFACT", "./artifacts/latest"),
+    "app_id": ("MINDSTREAM_APP_ID", "mindstream"),
+    "topic_interactions": ("MINDSTREAM_TOPIC_INTERACTIONS", "interactions"),
+    "topic_profiles": ("MINDSTREAM_TOPIC_PROFILES", "user-profiles"),
+    "topic_updates": ("MINDSTREAM_TOPIC_UPDATES", "interest-updates"),
+    "topic_dlq": ("MINDSTREAM_TOPIC_DLQ", "interactions-dlq"),
+    "partitions": ("MINDSTREAM_PARTITIONS", "4"),
+    "replication": ("MINDSTREAM_REPLICATION", "1"),
+    "batch_size": ("MINDSTREAM_BATCH_SIZE", "256"),
+    "batch_window_s": ("MINDSTREAM_BATCH_WINDOW_S", "0.1"),
+    "table_store": ("MINDSTREAM_TABLE_STORE", "memory://"),
+    "web_host": ("MINDSTREAM_WEB_HOST", "127.0.0.1"),
+    "web_port": ("MINDSTREAM_WEB_PORT", "6066"),
+    "data_dir": ("MINDSTREAM_DATA_DIR", "./mindstream-data"),
+    "max_history": ("MINDSTREAM_MAX_HISTORY", "0"),
+    "max_seen": ("MINDSTREAM_MAX_SEEN", "512"),
+    "max_attempts": ("MINDSTREAM_MAX_ATTEMPTS", "5"),
+    "max_future_s": ("MINDSTREAM_MAX_FUTURE_S", "86400"),
+}
+
+# Secrets are read from the environment only: never from flags (they would show in `ps`).
+SECRET_FIELDS = ("kafka_sasl_password", "milvus_token")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker, the producer and the recall CLI need to know. See the module docstring."""
+
+    kafka_bootstrap: str
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str
+    kafka_ssl_cafile: str
+    milvus_uri: str
+    milvus_token: str
+    artifact_dir: str
+    app_id: str
+    topic_interactions: str
+    topic_profiles: str
+    topic_updates: str
+    topic_dlq: str
+    partitions: int
+    replication: int
+    batch_size: int
+    batch_window_s: float
+    table_store: str
+    web_host: str
+    web_port: int
+    data_dir: str
+    max_history: int
+    max_seen: int
+    max_attempts: int
+    max_future_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `environ` (default `os.environ`); `overrides` (non-None) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env_name, default = _ENV[f.name]
+            override = overrides.get(f.name)
+            raw = override if override is not None else environ.get(env_name, default)
+            values[f.name] = _convert(f.name, env_name, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}: use one of {', '.join(SECURITY_PROTOCOLS)}")
+        if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}: use one of {', '.join(SASL_MECHANISMS)}")
+        if self.table_store not in TABLE_STORES:
+            raise ConfigError(f"MINDSTREAM_TABLE_STORE={self.table_store!r}: use memory:// or rocksdb://")
+        for name, low in (("partitions", 1), ("replication", 1), ("batch_size", 1), ("max_seen", 1),
+                          ("max_attempts", 1), ("max_history", 0), ("web_port", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{_ENV[name][0]}={getattr(self, name)}: must be at least {low}")
+        if not self.batch_window_s > 0:
+            raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 (a batch must close)")
+        if not self.kafka_bootstrap.strip():
+            raise ConfigError("KAFKA_BOOTSTRAP is empty: give host:port of a Kafka broker")
+
+    def to_env(self) -> dict[str, str]:
+        """The env vars that reproduce these settings in a child process (secrets included, never printed)."""
+        return {_ENV[f.name][0]: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+    @property
+    def web_url(self) -> str:
+        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "") else self.web_host
+        return f"http://{host}:{self.web_port}"
+
+    def kafka_python_kwargs(self) -> dict[str, Any]:
+        """Connection settings for kafka-python clients (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers,
+                                  "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                          sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password)
+        if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile:
+            kwargs["ssl_cafile"] = self.kafka_ssl_cafile
+        return kwargs
+
+    def faust_broker_credentials(self) -> Any:
+        """faust's `broker_credentials` for SASL/TLS, or None for PLAINTEXT."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        import faust
+
+        ssl_context = None
+        if self.kafka_security_protocol.endswith("SSL"):
+            ssl_context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        if self.kafka_security_protocol.startswith("SASL"):
+            return faust.SASLCredentials(username=self.kafka_sasl_username, password=self.kafka_sasl_password,
+                                         mechanism=self.kafka_sasl_mechanism, ssl_context=ssl_context)
+        return faust.SSLCredentials(ssl_context)
+
+
+def env_name(field_name: str) -> str:
+    """The env var behind a settings field (for help texts and error messages)."""
+    return _ENV[field_name][0]
+
+
+def default_of(field_name: str) -> str:
+    return _ENV[field_name][1]
+
+
+def _convert(name: str, env_name: str, raw: Any) -> Any:
+    kind = Settings.__dataclass_fields__[name].type
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{env_name}={raw!r}: expected a {'whole number' if kind == 'int' else 'number'}") from None
+    return str(raw)
