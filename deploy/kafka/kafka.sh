@@ -2,7 +2,7 @@
 # A real Apache Kafka broker (KRaft, one node that is both broker and controller) for a laptop and for tests.
 #
 #   kafka.sh fetch                              copy the broker's jars from Maven Central into the cache, once
-#   kafka.sh start [--port N] [--controller-port M] [--dir D] [--partitions P] [--exit-with PID]
+#   kafka.sh start [--port N|auto] [--controller-port M] [--dir D] [--partitions P] [--exit-with PID]
 #                                               format D (first time), start the broker, wait until it serves,
 #                                               print its bootstrap address (host:port) on stdout;
 #                                               --exit-with: stop it when process PID ends (e.g. a killed pytest)
@@ -97,7 +97,7 @@ port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
-        || die "could not pick a free port (python3 missing?): pass --controller-port"
+        || die "could not pick a free port (python3 missing?): pass --port N and --controller-port M"
 }
 
 # The PID is ours only if that process still runs kafka.Kafka with this dir's config (PIDs get reused).
@@ -191,9 +191,10 @@ cmd_start() {
         echo "$KAFKA_BOOTSTRAP"
         return 0
     fi
-    [[ "$port" =~ ^[0-9]+$ ]] || die "--port '$port' is not a port number"
     need_java
     need_libs
+    [[ "$port" == auto ]] && port="$(free_port)"
+    [[ "$port" =~ ^[0-9]+$ ]] || die "--port '$port' is not a port number (or 'auto' for a free one)"
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
 
