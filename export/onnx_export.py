@@ -72,19 +72,17 @@ def export_onnx_bytes(
 ) -> bytes:
     """Export with dynamic batch and sequence axes (torch.onnx dynamo exporter) and return the model bytes."""
     tower.eval()
-    example_length = max(2, min(5, max_history_length))
+    example_length = min(5, max_history_length)
     example = (
         torch.ones(2, example_length, dtype=torch.int64),
         torch.ones(2, example_length, dtype=torch.bool),
         torch.zeros(2, num_profile_fields, dtype=torch.int64),
     )
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    length = torch.export.Dim("history_length", min=1, max=max_history_length)
-    dynamic_shapes = {
-        "history": {0: batch, 1: length},
-        "history_mask": {0: batch, 1: length},
-        "profile": {0: batch},
-    }
+    history_axes: dict[int, Any] = {0: batch}
+    if max_history_length > 1:  # a Dim needs a range; a tower of length 1 has a static L
+        history_axes[1] = torch.export.Dim("history_length", min=1, max=max_history_length)
+    dynamic_shapes = {"history": history_axes, "history_mask": history_axes, "profile": {0: batch}}
     output_names = list(OUTPUT_NAMES) + ([COUPLING_OUTPUT] if tower.with_coupling else [])
     with warnings.catch_warnings(), torch.no_grad():
         # The exporter warns about renaming dims that share constraints; that is expected here.
@@ -190,7 +188,10 @@ def parity_cases(
     lengths = range(1, max_history_length + 1)
     for n in lengths:
         rows = [random_history(n) for _ in range(rows_per_length)]
-        rows += [h[-n:] for h in real[(n * rows_per_length) % max(len(real), 1):][:rows_per_length] if len(h) >= n]
+        long_enough = [h for h in real if len(h) >= n]
+        if long_enough:  # a different few users per length; each cut to its n most recent items
+            start = (n * rows_per_length) % len(long_enough)
+            rows += [h[-n:] for h in (long_enough[start:] + long_enough[:start])[:rows_per_length]]
         history, mask = _pack(rows)
         yield ParityCase(f"length {n}, no padding", history, mask, profiles(len(rows)))
     # One batch holding every length, padded to max: each row must not depend on the padding after it.
@@ -205,7 +206,7 @@ def parity_cases(
         history, mask = _pack(cut)
         yield ParityCase(f"{len(cut)} real histories, padded to longest", history, mask, profiles(len(cut)))
     # Unknown profile values (index 0) and a short history padded far.
-    history, mask = _pack([random_history(1), random_history(2)], max_history_length)
+    history, mask = _pack([random_history(1), random_history(min(2, max_history_length))], max_history_length)
     yield ParityCase("short histories padded to max, unknown profile", history, mask, np.zeros_like(profiles(2)))
 
 
