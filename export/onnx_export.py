@@ -304,6 +304,9 @@ def real_histories_for(
     from model.data import DataError, load_dataset
 
     path: Path | None = Path(dataset_cache) if dataset_cache else None
+    recorded = next((checkpoint.dataset[k] for k in ("cache", "cache_path", "path") if checkpoint.dataset.get(k)), None)
+    if path is None and recorded and Path(str(recorded)).suffix == ".npz" and Path(str(recorded)).is_file():
+        path = Path(str(recorded))
     if path is None:
         name = checkpoint.dataset.get("name")
         if not name:
