@@ -29,7 +29,7 @@ from export.artifact import (
     as_raw_id,
     write_artifact,
 )
-from export.runtime import session_options
+from export.runtime import pack_histories, session_options
 
 DEFAULT_TOLERANCE = 1e-4
 COUPLING_OUTPUT = "coupling"
@@ -151,17 +151,6 @@ class ParityReport:
         )
 
 
-def _pack(rows: Sequence[Sequence[int]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows → right-padded (B, L) history and mask; L = `length` or the longest row."""
-    length = length or max(1, max(len(r) for r in rows))
-    history = np.zeros((len(rows), length), dtype=np.int64)
-    mask = np.zeros((len(rows), length), dtype=np.bool_)
-    for i, row in enumerate(rows):
-        history[i, : len(row)] = row
-        mask[i, : len(row)] = True
-    return history, mask
-
-
 def parity_cases(
     num_items: int,
     profile_vocab_sizes: Sequence[int],
@@ -192,21 +181,21 @@ def parity_cases(
         if long_enough:  # a different few users per length; each cut to its n most recent items
             start = (n * rows_per_length) % len(long_enough)
             rows += [h[-n:] for h in (long_enough[start:] + long_enough[:start])[:rows_per_length]]
-        history, mask = _pack(rows)
+        history, mask = pack_histories(rows)
         yield ParityCase(f"length {n}, no padding", history, mask, profiles(len(rows)))
     # One batch holding every length, padded to max: each row must not depend on the padding after it.
     mixed = [random_history(n) for n in lengths]
-    history, mask = _pack(mixed, max_history_length)
+    history, mask = pack_histories(mixed, max_history_length)
     yield ParityCase("lengths 1..max, padded to max", history, mask, profiles(len(mixed)))
     if real:
         chosen = [real[i] for i in rng.choice(len(real), size=min(len(real), 64), replace=False)]
         cut = [h[-int(rng.integers(1, max_history_length + 1)):] for h in chosen]
-        history, mask = _pack(cut, max_history_length)
+        history, mask = pack_histories(cut, max_history_length)
         yield ParityCase(f"{len(cut)} real histories, padded to max", history, mask, profiles(len(cut)))
-        history, mask = _pack(cut)
+        history, mask = pack_histories(cut)
         yield ParityCase(f"{len(cut)} real histories, padded to longest", history, mask, profiles(len(cut)))
     # Unknown profile values (index 0) and a short history padded far.
-    history, mask = _pack([random_history(1), random_history(min(2, max_history_length))], max_history_length)
+    history, mask = pack_histories([random_history(1), random_history(min(2, max_history_length))], max_history_length)
     yield ParityCase("short histories padded to max, unknown profile", history, mask, np.zeros_like(profiles(2)))
 
 

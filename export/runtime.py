@@ -46,6 +46,19 @@ class TowerOutput(NamedTuple):
     valid_interest_mask: np.ndarray
 
 
+def pack_histories(index_rows: Sequence[Sequence[int]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Item-index rows → left-aligned (B, L) int64 history and (B, L) bool mask, padding (0, False) after
+    the items. L = `length`, or the longest row (at least 1)."""
+    if length is None:
+        length = max([len(row) for row in index_rows], default=0) or 1
+    history = np.zeros((len(index_rows), length), dtype=np.int64)
+    mask = np.zeros((len(index_rows), length), dtype=np.bool_)
+    for row, indices in enumerate(index_rows):
+        history[row, : len(indices)] = indices
+        mask[row, : len(indices)] = True
+    return history, mask
+
+
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     """Options tuned for a mostly-I/O worker: few threads, no spinning, sequential, all graph optimisations."""
     if intra_op_threads is None:
@@ -141,13 +154,7 @@ class UserTowerRuntime:
                 if index is not None
             ]
             kept_rows.append(indices[-self._max_len:])
-        length = max([len(row) for row in kept_rows], default=0) or 1
-        history_array = np.zeros((len(kept_rows), length), dtype=np.int64)
-        mask = np.zeros((len(kept_rows), length), dtype=np.bool_)
-        for row, indices in enumerate(kept_rows):
-            history_array[row, : len(indices)] = indices
-            mask[row, : len(indices)] = True
-        return history_array, mask
+        return pack_histories(kept_rows)
 
     def encode_profiles(self, profiles: Sequence[Mapping[str, object] | None]) -> np.ndarray:
         """Profile dicts (field → raw value) → int64 (B, P) in manifest.profile_fields order.
