@@ -194,9 +194,12 @@ def parity_cases(
         yield ParityCase(f"{len(cut)} real histories, padded to max", history, mask, profiles(len(cut)))
         history, mask = pack_histories(cut)
         yield ParityCase(f"{len(cut)} real histories, padded to longest", history, mask, profiles(len(cut)))
-    # Unknown profile values (index 0) and a short history padded far.
-    history, mask = pack_histories([random_history(1), random_history(min(2, max_history_length))], max_history_length)
-    yield ParityCase("short histories padded to max, unknown profile", history, mask, np.zeros_like(profiles(2)))
+    # Unknown profile values (index 0), short histories padded far, and an empty history (what the runtime
+    # sends for a user none of whose items the artifact knows).
+    short = [random_history(1), random_history(min(2, max_history_length)), []]
+    history, mask = pack_histories(short, max_history_length)
+    yield ParityCase("short and empty histories padded to max, unknown profile", history, mask,
+                     np.zeros((len(short), len(profile_vocab_sizes)), np.int64))
 
 
 def check_parity(
@@ -217,10 +220,13 @@ def check_parity(
                 {"history": case.history, "history_mask": case.history_mask, "profile": case.profile},
             )
             expected_vectors = expected.interest_vectors.numpy()
-            diff = float(np.max(np.abs(vectors - expected_vectors))) if vectors.size else 0.0
-            if not np.isfinite(diff) or vectors.shape != expected_vectors.shape:
-                diff = float("inf")
-            mismatches += int(np.sum(valid != expected.valid_interest_mask.numpy()))
+            expected_valid = expected.valid_interest_mask.numpy()
+            if vectors.shape != expected_vectors.shape or valid.shape != expected_valid.shape:
+                diff, mismatches = float("inf"), mismatches + max(valid.size, expected_valid.size)
+            else:
+                diff = float(np.max(np.abs(vectors - expected_vectors))) if vectors.size else 0.0
+                diff = diff if np.isfinite(diff) else float("inf")  # NaN would otherwise compare as "small"
+                mismatches += int(np.sum(valid != expected_valid))
             if diff > worst or not worst_case:
                 worst, worst_case = diff, case.name
             n_cases += 1

@@ -217,16 +217,17 @@ def test_integer_ids_match_their_decimal_strings_and_coupling_can_be_exported(tm
 # --- refusing bad exports and bad artifacts --------------------------------------------------------------
 
 
-def test_export_refuses_to_write_an_artifact_that_fails_parity(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("drift", [1e-3, float("nan")])
+def test_export_refuses_to_write_an_artifact_that_fails_parity(tiny, tmp_path, monkeypatch, drift):
     _, checkpoint, _ = tiny
     honest = checkpoint.mind.interests
 
-    def drifted(*args):  # what a lossy exporter would look like from the parity check's side
+    def drifted(*args):  # what a lossy (or broken) exporter looks like from the parity check's side
         out = honest(*args)
-        return out._replace(interest_vectors=out.interest_vectors + 1e-3)
+        return out._replace(interest_vectors=out.interest_vectors + drift)
 
     monkeypatch.setattr(checkpoint.mind, "interests", drifted)
-    with pytest.raises(ExportError, match=r"refusing to write .*parity FAILED.*1e-04"):
+    with pytest.raises(ExportError, match=r"refusing to write .*parity FAILED.*tolerance 1e-04"):
         export_artifact(checkpoint, tmp_path / "out", tolerance=TOLERANCE)
     assert not (tmp_path / "out").exists()
 
