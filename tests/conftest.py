@@ -32,10 +32,13 @@ def _last_line(text: str) -> str:
 
 def _start_broker(state_dir: Path) -> subprocess.CompletedProcess[str]:
     for _ in range(START_ATTEMPTS):
+        port, controller_port = free_port(), free_port()
+        while controller_port == port:
+            controller_port = free_port()
         started = _kafka_script(
             "start",
-            "--port", str(free_port()),
-            "--controller-port", str(free_port()),
+            "--port", str(port),
+            "--controller-port", str(controller_port),
             "--dir", str(state_dir),
             "--exit-with", str(os.getpid()),
         )  # fmt: skip

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import die_with_parent, unique_name
+from helpers import delete_topics, die_with_parent, unique_name
 from kafka import KafkaConsumer, KafkaProducer
 
 # A ceiling against hanging forever, not a performance assertion.
@@ -107,9 +107,10 @@ def test_faust_agent_consumes_one_topic_and_produces_to_another(
     producer.flush()
     producer.close()
 
+    app_id = unique_name("relay")
     env = {
         **os.environ,
-        "RELAY_APP_ID": unique_name("relay"),
+        "RELAY_APP_ID": app_id,
         "RELAY_BOOTSTRAP": kafka_bootstrap,
         "RELAY_SOURCE": source,
         "RELAY_SINK": sink,
@@ -130,6 +131,8 @@ def test_faust_agent_consumes_one_topic_and_produces_to_another(
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+            # faust's own leader-election topic; the test's topics are removed by `new_topic`.
+            delete_topics(kafka_bootstrap, [f"{app_id}-__assignor-__leader"])
 
     worker_log = log_path.read_text()
     assert len(records) == len(sent), (
