@@ -4,6 +4,9 @@ Every setting has a documented default that works on one laptop: a local Kafka b
 an in-memory table store and a web server bound to 127.0.0.1. No address or credential lives in code beyond
 those localhost defaults; SASL/TLS settings are passed through to faust (aiokafka) and kafka-python as given.
 
+The Milvus settings are `MINDSTREAM_MILVUS_*`, not `MILVUS_URI`: pymilvus reads `MILVUS_URI` itself at import
+and rejects a Milvus Lite file path there ("Illegal uri"), which would break every client in the process.
+
 | env var                          | default                | what |
 | -------------------------------- | ---------------------- | ---- |
 | `KAFKA_BOOTSTRAP`                | `localhost:9092`       | broker list `host:port[,host:port]` |
@@ -11,8 +14,9 @@ those localhost defaults; SASL/TLS settings are passed through to faust (aiokafk
 | `KAFKA_SASL_MECHANISM`           | `PLAIN`                | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` |
 | `KAFKA_SASL_USERNAME` / `_PASSWORD` | unset               | SASL credentials (only read from the environment) |
 | `KAFKA_SSL_CAFILE`               | unset                  | CA bundle for `SSL` / `SASL_SSL` (system CAs when unset) |
-| `MILVUS_URI`                     | `./mindstream.db`      | a Milvus Lite file, or `http://host:19530` for a server |
-| `MILVUS_TOKEN`                   | unset                  | Milvus server token (`user:password` or API key) |
+| `MINDSTREAM_MILVUS_URI`          | `./mindstream.db`      | a Milvus Lite file, or `http://host:19530` for a server |
+| `MINDSTREAM_MILVUS_TOKEN`        | unset                  | Milvus server token (`user:password` or API key) |
+| `MINDSTREAM_MILVUS_PREFIX`       | empty                  | prefix of the collection names (several stores in one Milvus) |
 | `MINDSTREAM_ARTIFACT`            | `./artifacts/latest`   | the directory written by `mind-export` |
 | `MINDSTREAM_APP_ID`              | `mindstream`           | faust app id = Kafka consumer group and changelog topic prefix |
 | `MINDSTREAM_TOPIC_INTERACTIONS`  | `interactions`         | input events, keyed by user id |
@@ -57,8 +61,9 @@ _ENV: dict[str, tuple[str, str]] = {
     "kafka_sasl_username": ("KAFKA_SASL_USERNAME", ""),
     "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", ""),
     "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", ""),
-    "milvus_uri": ("MILVUS_URI", "./mindstream.db"),
-    "milvus_token": ("MILVUS_TOKEN", ""),
+    "milvus_uri": ("MINDSTREAM_MILVUS_URI", "./mindstream.db"),
+    "milvus_token": ("MINDSTREAM_MILVUS_TOKEN", ""),
+    "milvus_prefix": ("MINDSTREAM_MILVUS_PREFIX", ""),
     "artifact_dir": ("MINDSTREAM_ARTIFACT", "./artifacts/latest"),
     "app_id": ("MINDSTREAM_APP_ID", "mindstream"),
     "topic_interactions": ("MINDSTREAM_TOPIC_INTERACTIONS", "interactions"),
@@ -95,6 +100,7 @@ class Settings:
     kafka_ssl_cafile: str
     milvus_uri: str
     milvus_token: str
+    milvus_prefix: str
     artifact_dir: str
     app_id: str
     topic_interactions: str
@@ -156,6 +162,12 @@ class Settings:
     def web_url(self) -> str:
         host = "127.0.0.1" if self.web_host in ("0.0.0.0", "") else self.web_host
         return f"http://{host}:{self.web_port}"
+
+    def open_store(self) -> Any:
+        """The vector store these settings name (streams/store.py owns every Milvus call)."""
+        from streams.store import VectorStore
+
+        return VectorStore(self.milvus_uri, token=self.milvus_token or None, collection_prefix=self.milvus_prefix)
 
     def kafka_python_kwargs(self) -> dict[str, Any]:
         """Connection settings for kafka-python clients (producer, consumer, admin)."""

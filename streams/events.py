@@ -6,7 +6,7 @@ The `interactions` topic carries one JSON object per message, keyed by the user 
 
 | field      | required | type              | rule |
 | ---------- | -------- | ----------------- | ---- |
-| `user_id`  | yes      | string or integer | 1–64 characters of `A-Z a-z 0-9 _ . : @ -` (an integer ≥ 0 becomes its decimal string) |
+| `user_id`  | yes      | string or integer | 1–128 characters of `A-Z a-z 0-9 _ . : @ -` (an integer ≥ 0 becomes its decimal string) |
 | `item_id`  | yes      | string or integer | 1–128 characters, no control characters (an integer ≥ 0 becomes its decimal string); raw id, as in the artifact's vocabulary |
 | `ts`       | yes      | number            | event time since the Unix epoch: values below 10^11 are seconds, values from 10^11 up are milliseconds (10^11 s is the year 5138, 10^11 ms is March 1973); must be ≥ 0 and at most `max_future_s` (default 1 day) ahead of now; stored as integer milliseconds |
 | `event_id` | no       | string or integer | 1–128 characters; names one delivery so a duplicate is dropped. Absent: derived as `sha256(user, item, ts_ms, behavior)`, so the same event sent twice is recognised |
@@ -29,7 +29,7 @@ import re
 import time
 from dataclasses import dataclass
 
-MAX_USER_ID_LENGTH = 64
+MAX_USER_ID_LENGTH = 128  # as streams/store.py's USER_ID_PATTERN
 MAX_ITEM_ID_LENGTH = 128
 MAX_EVENT_ID_LENGTH = 128
 MAX_BEHAVIOR_LENGTH = 32

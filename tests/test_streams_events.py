@@ -69,7 +69,7 @@ def test_missing_event_id_is_derived_deterministically_so_duplicates_match():
         ({"user_id": 'u"1', "item_id": "i", "ts": 1}, "user_id format"),
         ({"user_id": "u#1", "item_id": "i", "ts": 1}, "user_id format"),
         ({"user_id": "", "item_id": "i", "ts": 1}, "user_id format"),
-        ({"user_id": "u" * 65, "item_id": "i", "ts": 1}, "user_id format"),
+        ({"user_id": "u" * 129, "item_id": "i", "ts": 1}, "user_id format"),
         ({"user_id": "u", "item_id": {"a": 1}, "ts": 1}, "wrong type for item_id"),
         ({"user_id": "u", "item_id": "", "ts": 1}, "item_id is empty"),
         ({"user_id": "u", "item_id": "x" * 129, "ts": 1}, "item_id too long"),

@@ -1,0 +1,331 @@
+"""The faust app: interactions → per-user history table → ONNX user tower → Milvus → recall, on one screen.
+
+    interactions (raw bytes, key = user id) ──► update_interests ──► histories table (changelog)
+        │ bad event: interactions-dlq           │ one tower call per micro-batch, valid slots only
+        ▼                                       ▼
+    user-profiles (compacted) ──► update_profiles ──► profiles table; both write user_interests in Milvus
+                                                └──► interest-updates (user, model version, K'u, event time)
+
+Run with `mind-stream worker --artifact DIR` (settings: streams/config.py). The work inside each agent is
+plain functions of streams/events.py and streams/updater.py; this module only moves bytes and acks.
+
+Delivery: at-least-once. A batch is read with `noack_take`, so nothing is acked before its vectors are
+written and its history is in the table; a failing tower/store step is retried with backoff and, when it
+keeps failing, its events go to the DLQ with the reason (then acked), so no event is lost silently and no
+partition blocks forever. Duplicate deliveries are dropped by event id, and upserts are idempotent
+(primary key user#slot), so a replay after a crash is harmless.
+
+Tables use the producer's partitioner on the user id (`use_partitioner=True`): inside a micro-batch there is
+no single "current event" whose partition faust could use, and the input topic is keyed by user id, so the
+changelog partition of a user is the partition of their events (both topics have `partitions` partitions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams import metrics
+from streams.config import Settings
+from streams.events import USER_ID_PATTERN, Interaction, Rejection, parse_event
+from streams.updater import Recompute, plan_batch, recompute
+
+log = logging.getLogger(__name__)
+settings = Settings.from_env()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+    broker_credentials=settings.faust_broker_credentials(),
+    store=settings.table_store,
+    datadir=settings.data_dir,
+    key_serializer="raw",
+    value_serializer="json",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication,
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    consumer_auto_offset_reset="earliest",
+)
+
+# value_serializer="raw": the agent decodes, so a value that is not JSON goes to the DLQ instead of crashing it.
+interactions_topic = app.topic(settings.topic_interactions, value_serializer="raw", partitions=settings.partitions)
+profiles_topic = app.topic(settings.topic_profiles, value_serializer="raw", partitions=settings.partitions)
+updates_topic = app.topic(settings.topic_updates, value_serializer="json")
+dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw")
+
+# Values are re-assigned (never mutated in place): only `table[key] = value` reaches the changelog.
+histories = app.Table("histories", default=None, partitions=settings.partitions, use_partitioner=True,
+                      help="user id -> {items: [[item_id, ts_ms, event_id], ...], seen: [event_id, ...]}")
+profiles = app.Table("profiles", default=None, partitions=settings.partitions, use_partitioner=True,
+                     help="user id -> profile fields")
+
+
+@app.agent(interactions_topic)
+async def update_interests(stream: faust.StreamT) -> None:
+    """Micro-batches of interactions: parse, append to histories, recompute touched users, then ack."""
+    async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
+        await process_interactions(events)
+        for event in events:
+            await stream.ack(event)
+
+
+@app.agent(profiles_topic)
+async def update_profiles(stream: faust.StreamT) -> None:
+    """Profile changes (compacted topic, key = user id): store them and refresh that user's vectors."""
+    async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
+        await process_profiles(events)
+        for event in events:
+            await stream.ack(event)
+
+
+# --- the work of the agents ---------------------------------------------------------------------------
+
+
+class Services:
+    """What the worker owns for its lifetime: the tower runtime and the vector store (one Lite process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from export.runtime import UserTowerRuntime
+
+        self.runtime = UserTowerRuntime.load(settings.artifact_dir)
+        self.model_version = self.runtime.manifest.model_version
+        self.store = settings.open_store()
+        self.store.ensure_collections(self.runtime.manifest.embedding_dim, self.model_version)
+        self.max_len = settings.max_history or self.runtime.manifest.max_history_length
+        self.write_lock = threading.Lock()  # one recompute+write at a time: the two agents share users
+        metrics.MODEL_INFO.labels(self.model_version).set(1)
+
+    def recompute_and_write(self, users: dict[str, dict], user_profiles: dict[str, Any]) -> Recompute:
+        """Blocking (runs in a thread): one tower call for `users`, then one store write."""
+        with self.write_lock:
+            started = time.perf_counter()
+            result = recompute(self.runtime, users, user_profiles, updated_at_ms=now_ms())
+            metrics.TOWER_SECONDS.observe(time.perf_counter() - started)
+            started = time.perf_counter()
+            self.store.write_user_interests(result.rows, result.delete_keys)
+            metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
+            return result
+
+
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
+def services() -> Services:
+    global _services
+    with _services_lock:
+        if _services is None:
+            _services = Services(settings)
+        return _services
+
+
+@app.task
+async def load_services() -> None:
+    """Load the artifact and open the store at start, so a bad artifact stops the worker at once."""
+    try:
+        await asyncio.to_thread(services)
+    except Exception as exc:
+        log.error("mindstream worker cannot start: %s", exc)
+        await app.crash(exc)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Parsed:
+    event: Any  # faust EventT
+    interaction: Interaction
+
+
+async def process_interactions(events: Sequence[Any]) -> None:
+    """One micro-batch of raw `interactions` messages. Never raises for a bad event."""
+    metrics.EVENTS_IN.inc(len(events))
+    metrics.BATCH_EVENTS.observe(len(events))
+    parsed: list[_Parsed] = []
+    for event in events:
+        result = parse_event(event.message.value, max_future_s=settings.max_future_s)
+        if isinstance(result, Rejection):
+            await dead_letter(event, result.reason)
+        else:
+            parsed.append(_Parsed(event, result))
+    if not parsed:
+        return
+    svc = await asyncio.to_thread(services)
+    users = list(dict.fromkeys(p.interaction.user_id for p in parsed))
+    plan = plan_batch({u: histories.get(u) for u in users}, [p.interaction for p in parsed],
+                      max_len=svc.max_len, max_seen=settings.max_seen)
+    metrics.EVENTS_DUPLICATE.inc(len(plan.duplicates))
+    if not plan.histories:
+        return
+    events_of = {}
+    for p in parsed:
+        events_of.setdefault(p.interaction.user_id, []).append(p.event)
+    written = await write_with_retry(svc, plan.histories, events_of)
+    now = time.time()
+    for user_id, result in written.items():
+        histories[user_id] = plan.histories[user_id]  # re-assign: this is what the changelog records
+        for interaction in plan.applied[user_id]:
+            metrics.FRESHNESS_SECONDS.observe(max(0.0, now - interaction.ts_ms / 1000))
+        metrics.EVENTS_APPLIED.inc(len(plan.applied[user_id]))
+        await updates_topic.send(key=user_id, value=result)
+
+
+async def process_profiles(events: Sequence[Any]) -> None:
+    """One batch of `user-profiles` messages: key = user id, value = JSON object of fields (null deletes)."""
+    metrics.PROFILES_IN.inc(len(events))
+    changed: dict[str, Any] = {}
+    for event in events:
+        key = event.message.key
+        user_id = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
+        if not USER_ID_PATTERN.fullmatch(user_id):
+            await dead_letter(event, f"user_id format: profile key {user_id[:80]!r} is not a valid user id")
+            continue
+        value = event.message.value
+        if value is None:
+            changed[user_id] = None
+            continue
+        try:
+            fields = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            await dead_letter(event, f"bad JSON: {exc}")
+            continue
+        if not isinstance(fields, dict):
+            await dead_letter(event, "not an object: a profile must be a JSON object of field -> value")
+            continue
+        changed[user_id] = fields
+    for user_id, fields in changed.items():
+        if fields is None:
+            profiles.pop(user_id, None)
+        else:
+            profiles[user_id] = fields
+    refresh = {u: histories.get(u) for u in changed if histories.get(u)}
+    if refresh:
+        svc = await asyncio.to_thread(services)
+        written = await write_with_retry(svc, refresh, {u: [] for u in refresh})
+        for user_id, result in written.items():
+            await updates_topic.send(key=user_id, value=result)
+
+
+async def write_with_retry(svc: Services, users: dict[str, dict], events_of: dict[str, list]) -> dict[str, dict]:
+    """Recompute and write `users`; retry with backoff; users that keep failing are dead-lettered.
+
+    Returns user id → its `interest-updates` message, for the users whose vectors are written.
+    """
+    user_profiles = {u: profiles.get(u) for u in users}
+    delay = 0.5
+    for attempt in range(1, settings.max_attempts + 1):
+        try:
+            result = await asyncio.to_thread(svc.recompute_and_write, users, user_profiles)
+            metrics.USERS_RECOMPUTED.inc(len(users))
+            metrics.BATCH_USERS.observe(len(users))
+            return {update["user_id"]: update for update in result.updates}
+        except Exception as exc:
+            log.warning("batch of %d users failed (attempt %d/%d): %r", len(users), attempt, settings.max_attempts, exc)
+            if attempt == settings.max_attempts:
+                error = exc
+                break
+            metrics.BATCH_RETRIES.inc()
+            await asyncio.sleep(delay)
+            delay *= 2
+    # The whole batch kept failing: try each user alone, so one bad user does not take the others down.
+    written: dict[str, dict] = {}
+    for user_id, history in users.items():
+        try:
+            result = await asyncio.to_thread(svc.recompute_and_write, {user_id: history}, user_profiles)
+            written[user_id] = result.updates[0]
+        except Exception as exc:  # noqa: PERF203 - per-user isolation is the point
+            error = exc
+            for event in events_of.get(user_id, []):
+                await dead_letter(event, f"processing failed after {settings.max_attempts} attempts: {error!r}")
+    return written
+
+
+async def dead_letter(event: Any, reason: str) -> None:
+    """Send the original bytes (key and value untouched) to the DLQ; the reason travels in headers."""
+    message = event.message
+    metrics.EVENTS_DLQ.labels(metrics.dlq_kind(reason)).inc()
+    log.info("DLQ %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+    await dlq_topic.send(
+        key=message.key, value=message.value if message.value is not None else b"",
+        headers=[("mindstream-reason", reason.encode()),
+                 ("mindstream-source", f"{message.topic}/{message.partition}/{message.offset}".encode()),
+                 ("mindstream-failed-at-ms", str(now_ms()).encode())])
+
+
+# --- web views on the worker (it owns the Milvus Lite file, so recall is served here) -----------------
+
+
+@app.page("/recall/{user}")
+async def recall_view(self: Any, request: Any, user: str) -> Any:
+    """GET /recall/{user}?n=50: the user's top-N items by max inner product over their interests."""
+    from streams.recall import recall, validate_n, validate_user_id
+
+    try:
+        user_id = validate_user_id(user)
+        n = validate_n(request.query.get("n", "50"))
+    except ValueError as exc:
+        return self.json({"error": str(exc)}, status=400)
+    started = time.perf_counter()
+    svc = await asyncio.to_thread(services)
+    result = await asyncio.to_thread(recall, svc.store, user_id, n)
+    metrics.RECALL_SECONDS.observe(time.perf_counter() - started)
+    return self.json(_jsonable(result))
+
+
+@app.page("/users/{user}/interests")
+async def interests_view(self: Any, request: Any, user: str) -> Any:
+    """GET /users/{user}/interests: the user's stored interest rows (slot, model version, event time, vector)."""
+    from streams.recall import validate_user_id
+
+    try:
+        user_id = validate_user_id(user)
+    except ValueError as exc:
+        return self.json({"error": str(exc)}, status=400)
+    svc = await asyncio.to_thread(services)
+    rows = (await asyncio.to_thread(svc.store.get_user_interests, user_id))[user_id]
+    history = histories.get(user_id) or {"items": []}
+    return self.json({"user_id": user_id, "interests": _jsonable(rows), "history_length": len(history["items"])})
+
+
+@app.page("/metrics")
+async def metrics_view(self: Any, request: Any) -> Any:
+    body, content_type = metrics.render()
+    return self.bytes(body, content_type=content_type.split(";")[0])
+
+
+@app.page("/healthz")
+async def healthz_view(self: Any, request: Any) -> Any:
+    ready = _services is not None
+    return self.json({"status": "ok" if ready else "starting", "model_version": _services.model_version if ready else None},
+                     status=200 if ready else 503)
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses, numpy scalars/arrays and lists of them → plain JSON values."""
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
