@@ -83,10 +83,12 @@ cmd_fetch() {
     fi
     pom_digest >"$tmp/libs/.complete"
     mkdir -p "$(dirname "$LIBS")"
-    rm -rf "$LIBS.old"
-    [[ -d "$LIBS" ]] && mv "$LIBS" "$LIBS.old"
-    mv -T "$tmp/libs" "$LIBS" 2>/dev/null || say "another fetch finished first; keeping its jars"
-    rm -rf "$tmp" "$LIBS.old"
+    # Never replace complete jars: a broker started by a concurrent fetch may be loading classes from them.
+    if ! have_libs; then
+        rm -rf "$LIBS"  # left by another pom.xml, or a fetch that was killed
+        mv -T "$tmp/libs" "$LIBS" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
     have_libs || die "fetch finished but $LIBS is incomplete; delete it and run fetch again"
     say "fetched $(find "$LIBS" -name '*.jar' | wc -l) jars"
 }
