@@ -1,0 +1,805 @@
+"""The vector store: the only module that talks to Milvus.
+
+A URI decides where the vectors live (pymilvus `MilvusClient` semantics): a file path such as the default
+``./mindstream.db`` is a Milvus Lite file owned by this process; ``http://host:19530`` is a Milvus server
+(standalone or cluster). Credentials (``token`` = ``"user:password"`` or an API key) come from configuration
+or the environment (`VectorStore.from_env`), never from code.
+
+Collections (docs/ARCHITECTURE.md), one pair per model version so a rollout never mixes two embedding spaces:
+
+``{prefix}items__{version}``
+    ``item_index`` int64 pk (1..num_items), ``item_id`` varchar (raw id), ``side`` varchar (JSON of the
+    item's side-feature values, e.g. ``{"genres": ["Action"]}``), ``vector`` float (d,), metric IP.
+``{prefix}user_interests__{version}``
+    ``key`` varchar pk ``"{user_id}#{slot}#{generation}"``, ``user_id`` varchar, ``slot`` int32,
+    ``generation`` int64, ``vector`` float (d,), ``model_version`` varchar, ``event_ts_ms`` int64 (event
+    time the vector reflects), ``updated_at_ms`` int64. Only valid slots are stored; slots that became
+    invalid are deleted. A write inserts the user's new set as a new generation and then deletes the older
+    ones; readers keep each user's newest generation. Why not an upsert on ``"{user_id}#{slot}"``: Milvus
+    Lite 2.5 runs an upsert as a delete then an insert, and a concurrent reader sees the gap (measured:
+    20-45 % of reads racing a stream of upserts found the user with no vectors at all).
+``{prefix}mindstream_versions``
+    a tiny key/value collection: one row per version (dim, index) and the ``current`` pointer.
+
+Model rollout (issue 7). The pointer row ``current`` names the active version and keeps the versions it
+replaced, newest last::
+
+    store.ensure_collections(dim, "v2")          # new physical pair; the active version is untouched
+    index_items(artifact_v2, store)              # fill items__v2
+    ... replay the history table with the v2 tower into user_interests__v2 ...
+    store.activate_version("v2")                 # one single-row upsert: readers switch atomically
+    store.rollback()                             # back to v1 (its collections were never touched)
+
+Readers resolve the pointer once per request (`current_version`) and pass that version to every call of
+the request, so one recall never searches v1 items with v2 user vectors. Why a pointer row and not a
+Milvus alias: Milvus Lite 2.5 answers `create_alias` / `alter_alias` with gRPC UNIMPLEMENTED (measured),
+and even on a server two aliases (items, user_interests) switch one after the other, so a reader between
+the two switches would mix versions; one pointer row switches both at once, on Lite and server alike.
+The first version ever created in a store becomes active by itself, so a single-model deployment never
+calls `activate_version`.
+
+Consistency: every collection is created with ``consistency_level="Strong"``, so a write is visible to the
+very next read (measured on Lite 2.5.1: a read right after an insert returns the row). Readers only ever
+see whole states: meta rows (the pointer) are append-only, interests are replaced by generation. Every call passes
+``timeout=`` because pymilvus otherwise retries some failures (e.g. a bad filter expression on Lite) up to
+75 times, for minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ITEMS = "items"
+USER_INTERESTS = "user_interests"
+VERSIONS = "mindstream_versions"
+CURRENT_KEY = "current"
+
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+SERVER_INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
+
+# "#" separates user id and slot in the primary key, quotes and backslashes would need escaping inside
+# filter expressions: a user id is a short token of safe characters (ints arrive as their decimal string).
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+MAX_USER_ID_LENGTH = 128
+# Versions become part of collection names (letters, digits, underscores only in Milvus).
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9_]{1,64}")
+PREFIX_PATTERN = re.compile(r"(|[A-Za-z_][A-Za-z0-9_]{0,63})")
+
+ITEM_ID_MAX_LENGTH = 512
+SIDE_MAX_LENGTH = 8192
+KEY_MAX_LENGTH = MAX_USER_ID_LENGTH + 32  # "{user_id}#{slot}#{generation}"
+VERSION_VALUE_MAX_LENGTH = 8192
+_DUMMY_DIM = 2  # Milvus requires a vector field in every collection, even the key/value one.
+
+
+class StoreError(Exception):
+    """The vector store cannot do what was asked; the message says what is wrong and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemHit:
+    """One search result: the item and its inner product with the query vector."""
+
+    item_index: int
+    item_id: str
+    score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredInterest:
+    """One stored interest vector of a user. `vector` is float32 (d,)."""
+
+    user_id: str
+    slot: int
+    vector: np.ndarray
+    model_version: str
+    event_ts_ms: int
+    updated_at_ms: int
+
+
+def validate_user_id(user_id: object) -> str:
+    """The canonical user id (ints become their decimal string); ValueError names what is wrong."""
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise ValueError(f"user id must be a string or an integer, got {type(user_id).__name__}")
+    text = str(user_id)
+    if not USER_ID_PATTERN.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise ValueError(
+            f"user id {shown!r} is not valid: use 1-{MAX_USER_ID_LENGTH} characters from letters, digits and _ . : @ -"
+        )
+    return text
+
+
+def validate_version(version: object) -> str:
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise ValueError(f"model version {version!r} is not valid: use 1-64 letters, digits or underscores")
+    return version
+
+
+def interest_key(user_id: str, slot: int) -> str:
+    """Primary key of one user interest row: ``"{user_id}#{slot}"``."""
+    return f"{user_id}#{int(slot)}"
+
+
+def interest_rows(
+    user_id: str,
+    interest_vectors: np.ndarray,
+    valid_interest_mask: np.ndarray,
+    *,
+    model_version: str,
+    event_ts_ms: int,
+    updated_at_ms: int | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One user's tower output → (rows to upsert, keys to delete).
+
+    interest_vectors (K, d), valid_interest_mask (K,) bool. Valid slots become rows; invalid slots become
+    delete keys (deleting a key that is not stored is a no-op), so a masked, all-zero capsule is never stored.
+    """
+    vectors = np.asarray(interest_vectors, dtype=np.float32)
+    mask = np.asarray(valid_interest_mask, dtype=bool)
+    if vectors.ndim != 2 or mask.shape != (vectors.shape[0],):
+        raise ValueError(f"expected interest_vectors (K, d) and valid_interest_mask (K,), got {vectors.shape} and {mask.shape}")
+    updated = int(updated_at_ms if updated_at_ms is not None else time.time() * 1000)
+    rows, delete_keys = [], []
+    for slot in range(vectors.shape[0]):
+        if mask[slot]:
+            rows.append(
+                {
+                    "user_id": user_id,
+                    "slot": slot,
+                    "vector": vectors[slot],
+                    "model_version": model_version,
+                    "event_ts_ms": int(event_ts_ms),
+                    "updated_at_ms": updated,
+                }
+            )
+        else:
+            delete_keys.append(interest_key(user_id, slot))
+    return rows, delete_keys
+
+
+def is_lite_uri(uri: str) -> bool:
+    """A URI without a network scheme is a Milvus Lite file."""
+    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
+def _quoted_list(values: Iterable[str]) -> str:
+    # Only validated ids reach here (no quotes or backslashes), so JSON quoting is exact Milvus syntax.
+    return json.dumps(list(values))
+
+
+class VectorStore:
+    """Items and user interest vectors in Milvus, versioned by model version (see the module docstring).
+
+    `uri`: Milvus Lite file path (default ``./mindstream.db``) or a server URI. `token`: ``"user:password"``
+    or an API key for a server. `collection_prefix` lets several stores share one Milvus (tests, tenants).
+    `timeout_s` bounds every call, retries included.
+    """
+
+    def __init__(
+        self,
+        uri: str = "./mindstream.db",
+        *,
+        token: str | None = None,
+        collection_prefix: str = "",
+        timeout_s: float = 30.0,
+    ) -> None:
+        if not PREFIX_PATTERN.fullmatch(collection_prefix):
+            raise ValueError(
+                f"collection prefix {collection_prefix!r} is not valid: start with a letter or _, then letters, digits, _"
+            )
+        self.uri = str(uri)
+        self.is_lite = is_lite_uri(self.uri)
+        self.prefix = collection_prefix
+        self.timeout_s = timeout_s
+        if self.is_lite:
+            if not self.uri.endswith(".db"):
+                raise StoreError(f"Milvus Lite file {self.uri!r} must end with .db (or pass a server URI http://host:19530)")
+            Path(self.uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        # Imported here so that `validate_user_id` & co. stay importable without pymilvus' start-up cost.
+        from pymilvus import MilvusClient
+
+        try:
+            self._client = MilvusClient(uri=self.uri, token=token or "", timeout=timeout_s)
+        except Exception as exc:
+            raise StoreError(f"cannot open the vector store at {self.uri}: {_first_line(exc)}") from None
+        self._search_params: dict[str, dict[str, Any]] = {}  # version -> search params of its items index
+        self._versions_ready = False
+        self._last_sequence = 0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> VectorStore:
+        """Build from ``MINDSTREAM_MILVUS_URI`` (default ``./mindstream.db``), ``MINDSTREAM_MILVUS_TOKEN`` and
+        ``MINDSTREAM_MILVUS_PREFIX``; keyword arguments override them."""
+        kwargs: dict[str, Any] = {
+            "uri": os.environ.get("MINDSTREAM_MILVUS_URI", "./mindstream.db"),
+            "token": os.environ.get("MINDSTREAM_MILVUS_TOKEN") or None,
+            "collection_prefix": os.environ.get("MINDSTREAM_MILVUS_PREFIX", ""),
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- names ---------------------------------------------------------------------------------------
+
+    def items_collection(self, version: str) -> str:
+        return f"{self.prefix}{ITEMS}__{validate_version(version)}"
+
+    def interests_collection(self, version: str) -> str:
+        return f"{self.prefix}{USER_INTERESTS}__{validate_version(version)}"
+
+    @property
+    def versions_collection(self) -> str:
+        return f"{self.prefix}{VERSIONS}"
+
+    # --- schema --------------------------------------------------------------------------------------
+
+    def ensure_collections(self, dim: int, model_version: str) -> None:
+        """Create (if absent) the items and user_interests collections of `model_version`, with dimension `dim`.
+
+        Idempotent; a collection that exists with another dimension is an error. The first version ever
+        created in this store becomes the active one.
+        """
+        from pymilvus import DataType, MilvusClient
+
+        validate_version(model_version)
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"embedding dimension must be a positive int, got {dim!r}")
+        self._ensure_versions_collection()
+
+        items = self.items_collection(model_version)
+        if not self._has(items):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("item_index", DataType.INT64, is_primary=True)
+            schema.add_field("item_id", DataType.VARCHAR, max_length=ITEM_ID_MAX_LENGTH)
+            schema.add_field("side", DataType.VARCHAR, max_length=SIDE_MAX_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            # FLAT until create_item_index says otherwise: the collection is searchable (exactly) at once.
+            self._create(items, schema, self._vector_index("FLAT", {}))
+        else:
+            self._check_dim(items, dim)
+
+        interests = self.interests_collection(model_version)
+        if not self._has(interests):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=KEY_MAX_LENGTH)
+            schema.add_field("user_id", DataType.VARCHAR, max_length=MAX_USER_ID_LENGTH)
+            schema.add_field("slot", DataType.INT32)
+            schema.add_field("generation", DataType.INT64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            schema.add_field("model_version", DataType.VARCHAR, max_length=64)
+            schema.add_field("event_ts_ms", DataType.INT64)
+            schema.add_field("updated_at_ms", DataType.INT64)
+            # Users are read by key, never searched; Milvus still wants a vector index to load a collection.
+            self._create(interests, schema, self._vector_index("FLAT", {}))
+        else:
+            self._check_dim(interests, dim)
+
+        meta = self._get_meta(f"version:{model_version}")
+        if meta is None:
+            meta = {"dim": dim, "created_at_ms": _now_ms(), "index_type": "FLAT", "index_params": {}, "search_params": {}}
+            self._put_meta(f"version:{model_version}", meta)
+        self._search_params[model_version] = dict(meta.get("search_params", {}))
+        if self._get_meta(CURRENT_KEY) is None:
+            self._put_meta(CURRENT_KEY, {"version": model_version, "history": [], "activated_at_ms": _now_ms()})
+
+    def _ensure_versions_collection(self) -> None:
+        if self._versions_ready:
+            return
+        from pymilvus import DataType, MilvusClient
+
+        name = self.versions_collection
+        if not self._has(name):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=160)
+            schema.add_field("name", DataType.VARCHAR, max_length=128)
+            schema.add_field("seq", DataType.INT64)
+            schema.add_field("value", DataType.VARCHAR, max_length=VERSION_VALUE_MAX_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=_DUMMY_DIM)
+            self._create(name, schema, self._vector_index("FLAT", {}))
+        self._versions_ready = True
+
+    def _vector_index(self, index_type: str, params: Mapping[str, Any]) -> Any:
+        index_params = self._client.prepare_index_params()
+        index_params.add_index(
+            field_name="vector", index_name="vector", index_type=index_type, metric_type="IP", params=dict(params)
+        )
+        return index_params
+
+    def _create(self, name: str, schema: Any, index_params: Any) -> None:
+        self._call(
+            "create collection " + name,
+            self._client.create_collection,
+            name,
+            schema=schema,
+            index_params=index_params,
+            consistency_level="Strong",
+        )
+        self._call("load " + name, self._client.load_collection, name)
+
+    def _has(self, name: str) -> bool:
+        return bool(self._call("look up " + name, self._client.has_collection, name))
+
+    def _check_dim(self, name: str, dim: int) -> None:
+        description = self._call("describe " + name, self._client.describe_collection, name)
+        for field in description["fields"]:
+            if field["name"] == "vector" and int(field["params"]["dim"]) != dim:
+                raise StoreError(
+                    f"collection {name} has vectors of dimension {field['params']['dim']}, not {dim}; "
+                    f"a model with another dimension needs another model version"
+                )
+
+    # --- versions ------------------------------------------------------------------------------------
+
+    def current_version(self) -> str:
+        """The active model version. Resolve once per request and pass it to every call of that request."""
+        if not self._versions_ready and not self._has(self.versions_collection):
+            current = None
+        else:
+            self._versions_ready = True
+            current = self._get_meta(CURRENT_KEY)
+        if current is None:
+            raise StoreError(
+                f"no model version is active in the vector store at {self.uri}; run mind-stream index-items ARTIFACT_DIR"
+            )
+        return str(current["version"])
+
+    def versions(self) -> list[str]:
+        """Every model version with collections in this store, oldest first."""
+        if not self._has(self.versions_collection):
+            return []
+        rows = self._call(
+            "list versions",
+            self._client.query,
+            self.versions_collection,
+            filter='name like "version:%"',
+            output_fields=["name", "seq", "value"],
+        )
+        latest = _latest_by(rows, "name", "seq")
+        metas = {name.split(":", 1)[1]: json.loads(row["value"]) for name, row in latest.items()}
+        alive = [(meta["created_at_ms"], version) for version, meta in metas.items() if not meta.get("dropped")]
+        return [version for _, version in sorted(alive)]
+
+    def activate_version(self, version: str) -> None:
+        """Point readers at `version` (one single-row write: atomic for every reader). Its items must be in."""
+        validate_version(version)
+        if self._get_meta(f"version:{version}") is None:
+            raise StoreError(f"model version {version} has no collections here; run ensure_collections / index-items first")
+        if self.count_items(version) == 0:
+            raise StoreError(f"model version {version} has no items; run mind-stream index-items on its artifact first")
+        current = self._get_meta(CURRENT_KEY)
+        history: list[str] = []
+        if current is not None:
+            if current["version"] == version:
+                return
+            history = [*current.get("history", []), current["version"]]
+        self._put_meta(CURRENT_KEY, {"version": version, "history": history, "activated_at_ms": _now_ms()})
+
+    def rollback(self) -> str:
+        """Re-activate the version the current one replaced; returns it. Its collections were kept as they were."""
+        current = self._get_meta(CURRENT_KEY)
+        if current is None or not current.get("history"):
+            raise StoreError("there is no earlier model version to roll back to in this vector store")
+        previous = current["history"][-1]
+        self._put_meta(
+            CURRENT_KEY, {"version": previous, "history": current["history"][:-1], "activated_at_ms": _now_ms()}
+        )
+        return str(previous)
+
+    def drop_version(self, version: str) -> None:
+        """Drop a version's collections (e.g. an old model after a rollout has settled). Not the active one."""
+        validate_version(version)
+        current = self._get_meta(CURRENT_KEY)
+        if current is not None and current["version"] == version:
+            raise StoreError(f"model version {version} is active; activate another version before dropping it")
+        for name in (self.items_collection(version), self.interests_collection(version)):
+            if self._has(name):
+                self._call("drop " + name, self._client.drop_collection, name)
+        self._put_meta(f"version:{version}", {"dropped": True, "created_at_ms": 0})
+        if current is not None and version in current.get("history", []):
+            history = [v for v in current["history"] if v != version]
+            self._put_meta(CURRENT_KEY, {**current, "history": history})
+        self._search_params.pop(version, None)
+
+    # Meta values are append-only: each write inserts a row (name, seq) and a read takes the highest seq.
+    # Milvus Lite's upsert is a delete then an insert that a concurrent reader can see between (measured:
+    # 20-45 % of reads in a tight loop found nothing), so an upserted pointer could vanish mid-rollout.
+
+    def _get_meta(self, name: str) -> dict[str, Any] | None:
+        rows = self._call(
+            "read " + name,
+            self._client.query,
+            self.versions_collection,
+            filter=f"name == {json.dumps(name)}",
+            output_fields=["seq", "value"],
+        )
+        if not rows:
+            return None
+        value = json.loads(max(rows, key=lambda row: row["seq"])["value"])
+        return None if value.get("dropped") else value
+
+    def _put_meta(self, name: str, value: Mapping[str, Any]) -> None:
+        seq = self._next_sequence()
+        row = {
+            "key": f"{name}@{seq}",
+            "name": name,
+            "seq": seq,
+            "value": json.dumps(value, sort_keys=True),
+            "vector": [0.0] * _DUMMY_DIM,
+        }
+        self._call("write " + name, self._client.insert, self.versions_collection, [row])
+
+    def _next_sequence(self) -> int:
+        """Microseconds since the epoch, strictly increasing within this process (generations and meta rows)."""
+        self._last_sequence = max(time.time_ns() // 1000, self._last_sequence + 1)
+        return self._last_sequence
+
+    def _version(self, version: str | None) -> str:
+        return validate_version(version) if version is not None else self.current_version()
+
+    # --- items ---------------------------------------------------------------------------------------
+
+    def upsert_items(
+        self,
+        item_ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        model_version: str,
+        side: Sequence[Mapping[str, Any]] | None = None,
+        first_index: int = 1,
+        batch_size: int = 5000,
+        progress: bool = True,
+    ) -> int:
+        """Write items (vectors float32 (N, d)); item j gets item_index `first_index + j`. Returns N.
+
+        `side`: per item a JSON-able mapping of side-feature values. Batched, with a tqdm progress bar.
+        """
+        from tqdm import tqdm
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
+            raise ValueError(f"expected vectors (N={len(item_ids)}, d), got {vectors.shape}")
+        if side is not None and len(side) != len(item_ids):
+            raise ValueError(f"expected {len(item_ids)} side-feature entries, got {len(side)}")
+        name = self.items_collection(model_version)
+        total = len(item_ids)
+        with tqdm(total=total, desc=f"items {model_version}", unit="item", disable=not progress) as bar:
+            for start in range(0, total, batch_size):
+                stop = min(start + batch_size, total)
+                rows = [
+                    {
+                        "item_index": first_index + j,
+                        "item_id": str(item_ids[j]),
+                        "side": json.dumps(side[j], ensure_ascii=False) if side is not None else "{}",
+                        "vector": vectors[j],
+                    }
+                    for j in range(start, stop)
+                ]
+                self._call("write items", self._client.upsert, name, rows)
+                bar.update(stop - start)
+        return total
+
+    def create_item_index(
+        self,
+        index_type: str = "FLAT",
+        params: Mapping[str, Any] | None = None,
+        *,
+        model_version: str,
+        search_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """(Re)build the items vector index of `model_version` and load it.
+
+        FLAT is exact. IVF_FLAT: `params` {"nlist": …} (default ≈ 4·√N), `search_params` {"nprobe": …}
+        (default nlist/32, at least 8) — used by every later search of this version. HNSW needs a server.
+        """
+        index_type = index_type.upper()
+        allowed = LITE_INDEX_TYPES if self.is_lite else SERVER_INDEX_TYPES
+        if index_type not in allowed:
+            where = "Milvus Lite" if self.is_lite else "this store"
+            hint = "; use a Milvus server URI (http://host:19530) for HNSW" if index_type == "HNSW" else ""
+            raise StoreError(f"index type {index_type} is not supported by {where} (use {', '.join(allowed)}){hint}")
+        name = self.items_collection(model_version)
+        params = dict(params or {})
+        search = dict(search_params or {})
+        if index_type == "IVF_FLAT":
+            params.setdefault("nlist", int(np.clip(4 * np.sqrt(max(self.count_items(model_version), 1)), 16, 65536)))
+            search.setdefault("nprobe", max(8, params["nlist"] // 32))
+        elif index_type == "HNSW":
+            params.setdefault("M", 16)
+            params.setdefault("efConstruction", 200)
+            search.setdefault("ef", 128)
+        self._call("release " + name, self._client.release_collection, name)
+        for index_name in self._call("list indexes", self._client.list_indexes, name):
+            self._call("drop index", self._client.drop_index, name, index_name)
+        self._call("build index on " + name, self._client.create_index, name, self._vector_index(index_type, params))
+        self._call("load " + name, self._client.load_collection, name)
+        key = f"version:{model_version}"
+        meta = self._get_meta(key) or {}
+        meta.update(index_type=index_type, index_params=params, search_params=search)
+        self._put_meta(key, meta)
+        self._search_params[model_version] = search
+
+    def count_items(self, model_version: str | None = None) -> int:
+        name = self.items_collection(self._version(model_version))
+        rows = self._call("count items", self._client.query, name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def get_items(self, item_indices: Sequence[int], *, model_version: str | None = None) -> list[dict[str, Any]]:
+        """Rows (item_index, item_id, side as a dict) of the given item indices, in the order asked; absent ones left out."""
+        name = self.items_collection(self._version(model_version))
+        rows = self._call(
+            "read items", self._client.get, name, ids=[int(i) for i in item_indices], output_fields=["item_id", "side"]
+        )
+        by_index = {int(r["item_index"]): r for r in rows}
+        return [
+            {"item_index": i, "item_id": by_index[i]["item_id"], "side": json.loads(by_index[i]["side"])}
+            for i in (int(i) for i in item_indices)
+            if i in by_index
+        ]
+
+    def search_items(
+        self,
+        vectors: np.ndarray,
+        top_n: int,
+        *,
+        model_version: str | None = None,
+        filter: str = "",
+        search_params: Mapping[str, Any] | None = None,
+    ) -> list[list[ItemHit]]:
+        """Top-`top_n` items by inner product for each query; ONE batched search call.
+
+        vectors float32 (Q, d) -> Q lists of ItemHit, best first. `filter` is a Milvus boolean expression
+        over the items' scalar fields (e.g. ``'item_index > 10'``), written by code, never by a request.
+        """
+        version = self._version(model_version)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if queries.ndim != 2:
+            raise ValueError(f"expected query vectors (Q, d), got shape {queries.shape}")
+        if queries.shape[0] == 0:
+            return []
+        params = {"metric_type": "IP", "params": dict(search_params or self._search_params_of(version))}
+        results = self._call(
+            "search items",
+            self._client.search,
+            self.items_collection(version),
+            data=queries,
+            limit=int(top_n),
+            filter=filter,
+            output_fields=["item_id"],
+            search_params=params,
+        )
+        return [
+            [ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"])) for hit in hits]
+            for hits in results
+        ]
+
+    def _search_params_of(self, version: str) -> dict[str, Any]:
+        if version not in self._search_params:
+            meta = self._get_meta(f"version:{version}") or {}
+            self._search_params[version] = dict(meta.get("search_params", {}))
+        return self._search_params[version]
+
+    # --- user interests ------------------------------------------------------------------------------
+
+    def write_user_interests(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        delete_keys: Iterable[str] = (),
+        *,
+        model_version: str | None = None,
+    ) -> None:
+        """Replace the stored interests of every user in `rows`, and delete the slots in `delete_keys`.
+
+        Each row: user_id, slot, vector (d,), event_ts_ms, and optionally model_version (must equal the
+        target version), updated_at_ms (default now) and key/pk (must equal ``"{user_id}#{slot}"``). The
+        target version is `model_version`, else the rows' version, else the active one. A user's rows must
+        all be in one call (they become the user's whole set), each (user, slot) once; `delete_keys` are
+        ``"{user_id}#{slot}"`` keys, never also written in the same call.
+
+        How: the rows are inserted as a new generation (pk ``"{user_id}#{slot}#{generation}"``), then every
+        older generation of those users and every deleted slot is removed. Readers keep only each user's
+        newest generation, so they see the old set or the new set, never a user without vectors — which a
+        Milvus Lite upsert (delete, then insert) would show to a concurrent reader. Idempotent: writing the
+        same rows again leaves the same content.
+        """
+        delete_keys = list(delete_keys)
+        if not rows and not delete_keys:
+            return
+        row_versions = {str(r["model_version"]) for r in rows if r.get("model_version") is not None}
+        if model_version is None and len(row_versions) == 1:
+            model_version = row_versions.pop()
+        version = self._version(model_version)
+        if row_versions - {version}:
+            raise ValueError(f"rows carry model versions {sorted(row_versions)} but are written to version {version}")
+        now = _now_ms()
+        generation = self._next_sequence()
+        records, keys = [], set()
+        for row in rows:
+            user_id = validate_user_id(row["user_id"])
+            key = interest_key(user_id, row["slot"])
+            given = row.get("key", row.get("pk"))
+            if given is not None and given != key:
+                raise ValueError(f"row key {given!r} does not match user {user_id!r} slot {row['slot']}; expected {key!r}")
+            if key in keys:
+                raise ValueError(f"interest key {key} appears twice in one write; collapse a user's updates first")
+            keys.add(key)
+            records.append(
+                {
+                    "key": f"{key}#{generation}",
+                    "user_id": user_id,
+                    "slot": int(row["slot"]),
+                    "generation": generation,
+                    "vector": np.asarray(row["vector"], dtype=np.float32),
+                    "model_version": version,
+                    "event_ts_ms": int(row["event_ts_ms"]),
+                    "updated_at_ms": int(row.get("updated_at_ms") or now),
+                }
+            )
+        both = keys.intersection(delete_keys)
+        if both:
+            raise ValueError(f"interest keys {sorted(both)[:3]} are both written and deleted in one call")
+        written_users = sorted({record["user_id"] for record in records})
+        deleted_slots: dict[str, set[int]] = {}
+        for key in delete_keys:
+            user_id, slot = _split_interest_key(key)
+            if user_id not in written_users:  # a written user's older generations all go anyway
+                deleted_slots.setdefault(user_id, set()).add(slot)
+
+        clauses = []
+        if written_users:
+            clauses.append(f"(user_id in {_quoted_list(written_users)} and generation < {generation})")
+        clauses += [
+            f"(user_id == {json.dumps(user_id)} and slot in {sorted(slots)})" for user_id, slots in sorted(deleted_slots.items())
+        ]
+        name = self.interests_collection(version)
+        if records:
+            self._call("write user interests", self._client.insert, name, records)
+        if clauses:
+            self._call("delete old user interests", self._client.delete, name, filter=" or ".join(clauses))
+
+    def get_user_interests(
+        self, user_ids: str | Sequence[str], *, model_version: str | None = None
+    ) -> dict[str, list[StoredInterest]]:
+        """Stored interests per user id (the user's newest generation), sorted by slot; no vectors -> []."""
+        single = isinstance(user_ids, str)
+        wanted = [validate_user_id(u) for u in ([user_ids] if single else user_ids)]
+        version = self._version(model_version)
+        found: dict[str, list[StoredInterest]] = {u: [] for u in wanted}
+        if not wanted:
+            return found
+        rows = self._call(
+            "read user interests",
+            self._client.query,
+            self.interests_collection(version),
+            filter=f"user_id in {_quoted_list(sorted(set(wanted)))}",
+            output_fields=["user_id", "slot", "generation", "vector", "model_version", "event_ts_ms", "updated_at_ms"],
+        )
+        # Between a write's insert and its delete, a user has two generations: keep the newest only.
+        newest = {user_id: row["generation"] for user_id, row in _latest_by(rows, "user_id", "generation").items()}
+        by_slot: dict[tuple[str, int], StoredInterest] = {}
+        for row in rows:
+            if row["generation"] != newest[row["user_id"]]:
+                continue
+            by_slot[(row["user_id"], int(row["slot"]))] = StoredInterest(
+                user_id=row["user_id"],
+                slot=int(row["slot"]),
+                vector=np.asarray(row["vector"], dtype=np.float32),
+                model_version=row["model_version"],
+                event_ts_ms=int(row["event_ts_ms"]),
+                updated_at_ms=int(row["updated_at_ms"]),
+            )
+        for (user_id, _), interest in sorted(by_slot.items()):
+            found[user_id].append(interest)
+        return found
+
+    def count_user_interests(self, model_version: str | None = None) -> int:
+        """Stored interest rows of a version. Exact once writes have returned (a write's older generation
+        lives only between its insert and its delete)."""
+        name = self.interests_collection(self._version(model_version))
+        rows = self._call("count user interests", self._client.query, name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    # --- housekeeping --------------------------------------------------------------------------------
+
+    def drop_all(self) -> None:
+        """Drop every collection of this store (its prefix): for tests and `rebuild` into an empty store."""
+        names = self._call("list collections", self._client.list_collections)
+        ours = [
+            n
+            for n in names
+            if n == self.versions_collection
+            or n.startswith(f"{self.prefix}{ITEMS}__")
+            or n.startswith(f"{self.prefix}{USER_INTERESTS}__")
+        ]
+        for name in ours:
+            self._call("drop " + name, self._client.drop_collection, name)
+        self._search_params.clear()
+        self._versions_ready = False
+
+    def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every Milvus call goes through here: bounded by timeout_s, errors become one-line StoreErrors."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return method(*args, timeout=self.timeout_s, **kwargs)
+        except MilvusException as exc:
+            raise StoreError(f"vector store at {self.uri}: {what} failed: {_first_line(exc)}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("grpc", "pymilvus")):
+                raise StoreError(f"vector store at {self.uri}: {what} failed: {_first_line(exc)}") from exc
+            raise
+
+
+def index_items(
+    artifact_dir: str | Path,
+    store: VectorStore,
+    index_type: str = "FLAT",
+    batch_size: int = 5000,
+    *,
+    index_params: Mapping[str, Any] | None = None,
+    search_params: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> str:
+    """Fill the `items` collection of the artifact's model version from the artifact, build its index.
+
+    Loads item ids, vectors and side features through `export.runtime`, creates the version's collections
+    if needed (the first version in a store becomes active), writes item index 1..N and builds the index.
+    Returns the model version. Raises `export.artifact.ArtifactError` for a bad artifact.
+    """
+    from export.runtime import UserTowerRuntime
+
+    runtime = UserTowerRuntime.load(artifact_dir)
+    version = str(runtime.manifest.model_version)
+    item_ids = list(runtime.item_ids())
+    vectors = np.asarray(runtime.item_vectors(), dtype=np.float32)
+    if vectors.shape[0] == len(item_ids) + 1:  # a runtime that keeps the padding row 0
+        vectors = vectors[1:]
+    side_by_name = runtime.item_side_features() if hasattr(runtime, "item_side_features") else {}
+    side = [{name: values[j] for name, values in side_by_name.items()} for j in range(len(item_ids))]
+    store.ensure_collections(int(vectors.shape[1]), version)
+    store.upsert_items(item_ids, vectors, model_version=version, side=side, batch_size=batch_size, progress=progress)
+    store.create_item_index(index_type, index_params, model_version=version, search_params=search_params)
+    return version
+
+
+def _latest_by(rows: Iterable[Mapping[str, Any]], group: str, order: str) -> dict[Any, Mapping[str, Any]]:
+    """For each value of `group`, the row with the highest `order`."""
+    latest: dict[Any, Mapping[str, Any]] = {}
+    for row in rows:
+        seen = latest.get(row[group])
+        if seen is None or row[order] > seen[order]:
+            latest[row[group]] = row
+    return latest
+
+
+def _split_interest_key(key: str) -> tuple[str, int]:
+    user_id, _, slot = str(key).rpartition("#")
+    if not slot.isdigit():
+        raise ValueError(f"interest key {key!r} is not of the form '{{user_id}}#{{slot}}'")
+    return validate_user_id(user_id), int(slot)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
