@@ -50,7 +50,9 @@ need_maven() {
         || die "Maven not found (no 'mvn' on PATH; it fetches the Kafka $KAFKA_VERSION jars once): install Maven 3 (e.g. apt install maven) or set KAFKA_BOOTSTRAP=host:port to use your own broker"
 }
 
-pom_digest() { sha256sum "$POM" | cut -c1-16; }
+pom_digest() {
+    if command -v sha256sum >/dev/null 2>&1; then sha256sum "$POM"; else shasum -a 256 "$POM"; fi | cut -c1-16
+}
 
 have_libs() { [[ -f "$LIBS/.complete" && "$(cat "$LIBS/.complete")" == "$(pom_digest)" ]]; }
 
@@ -86,7 +88,7 @@ cmd_fetch() {
     # Never replace complete jars: a broker started by a concurrent fetch may be loading classes from them.
     if ! have_libs; then
         rm -rf "$LIBS"  # left by another pom.xml, or a fetch that was killed
-        mv -T "$tmp/libs" "$LIBS" 2>/dev/null || true
+        mv "$tmp/libs" "$LIBS" 2>/dev/null || true
     fi
     rm -rf "$tmp"
     have_libs || die "fetch finished but $LIBS is incomplete; delete it and run fetch again"
@@ -103,10 +105,16 @@ free_port() {
 }
 
 # The PID is ours only if that process still runs kafka.Kafka with this dir's config (PIDs get reused).
+# `ps -o args=` rather than /proc, so this also works on macOS.
 pid_is_our_broker() {
     local pid="$1" dir="$2"
-    [[ -r "/proc/$pid/cmdline" ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "kafka.Kafka $dir/server.properties"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -- "kafka.Kafka $dir/server.properties"
+}
+
+# An absolute, symlink-free path, so start and stop name the same config file in the PID check.
+abs_dir() {
+    if [[ -d "$1" ]]; then (cd "$1" && pwd -P); else echo "$1"; fi
 }
 
 running_pid() {
@@ -170,8 +178,7 @@ parse_dir_arg() {
             *) die "unknown argument '$1' (usage: kafka.sh ${CMD} [--dir D])" ;;
         esac
     done
-    mkdir -p "$DIR"
-    DIR="$(cd "$DIR" && pwd)"
+    DIR="$(abs_dir "$DIR")"
 }
 
 # --- start -----------------------------------------------------------------------------------------------
@@ -185,7 +192,7 @@ cmd_start() {
             --dir) dir="${2:?--dir needs a folder}"; shift 2 ;;
             --partitions) partitions="${2:?--partitions needs a number}"; shift 2 ;;
             --exit-with) owner="${2:?--exit-with needs a PID}"; shift 2 ;;
-            *) die "unknown argument '$1' (usage: kafka.sh start [--port N] [--controller-port M] [--dir D] [--partitions P] [--exit-with PID])" ;;
+            *) die "unknown argument '$1' (usage: kafka.sh start [--port N|auto] [--controller-port M] [--dir D] [--partitions P] [--exit-with PID])" ;;
         esac
     done
     if [[ -n "${KAFKA_BOOTSTRAP:-}" ]]; then
@@ -198,7 +205,7 @@ cmd_start() {
     [[ "$port" == auto ]] && port="$(free_port)"
     [[ "$port" =~ ^[0-9]+$ ]] || die "--port '$port' is not a port number (or 'auto' for a free one)"
     mkdir -p "$dir"
-    dir="$(cd "$dir" && pwd)"
+    dir="$(abs_dir "$dir")"
 
     local pid
     if pid="$(running_pid "$dir")"; then
@@ -227,9 +234,11 @@ cmd_start() {
     fi
 
     # setsid: its own session, so a Ctrl-C meant for the caller does not kill the broker mid-teardown; the
-    # caller stops it by PID. (setsid execs in place here, so $! is the JVM's PID.)
+    # caller stops it by PID. (setsid execs in place here, so $! is the JVM's PID.) macOS has no setsid.
+    local detach=()
+    command -v setsid >/dev/null 2>&1 && detach=(setsid)
     # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS and KAFKA_JVM_OPTS are lists of flags
-    setsid java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} -XX:+UseSerialGC -Djava.awt.headless=true \
+    ${detach[@]+"${detach[@]}"} java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} -XX:+UseSerialGC -Djava.awt.headless=true \
         ${KAFKA_JVM_OPTS:-} "${log4j[@]}" -cp "$cp" \
         kafka.Kafka "$dir/server.properties" >"$dir/broker.log" 2>&1 </dev/null &
     pid=$!
