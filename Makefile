@@ -9,6 +9,8 @@ KAFKA := bash deploy/kafka/kafka.sh
 # Runs a command with KAFKA_BOOTSTRAP exported: the user's broker, or a fresh one stopped afterwards.
 WITH_BROKER := bash deploy/kafka/with-broker.sh
 KAFKA_PORT ?= 9092
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="-x -k kafka"
+PYTEST_ARGS ?=
 
 .PHONY: demo test bench kafka-up kafka-down kafka-status lint clean install
 
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml
 # missing Java or Maven fails here with one clear line.
 test: $(STAMP)
 	@$(KAFKA) fetch
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Until streams/demo.py exists, the demo is what exists: the broker round trip.
 demo: $(STAMP)
