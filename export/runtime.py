@@ -62,7 +62,10 @@ def pack_histories(index_rows: Sequence[Sequence[int]], length: int | None = Non
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     """Options tuned for a mostly-I/O worker: few threads, no spinning, sequential, all graph optimisations."""
     if intra_op_threads is None:
-        intra_op_threads = int(os.environ.get(THREADS_ENV, DEFAULT_INTRA_OP_THREADS))
+        raw = os.environ.get(THREADS_ENV, str(DEFAULT_INTRA_OP_THREADS))
+        if not raw.strip().isdigit():
+            raise ValueError(f"{THREADS_ENV}={raw!r}: expected a positive integer number of threads")
+        intra_op_threads = int(raw)
     if intra_op_threads < 1:
         raise ValueError(f"intra_op_threads must be ≥ 1, got {intra_op_threads}")
     options = ort.SessionOptions()
