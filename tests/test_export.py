@@ -145,6 +145,26 @@ def test_appending_padding_does_not_change_a_users_interests(runtime):
     np.testing.assert_array_equal(batched.valid_interest_mask[0], alone.valid_interest_mask[0])
 
 
+def test_session_threads_are_configurable_and_give_the_same_interests(tiny, runtime, monkeypatch):
+    import onnxruntime as ort
+
+    from export.runtime import THREADS_ENV, session_options
+
+    options = session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert session_options().intra_op_num_threads == 2
+    two_threads = UserTowerRuntime.load(tiny[0])
+    histories = [runtime.item_ids()[i : i + 1 + i % MAX_LEN] for i in range(30)]
+    np.testing.assert_allclose(two_threads.infer_raw(histories).interest_vectors,
+                               runtime.infer_raw(histories).interest_vectors, atol=1e-6)
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match=f"{THREADS_ENV}='many'"):
+        session_options()
+
+
 # --- raw ids and profiles -------------------------------------------------------------------------------
 
 
