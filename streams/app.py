@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +170,8 @@ async def process_interactions(events: Sequence[Any]) -> None:
     metrics.EVENTS_DUPLICATE.inc(len(plan.duplicates))
     if not plan.histories:
         return
+    for applied in plan.applied.values():
+        _item_counts.update(e.item_id for e in applied)
     events_of = {}
     for p in parsed:
         events_of.setdefault(p.interaction.user_id, []).append(p.event)
@@ -264,6 +267,21 @@ async def dead_letter(event: Any, reason: str) -> None:
                  ("mindstream-failed-at-ms", str(now_ms()).encode())])
 
 
+# Cold-start answer for a user without vectors: the items most seen in this worker's stream. Seeded once
+# from the (changelog-restored) histories table, so a restarted worker does not start from nothing.
+_item_counts: Counter[str] = Counter()
+_item_counts_seeded = False
+
+
+def popular_items(n: int) -> list[tuple[str, float]]:
+    global _item_counts_seeded
+    if not _item_counts_seeded:
+        _item_counts_seeded = True
+        for value in list(histories.values()):
+            _item_counts.update(item[0] for item in (value or {}).get("items", []))
+    return [(item, float(count)) for item, count in _item_counts.most_common(n)]
+
+
 # --- web views on the worker (it owns the Milvus Lite file, so recall is served here) -----------------
 
 
@@ -279,7 +297,7 @@ async def recall_view(self: Any, request: Any, user: str) -> Any:
         return self.json({"error": str(exc)}, status=400)
     started = time.perf_counter()
     svc = await asyncio.to_thread(services)
-    result = await asyncio.to_thread(recall, svc.store, user_id, n)
+    result = await asyncio.to_thread(recall, svc.store, user_id, n, fallback=popular_items)
     metrics.RECALL_SECONDS.observe(time.perf_counter() - started)
     return self.json(_jsonable(result))
 

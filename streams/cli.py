@@ -335,11 +335,10 @@ def cmd_recall(args: argparse.Namespace) -> int:
     answer = fetch_recall_http(args.url or settings.web_url, user_id, n)
     source = f"worker at {args.url or settings.web_url}"
     if answer is None:
-        from streams.app import _jsonable
         from streams.recall import recall
         source = f"store {settings.milvus_uri}"
         store = settings.open_store()
-        answer = _jsonable(recall(store, user_id, n))
+        answer = recall(store, user_id, n).to_dict()
     if args.json:
         print(json.dumps(answer, indent=2))
     else:

@@ -1,0 +1,384 @@
+"""The worker end to end: real Kafka broker, `mind-stream worker` as a subprocess, real Milvus Lite, real
+onnxruntime tower from a real exported artifact (random weights). Budget: about 90 s on 2 cores.
+
+Every expected vector is recomputed offline here with `UserTowerRuntime.infer` on the same history, so the
+tests prove that what the stream wrote is what the model says — not a number copied from a previous run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from artifact_fixture import build_tiny_artifact
+from helpers import delete_topics, die_with_parent, free_port, unique_name, wait_until
+
+from export.runtime import UserTowerRuntime
+
+pytestmark = pytest.mark.timeout(240)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WAIT_S = 60  # ceiling against hanging, not a performance assertion
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_artifact(tmp_path_factory.mktemp("stream-artifact") / "artifact", num_items=40)
+
+
+@pytest.fixture(scope="module")
+def runtime(artifact_dir: Path) -> UserTowerRuntime:
+    return UserTowerRuntime.load(artifact_dir)
+
+
+@dataclass
+class Worker:
+    """One `mind-stream worker` subprocess and the settings it runs with."""
+
+    env: dict[str, str]
+    artifact_dir: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    started_logs: list[Path] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['MINDSTREAM_WEB_PORT']}"
+
+    def start(self) -> None:
+        log = self.log_path.with_name(f"{self.log_path.stem}-{len(self.started_logs)}.log")
+        self.started_logs.append(log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--artifact", str(self.artifact_dir), "--loglevel", "info"],
+            env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        )
+        wait_until(self._healthy, WAIT_S, interval=0.3, what=f"worker healthy at {self.url} (log {log})")
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            return get_json(f"{self.url}/healthz").get("status") == "ok"
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # graceful: faust commits offsets and flushes the changelog
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.started_logs[-1].read_text(errors="replace").splitlines()[-lines:])
+
+    def interests(self, user: str) -> dict:
+        return get_json(f"{self.url}/users/{user}/interests")
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
+    tmp = tmp_path_factory.mktemp("stream-worker")
+    app_id = unique_name("mstest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDSTREAM_", "MILVUS_"))}
+    env.update({
+        "KAFKA_BOOTSTRAP": kafka_bootstrap, "MINDSTREAM_APP_ID": app_id,
+        "MINDSTREAM_TOPIC_INTERACTIONS": f"{app_id}-interactions", "MINDSTREAM_TOPIC_PROFILES": f"{app_id}-profiles",
+        "MINDSTREAM_TOPIC_UPDATES": f"{app_id}-updates", "MINDSTREAM_TOPIC_DLQ": f"{app_id}-dlq",
+        "MINDSTREAM_PARTITIONS": "3", "MINDSTREAM_MILVUS_URI": str(tmp / "milvus.db"),
+        "MINDSTREAM_DATA_DIR": str(tmp / "faust-data"), "MINDSTREAM_WEB_PORT": str(free_port()),
+        "MINDSTREAM_BATCH_WINDOW_S": "0.05", "MINDSTREAM_ORT_THREADS": "1",
+    })  # fmt: skip
+    indexed = subprocess.run([sys.executable, "-m", "streams.cli", "index-items", str(artifact_dir)],
+                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert indexed.returncode == 0, indexed.stderr
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
+        topics += [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog", f"{app_id}-__assignor-__leader"]
+        delete_topics(kafka_bootstrap, topics)
+
+
+# --- helpers: produce, expected vectors ----------------------------------------------------------------
+
+
+def produce(worker: Worker, messages: list[tuple[bytes | None, bytes]], topic_env: str = "MINDSTREAM_TOPIC_INTERACTIONS") -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"], acks="all")
+    try:
+        for key, value in messages:
+            producer.send(worker.env[topic_env], key=key, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, bytes]:
+    return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts_s, **extra}).encode()
+
+
+def committed_lag(worker: Worker) -> int:
+    """Messages of the interactions topic not yet covered by the worker's committed offsets."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = worker.env["MINDSTREAM_TOPIC_INTERACTIONS"]
+    # A consumer that never subscribes only reads the group's committed offsets; it does not join the group.
+    consumer = KafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"], group_id=worker.env["MINDSTREAM_APP_ID"],
+                             enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = consumer.end_offsets(partitions)
+        return sum(end - (consumer.committed(tp) or 0) for tp, end in ends.items())
+    finally:
+        consumer.close()
+
+
+def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]]) -> np.ndarray:
+    """Offline recompute: (item, ts) pairs → the valid interest vectors (K'u, d), as the worker must store."""
+    items = [item for item, _ in sorted(history, key=lambda p: p[1])][-runtime.manifest.max_history_length:]
+    hist, mask = runtime.encode_histories([items])
+    out = runtime.infer(hist, mask, runtime.encode_profiles([None]))
+    return out.interest_vectors[0][out.valid_interest_mask[0]]
+
+
+def stored_vectors(answer: dict) -> np.ndarray:
+    return np.array([row["vector"] for row in sorted(answer["interests"], key=lambda r: r["slot"])], dtype=np.float32)
+
+
+def wait_for_user(worker: Worker, user: str, latest_ts_s: float, history_length: int) -> dict:
+    """The user's stored interests once they reflect the event at `latest_ts_s` and the expected history."""
+    latest_ms = int(round(latest_ts_s * 1000))
+
+    def reflected() -> dict | None:
+        answer = worker.interests(user)
+        rows = answer["interests"]
+        if rows and all(r["event_ts_ms"] == latest_ms for r in rows) and answer["history_length"] == history_length:
+            return answer
+        return None
+
+    try:
+        return wait_until(reflected, WAIT_S, interval=0.2, what=f"vectors of {user} reflecting ts {latest_ms}")
+    except TimeoutError:
+        print(worker.log_tail())
+        raise
+
+
+def items_of(runtime: UserTowerRuntime) -> list[str]:
+    return list(runtime.item_ids())
+
+
+# --- the tests -------------------------------------------------------------------------------------------
+
+
+def test_events_of_several_users_become_the_vectors_an_offline_recompute_gives(worker, runtime):
+    items = items_of(runtime)
+    now = time.time()
+    lengths = {"alice": 1, "bob": 3, "carol": 8, "dave": 20}
+    histories = {u: [(items[(7 * k + 3 * j) % len(items)], now - 100 + j) for j in range(n)]
+                 for k, (u, n) in enumerate(lengths.items())}
+    messages = [event(u, item, ts) for u, h in histories.items() for item, ts in h]
+    produce(worker, messages)
+    max_len = runtime.manifest.max_history_length
+    counts = {}
+    for user, history in histories.items():
+        answer = wait_for_user(worker, user, history[-1][1], min(len(history), max_len))
+        expected = expected_interests(runtime, history)
+        np.testing.assert_allclose(stored_vectors(answer), expected, rtol=1e-5, atol=1e-6)
+        assert all(row["model_version"] == runtime.manifest.model_version for row in answer["interests"])
+        counts[user] = len(answer["interests"])
+    # K'u grows with the history: max(1, min(K, floor(log2 n))) on the kept history.
+    assert counts["alice"] == 1 and counts["bob"] == 1
+    assert counts["alice"] <= counts["bob"] <= counts["carol"] <= counts["dave"]
+    assert counts["dave"] > counts["alice"]
+
+
+def test_interest_count_grows_as_one_users_history_grows(worker, runtime):
+    items = items_of(runtime)
+    now = time.time()
+    history: list[tuple[str, float]] = []
+    seen_counts = []
+    for n_new in (1, 1, 2, 4):
+        new = [(items[(5 * len(history) + j) % len(items)], now - 50 + len(history) + j) for j in range(n_new)]
+        history += new
+        produce(worker, [event("grower", item, ts) for item, ts in new])
+        answer = wait_for_user(worker, "grower", history[-1][1], len(history))
+        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+        seen_counts.append(len(answer["interests"]))
+    assert seen_counts == sorted(seen_counts) and seen_counts[-1] > seen_counts[0]  # 1, 1, 2, 3 for 1, 2, 4, 8 items
+
+
+def test_a_duplicate_delivery_changes_nothing(worker, runtime):
+    items = items_of(runtime)
+    now = time.time()
+    history = [(items[j], now - 30 + j) for j in range(5)]
+    messages = [event("dup", item, ts, event_id=f"dup-{j}") for j, (item, ts) in enumerate(history)]
+    produce(worker, messages)
+    before = wait_for_user(worker, "dup", history[-1][1], 5)
+    duplicates_before = worker.metric("mindstream_events_duplicate_total")
+    # The same five events delivered twice more.
+    produce(worker, messages + messages)
+    wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= duplicates_before + 10, WAIT_S,
+               what="10 duplicates counted")
+    after = worker.interests("dup")
+    assert after == before  # same vectors, same updated_at_ms: nothing was rewritten
+    assert after["history_length"] == 5
+
+
+def test_an_event_without_id_sent_twice_is_applied_once(worker, runtime):
+    item, ts = items_of(runtime)[3], time.time() - 20
+    produce(worker, [event("noid", item, ts)])
+    first = wait_for_user(worker, "noid", ts, 1)
+    dup_before = worker.metric("mindstream_events_duplicate_total")
+    produce(worker, [event("noid", item, ts)])
+    wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= dup_before + 1, WAIT_S, what="duplicate")
+    assert worker.interests("noid") == first  # both deliveries derive the same event id
+
+
+def test_a_burst_for_one_user_ends_in_one_consistent_state(worker, runtime, kafka_bootstrap):
+    items = items_of(runtime)
+    now = time.time()
+    # 40 events, timestamps deliberately out of order: the history is ordered by ts, not arrival.
+    history = [(items[(11 * j) % len(items)], now - 60 + ((j * 17) % 40)) for j in range(40)]
+    produce(worker, [event("burst", item, ts) for item, ts in history])
+    latest = max(ts for _, ts in history)
+    answer = wait_for_user(worker, "burst", latest, runtime.manifest.max_history_length)
+    expected = expected_interests(runtime, history)
+    np.testing.assert_allclose(stored_vectors(answer), expected, rtol=1e-5, atol=1e-6)
+    assert [row["slot"] for row in answer["interests"]] == list(range(len(expected)))  # no stale slot left
+
+    # The last interest-update for the user reflects the final state.
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(worker.env["MINDSTREAM_TOPIC_UPDATES"], bootstrap_servers=kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000, enable_auto_commit=False)
+    updates = [json.loads(m.value) for m in consumer if m.key == b"burst"]
+    consumer.close()
+    assert updates, "no interest-updates message for the burst user"
+    assert updates[-1]["event_ts_ms"] == int(round(latest * 1000))
+    assert updates[-1]["num_interests"] == len(expected)
+    assert updates[-1]["model_version"] == runtime.manifest.model_version
+
+
+def test_malformed_events_go_to_the_dlq_with_reasons_and_good_ones_around_them_are_processed(worker, runtime,
+                                                                                             kafka_bootstrap):
+    items = items_of(runtime)
+    now = time.time()
+    bad = [
+        (b"badjson", b"{not json", "bad JSON"),
+        (b"x", b"\xff\xfe", "bad JSON"),
+        (b"x", b"[1,2,3]", "not an object"),
+        (b"x", json.dumps({"item_id": items[0], "ts": now}).encode(), "missing field user_id"),
+        (b"x", json.dumps({"user_id": "x", "ts": now}).encode(), "missing field item_id"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0]}).encode(), "missing field ts"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": "yesterday"}).encode(), "wrong type for ts"),
+        (b"x", json.dumps({"user_id": {"id": 1}, "item_id": items[0], "ts": now}).encode(), "wrong type for user_id"),
+        (b"x", json.dumps({"user_id": "bad user!", "item_id": items[0], "ts": now}).encode(), "user_id format"),
+        (b"x", json.dumps({"user_id": "x", "item_id": "i" * 500, "ts": now}).encode(), "item_id too long"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": -5}).encode(), "ts negative"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": now + 10 * 86400}).encode(), "ts too far"),
+        (None, b"", "bad JSON"),
+    ]
+    good_before = [(items[1], now - 10), (items[2], now - 9)]
+    good_after = [(items[4], now - 8), (items[5], now - 7)]
+    messages = [event("mixed", i, t) for i, t in good_before] + [(k, v) for k, v, _ in bad]
+    messages += [event("mixed", i, t) for i, t in good_after]
+    produce(worker, messages)
+    history = good_before + good_after
+    answer = wait_for_user(worker, "mixed", history[-1][1], 4)
+    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(worker.env["MINDSTREAM_TOPIC_DLQ"], bootstrap_servers=kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000, enable_auto_commit=False)
+    dead = []
+    deadline = time.monotonic() + WAIT_S
+    while len(dead) < len(bad) and time.monotonic() < deadline:
+        dead += [(m.key, m.value, dict(m.headers)) for m in consumer]
+    consumer.close()
+    by_value = {value: headers for _, value, headers in dead}
+    for _key, value, reason in bad:
+        assert value in by_value, f"{value[:40]!r} ({reason}) not in the DLQ"
+        assert by_value[value]["mindstream-reason"].decode().startswith(reason), by_value[value]
+        assert by_value[value]["mindstream-source"].startswith(worker.env["MINDSTREAM_TOPIC_INTERACTIONS"].encode())
+    assert worker.proc.poll() is None  # the agent (and the worker) survived all of it
+
+
+def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_committed_offsets(
+        worker, runtime, kafka_bootstrap):
+    """Last in this module: it restarts the module's worker with its local state wiped, then stops it."""
+    from streams.config import Settings
+    from streams.recall import recall
+
+    items = items_of(runtime)
+    now = time.time()
+    first = [(items[(3 * j) % len(items)], now - 40 + j) for j in range(6)]
+    produce(worker, [event("restart", item, ts) for item, ts in first])
+    wait_for_user(worker, "restart", first[-1][1], 6)
+    cold = get_json(f"{worker.url}/recall/nobody-yet?n=3")
+    assert cold["cold_start"] and len(cold["items"]) == 3  # popular items, not an error
+    bad_n = urllib.request.Request(f"{worker.url}/recall/restart?n=0")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bad_n, timeout=5)
+    assert refused.value.code == 400
+    with pytest.raises(urllib.error.HTTPError) as refused_user:
+        urllib.request.urlopen(f"{worker.url}/recall/bad%20user?n=5", timeout=5)
+    assert refused_user.value.code == 400
+
+    # Everything read so far is committed (faust commits every few seconds); then stop and wipe the
+    # worker's local state: the table must come back from its changelog topic.
+    wait_until(lambda: committed_lag(worker) == 0, WAIT_S, interval=0.5, what="offsets committed")
+    worker.stop()
+    shutil.rmtree(worker.env["MINDSTREAM_DATA_DIR"], ignore_errors=True)
+    worker.start()
+    second = [(items[(3 * j + 1) % len(items)], now - 20 + j) for j in range(3)]
+    produce(worker, [event("restart", item, ts) for item, ts in second])
+    history = first + second
+    answer = wait_for_user(worker, "restart", second[-1][1], len(history))
+    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    # Resumed from committed offsets: this worker read only the 3 new events, none of the earlier ones.
+    assert worker.metric("mindstream_events_in_total") == 3
+
+    over_http = get_json(f"{worker.url}/recall/restart?n=10")
+    worker.stop()
+    # The Milvus Lite file is one process's: free now, the Python function over it gives the same answer.
+    store = Settings.from_env(worker.env).open_store()
+    try:
+        in_process = recall(store, "restart", 10).to_dict()
+    finally:
+        store.close()
+    assert over_http == in_process
+    assert len(over_http["items"]) == 10 and not over_http["cold_start"]
+    assert {item["slot"] for item in over_http["items"]} <= {row["slot"] for row in answer["interests"]}
