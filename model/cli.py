@@ -1,17 +1,306 @@
-"""`mind-model`: Train and evaluate MIND."""
+"""`mind-model`: prepare data, train and evaluate MIND and its baselines, explain a user's interests.
+
+    mind-model data ml-100k
+    mind-model train --data ml-100k --out runs/mind-100k [--model mind|mind1|youtube_dnn] [config flags]
+    mind-model evaluate runs/mind-100k
+    mind-model compare --data ml-1m --out runs/compare-ml-1m
+    mind-model explain runs/mind-100k 42 --out heatmap.png
+
+Bad flags or files end with one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from model.baselines import MODEL_CHOICES, resolve_model_choice
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.config import ConfigError, MindConfig
+from model.data import DataError, InteractionData, load_dataset, summarize, user_split
+from model.datasets import DATASET_NAMES, prepare_dataset
+from model.evaluate import evaluate_scorer, format_table, model_scorer
+
+COMPARE_MODELS = ("mind", "mind1", "youtube_dnn", "popular")
+
+
+class UsageError(Exception):
+    """A bad command line or input file: reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: error: {message} (see --help)")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and training hyperparameters (defaults: the paper's where it gives one)")
+    for f in dataclasses.fields(MindConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: %(default)s)"
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            choices = ("uniform", "popularity") if f.name == "negative_sampler" else None
+            group.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices,
+                               metavar=f.name.upper(), help=help_text)
+
+
+def _config_from(args: argparse.Namespace) -> MindConfig:
+    return MindConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MindConfig)})
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, split: bool = True) -> None:
+    parser.add_argument("--data", required=True, metavar="DATASET",
+                        help=f"a named dataset ({', '.join(DATASET_NAMES)}) or a prepared .npz cache file")
+    parser.add_argument("--cache-dir", type=Path, default=Path("data"),
+                        help="where named datasets are downloaded and cached (default: %(default)s)")
+    if split:
+        parser.add_argument("--valid-fraction", type=float, default=0.1,
+                            help="share of users held out for validation / early stopping (default: %(default)s)")
+        parser.add_argument("--test-fraction", type=float, default=0.1,
+                            help="share of users held out for the test (never used in training; default: %(default)s)")
+        parser.add_argument("--split-seed", type=int, default=0,
+                            help="seed of the random user split (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default: %(default)s: on this shared 2-core machine two "
+                             "threads ran up to 50x slower than one, spinning while the other was descheduled)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="mind-model", description="Train and evaluate MIND.")
+    parser = _Parser(prog="mind-model", description="Train and evaluate MIND (multi-interest recall) and baselines.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    data = commands.add_parser("data", help="download (if needed), prepare and summarise a dataset",
+                               description="Download (if needed), prepare and cache a named dataset, then "
+                                           "print a summary.")
+    data.add_argument("name", choices=DATASET_NAMES, help="the dataset to prepare")
+    data.add_argument("--cache-dir", type=Path, default=Path("data"),
+                      help="where datasets are downloaded and cached (default: %(default)s)")
+    data.add_argument("--refresh", action="store_true", help="parse the raw files again instead of using the cache")
+
+    train = commands.add_parser("train", help="train one model and write RUN_DIR/checkpoint.pt + metrics.json",
+                                description="Train MIND or a baseline on the training users; keep the epoch "
+                                            "with the best validation Recall@50.")
+    _add_data_flags(train)
+    train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
+                       help="run directory for checkpoint.pt and metrics.json")
+    train.add_argument("--model", choices=MODEL_CHOICES, default="mind",
+                       help="mind; mind1 = MIND with one interest; youtube_dnn = mean-pooled behaviours + MLP "
+                            "(default: %(default)s)")
+    _add_config_flags(train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on its held-out test users",
+                                   description="Score a trained run on the test users of its split "
+                                               "(next-item and user-split protocols, N in {20, 50}); write "
+                                               "RUN_DIR/evaluation.json and print a table.")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
+    evaluate.add_argument("--cache-dir", type=Path, default=Path("data"),
+                          help="where the run's dataset is cached (default: %(default)s)")
+    evaluate.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+
+    compare = commands.add_parser("compare", help="MIND vs MIND-1 vs YouTube-DNN vs most-popular on one split",
+                                  description="Train each model on the same user split, evaluate all on the "
+                                              "same test users, print one table and write OUT/compare.json.")
+    _add_data_flags(compare)
+    compare.add_argument("--out", type=Path, default=None, metavar="OUT_DIR",
+                         help="where runs and compare.json go (default: runs/compare-DATASET)")
+    compare.add_argument("--models", default=",".join(COMPARE_MODELS),
+                         help=f"comma-separated subset of {', '.join(COMPARE_MODELS)} (default: all)")
+    _add_config_flags(compare)
+
+    explain = commands.add_parser("explain", help="heatmap of one user's coupling coefficients",
+                                  description="Write a PNG heatmap of which behaviours formed which interest "
+                                              "(behaviours labelled with their genres) for one user.")
+    explain.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
+    explain.add_argument("user", metavar="USER", help="raw user id from the run's dataset (e.g. 42)")
+    explain.add_argument("--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)")
+    explain.add_argument("--cache-dir", type=Path, default=Path("data"),
+                         help="where the run's dataset is cached (default: %(default)s)")
+    return parser
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_data(source: str, cache_dir: Path) -> InteractionData:
+    if source in DATASET_NAMES:
+        return prepare_dataset(source, cache_dir, progress=_progress)
+    if source.endswith(".npz"):
+        return load_dataset(source)
+    raise UsageError(f"--data {source!r}: not a named dataset ({', '.join(DATASET_NAMES)}) or a .npz cache file")
+
+
+def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace, split: Any) -> dict[str, Any]:
+    return {
+        "name": data.name, "source": source, "num_users": data.num_users, "num_items": data.num_items,
+        "num_interactions": data.num_interactions,
+        "split": {"valid_fraction": args.valid_fraction, "test_fraction": args.test_fraction,
+                  "seed": args.split_seed, "train_users": len(split.train_users),
+                  "valid_users": len(split.valid_users), "test_users": len(split.test_users)},
+    }
+
+
+def _split(data: InteractionData, record_or_args: Any) -> Any:
+    if isinstance(record_or_args, dict):
+        s = record_or_args["split"]
+        return user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"], seed=s["seed"])
+    a = record_or_args
+    return user_split(data, valid_fraction=a.valid_fraction, test_fraction=a.test_fraction, seed=a.split_seed)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    data = prepare_dataset(args.name, args.cache_dir, refresh=args.refresh, progress=_progress)
+    print(summarize(data))
+    return 0
+
+
+def _train_one(choice: str, config: MindConfig, data: InteractionData, split: Any, run_dir: Path,
+               record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from model.train import train_model, write_run
+
+    kind, config = resolve_model_choice(choice, config)
+    print(f"training {choice} on {data.name}: {len(split.train_users)} train users, "
+          f"{len(split.valid_users)} validation users -> {run_dir}", file=sys.stderr)
+    result = train_model(kind, config, data, split.train_users, split.valid_users,
+                         progress=not args.no_progress, threads=args.threads, log=_progress)
+    version = write_run(run_dir, result, data, record)
+    print(f"{choice}: {result.num_samples:,} samples, best epoch {result.best_epoch}, "
+          f"trained in {result.train_seconds:.0f}s, model version {version}", file=sys.stderr)
+    return {"model": result.model, "train_seconds": round(result.train_seconds, 1),
+            "best_epoch": result.best_epoch, "validation": result.best_validation, "model_version": version}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _config_from(args)
+    data = load_data(args.data, args.cache_dir)
+    split = _split(data, args)
+    record = _dataset_record(args.data, data, args, split)
+    trained = _train_one(args.model, config, data, split, args.out, record, args)
+    print(format_table({f"{args.model} (validation)": trained["validation"]}))
+    print(f"wrote {args.out / 'checkpoint.pt'} and {args.out / 'metrics.json'}; "
+          f"test it with: mind-model evaluate {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model.train import evaluate_popular
+
+    _set_threads(args.threads)
+    checkpoint = load_checkpoint(args.run_dir)
+    record = checkpoint.dataset
+    if "source" not in record or "split" not in record:
+        raise UsageError(f"{args.run_dir}: checkpoint does not record its dataset and split; re-train it")
+    data = load_data(record["source"], args.cache_dir)
+    if list(data.item_ids) != list(checkpoint.vocabularies["item_ids"]):
+        raise UsageError(f"{args.run_dir}: dataset {record['source']} has other items than at training time; "
+                         "re-train the run on the current dataset")
+    split = _split(data, record)
+    config = checkpoint.config
+    label = f"{checkpoint.model_kind} K={config.num_interests}" if checkpoint.model_kind == "mind" else checkpoint.model_kind
+    results = {
+        label: evaluate_scorer(model_scorer(checkpoint.model, config.max_history_length), data.sequences,
+                               data.user_profile, split.test_users, config.holdout_fraction),
+        "popular": evaluate_popular(data, split.train_users, split.test_users, config.holdout_fraction),
+    }
+    out = args.run_dir / "evaluation.json"
+    out.write_text(json.dumps({"model_version": checkpoint.model_version, "dataset": record,
+                               "test_users": len(split.test_users), "results": results}, indent=2) + "\n")
+    print(format_table(results))
+    print(f"test users: {len(split.test_users)}; wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from model.train import evaluate_popular
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(COMPARE_MODELS))
+    if unknown or not models:
+        raise UsageError(f"--models: unknown {unknown or 'empty list'}; choose from {', '.join(COMPARE_MODELS)}")
+    config = _config_from(args)
+    data = load_data(args.data, args.cache_dir)
+    split = _split(data, args)
+    record = _dataset_record(args.data, data, args, split)
+    out_dir = args.out or Path("runs") / f"compare-{data.name}"
+    results: dict[str, Any] = {}
+    runs: dict[str, Any] = {}
+    started = time.perf_counter()
+    for choice in models:
+        if choice == "popular":
+            results["popular"] = evaluate_popular(data, split.train_users, split.test_users, config.holdout_fraction)
+            continue
+        trained = _train_one(choice, config, data, split, out_dir / choice, record, args)
+        results[choice] = evaluate_scorer(model_scorer(trained["model"], config.max_history_length),
+                                          data.sequences, data.user_profile, split.test_users,
+                                          config.holdout_fraction)
+        runs[choice] = {k: v for k, v in trained.items() if k != "model"}
+        print(format_table({choice: results[choice]}), file=sys.stderr)
+    summary = {"dataset": record, "config": config.to_dict(), "test_users": len(split.test_users),
+               "results": results, "runs": runs, "total_seconds": round(time.perf_counter() - started, 1)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{data.name}: {len(split.test_users)} test users, exact retrieval over {data.num_items} items")
+    print(format_table(results))
+    for choice, run in runs.items():
+        print(f"  {choice}: trained in {run['train_seconds']:.0f}s (best epoch {run['best_epoch']})")
+    print(f"wrote {out_dir / 'compare.json'}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from model.explain import explain_user, plot_explanation
+
+    checkpoint = load_checkpoint(args.run_dir)
+    data = load_data(checkpoint.dataset.get("source", ""), args.cache_dir)
+    explanation = explain_user(checkpoint.model, data, args.user)
+    path = plot_explanation(explanation, args.out)
+    strongest = np.argmax(explanation.coupling, axis=1) if explanation.coupling.size else []
+    print(f"user {args.user}: {len(explanation.behaviour_labels)} behaviours -> "
+          f"{explanation.coupling.shape[1]} interests; behaviours per interest: "
+          f"{np.bincount(strongest, minlength=explanation.coupling.shape[1]).tolist()}")
+    for j, items in enumerate(explanation.interest_top_items):
+        print(f"  interest {j + 1}: {'; '.join(items[:3])}")
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        message = str(error)
+        print(message if message.startswith("mind-model") else f"mind-model: error: {message}", file=sys.stderr)
+    except (DataError, ConfigError, CheckpointError, OSError) as error:
+        print(f"mind-model: error: {error}", file=sys.stderr)
+    except KeyError as error:
+        print(f"mind-model: error: {error.args[0] if error.args else error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("mind-model: interrupted", file=sys.stderr)
+        return 130
+    return 2
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Defaults follow the paper (Li et al., CIKM 2019) where it gives a value: routing logits drawn from
 N(0, sigma^2) with sigma = 1 (0.1-5 made no difference), 3 routing iterations, Adam, and a large attention
-power p (hard attention trained best). The rest are sized for MovieLens on a small CPU.
+power p (hard attention trained best). The rest are sized for MovieLens on a small CPU. Each field carries
+its help text (shown by `mind-model train --help`).
 """
 
 from __future__ import annotations
@@ -20,58 +21,49 @@ class ConfigError(ValueError):
     """A hyperparameter or a feature spec that cannot build a model."""
 
 
+def _option(default: Any, help_text: str) -> Any:
+    """A dataclass field whose help text the CLI shows for its --flag."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class MindConfig:
-    """Hyperparameters of MIND, its baselines, training and evaluation.
+    """Hyperparameters of MIND, its baselines, training and evaluation (each field's help says what it is)."""
 
-    Model
-        embedding_dim: d, the size of item embeddings, capsules and interest vectors.
-        num_interests: K, the most interest vectors a user gets.
-        adaptive_interests: use K'u = max(1, min(K, floor(log2 |Iu|))) interests (paper section 3.3);
-            False gives every user all K.
-        routing_iterations: r, rounds of behaviour-to-interest dynamic routing (paper: 3).
-        routing_logit_std: sigma of the N(0, sigma^2) draw of the initial routing logits (paper: 1).
-        routing_stop_gradient: do not backpropagate through the routing-logit updates (only the last
-            round's z = sum_i w_ij S e_i carries gradient to S and the embeddings, w held constant), as
-            the reference implementations do; False backpropagates through every round.
-        profile_embedding_dim: size of each profile field's embedding; p_u concatenates them.
-        hidden_dim: width of the first ReLU layer of the interest MLP (the second outputs d).
-        interest_output_relu: apply ReLU to the MLP's output layer too (the paper's "two ReLU layers").
-        attention_power: p of label-aware attention (training only). 0 averages the interests, larger p
-            sharpens toward the interest most similar to the target, math.inf is a hard argmax.
-        max_history_length: the most recent behaviours a user tower sees.
-    Training
-        num_negatives: items sampled per batch (shared by all rows) for the sampled softmax.
-        negative_sampler: "uniform" over the corpus, or "popularity" (train counts ** 0.75), both
-            with the logQ correction so the loss estimates the full softmax.
-        learning_rate, weight_decay: Adam's.
-        batch_size, epochs: training samples per step, passes over the training samples.
-        patience: stop after this many epochs without a better validation Recall@50 (0 = never stop early).
-        seed: seeds the routing-logit draw, initialisation, sample order and negatives.
-    Evaluation
-        holdout_fraction: user-split protocol; the last 20% of each held-out user's behaviours are targets.
-    """
-
-    embedding_dim: int = 64
-    num_interests: int = 4
-    adaptive_interests: bool = True
-    routing_iterations: int = 3
-    routing_logit_std: float = 1.0
-    routing_stop_gradient: bool = True
-    profile_embedding_dim: int = 16
-    hidden_dim: int = 128
-    interest_output_relu: bool = True
-    attention_power: float = math.inf
-    max_history_length: int = 50
-    num_negatives: int = 1000
-    negative_sampler: str = "uniform"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    epochs: int = 10
-    patience: int = 2
-    seed: int = 42
-    holdout_fraction: float = 0.2
+    # model
+    embedding_dim: int = _option(64, "d: size of item embeddings, capsules and interest vectors")
+    num_interests: int = _option(4, "K: the most interest vectors a user gets (1 = MIND-1)")
+    adaptive_interests: bool = _option(
+        True, "give a user K'u = max(1, min(K, floor(log2 n))) interests, n = behaviours the tower sees "
+              "(paper 3.3); off: always K")
+    routing_iterations: int = _option(3, "rounds of behaviour-to-interest dynamic routing (paper: 3)")
+    routing_logit_std: float = _option(
+        1.0, "sigma of the N(0, sigma^2) draw of the frozen initial routing logits (paper: 1)")
+    routing_stop_gradient: bool = _option(
+        True, "no gradient through the routing-logit updates, only through the last round's weighted sum "
+              "(as the reference implementations do)")
+    profile_embedding_dim: int = _option(16, "size of each profile field's embedding (p_u concatenates them)")
+    hidden_dim: int = _option(128, "width of the interest MLP's first ReLU layer (the second outputs d)")
+    interest_output_relu: bool = _option(
+        True, "ReLU on the interest MLP's output layer too (the paper's 'two ReLU layers')")
+    attention_power: float = _option(
+        math.inf, "p of label-aware attention, training only: 0 averages the interests, larger p sharpens "
+                  "toward the one most similar to the target, inf = hard argmax (paper: hard is best)")
+    max_history_length: int = _option(50, "the most recent behaviours the user tower sees")
+    # training
+    num_negatives: int = _option(1000, "items sampled per batch (shared by all rows) for the sampled softmax")
+    negative_sampler: str = _option(
+        "uniform", "negatives drawn 'uniform' over the corpus or by 'popularity' (train count ** 0.75); "
+                   "both logQ-corrected")
+    learning_rate: float = _option(1e-3, "Adam learning rate")
+    weight_decay: float = _option(0.0, "Adam weight decay")
+    batch_size: int = _option(256, "training samples per step")
+    epochs: int = _option(10, "the most passes over the training samples")
+    patience: int = _option(2, "stop after this many epochs without a better validation Recall@50 (0 = never)")
+    seed: int = _option(42, "seeds the routing-logit draw, initialisation, sample order and negatives")
+    # evaluation
+    holdout_fraction: float = _option(
+        0.2, "user-split protocol: the last share of each held-out user's behaviours that are targets")
 
     def __post_init__(self) -> None:
         positive_ints = ("embedding_dim", "num_interests", "routing_iterations", "profile_embedding_dim",

@@ -1,0 +1,258 @@
+"""Training: next-item samples from the training users, sampled softmax, early stopping on validation users.
+
+A sample is (user u, position t >= 1): the target is u's item t, the history the previous
+config.max_history_length items. Batches are cut straight out of one flat array of all training
+sequences with numpy (no DataLoader, no per-sample Python). Each batch shares config.num_negatives items
+sampled from the corpus (uniform or popularity ** 0.75) and applies the logQ correction so the loss is an
+estimate of the full softmax over the corpus; a negative that equals a row's target is masked out.
+After every epoch the model is scored on the validation users (user-split Recall@50); the best epoch's
+weights are kept. Test users are never looked at here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.baselines import MostPopular, build_model
+from model.checkpoint import save_checkpoint
+from model.config import FeatureSpec, MindConfig, vocabularies_of
+from model.evaluate import evaluate_scorer, model_scorer
+from model.mind import RetrievalModel
+
+VALIDATION_METRIC = ("user_split", "Recall@50")
+POPULARITY_EXPONENT = 0.75
+
+
+@dataclass
+class SampleIndex:
+    """All training samples as positions in one flat array of the training users' sequences."""
+
+    flat_items: np.ndarray      # (T,) every training user's sequence, concatenated
+    sequence_start: np.ndarray  # (S,) where the sample's user sequence starts in flat_items
+    target_offset: np.ndarray   # (S,) position t of the target inside that sequence (>= 1)
+    sample_user: np.ndarray     # (S,) user index of the sample
+
+    def __len__(self) -> int:
+        return len(self.target_offset)
+
+
+def build_samples(sequences: Sequence[np.ndarray], users: np.ndarray) -> SampleIndex:
+    """One sample per (training user, position t >= 1)."""
+    chosen = [np.asarray(sequences[int(u)], dtype=np.int64) for u in users]
+    lengths = np.array([len(s) for s in chosen], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    per_user = np.maximum(lengths - 1, 0)
+    sample_user_position = np.repeat(np.arange(len(chosen)), per_user)
+    # target offsets 1..len-1 for each user, vectorised
+    first_sample = np.concatenate([[0], np.cumsum(per_user)[:-1]])
+    offsets = np.arange(int(per_user.sum())) - np.repeat(first_sample, per_user) + 1
+    return SampleIndex(
+        flat_items=np.concatenate(chosen) if chosen else np.zeros(0, np.int64),
+        sequence_start=starts[sample_user_position],
+        target_offset=offsets.astype(np.int64),
+        sample_user=np.asarray(users, dtype=np.int64)[sample_user_position],
+    )
+
+
+def make_batch(samples: SampleIndex, rows: np.ndarray, max_history_length: int,
+               user_profile: np.ndarray) -> dict[str, torch.Tensor]:
+    """Left-aligned histories of the previous <= max_history_length items, targets and profiles."""
+    offsets = samples.target_offset[rows]
+    target_position = samples.sequence_start[rows] + offsets
+    lengths = np.minimum(offsets, max_history_length)
+    width = int(lengths.max())
+    columns = np.arange(width)
+    mask = columns[None, :] < lengths[:, None]
+    positions = (target_position - lengths)[:, None] + columns[None, :]
+    history = np.where(mask, samples.flat_items[np.where(mask, positions, 0)], 0)
+    return {
+        "history": torch.from_numpy(history),
+        "history_mask": torch.from_numpy(mask),
+        "profile": torch.from_numpy(user_profile[samples.sample_user[rows]]),
+        "target": torch.from_numpy(samples.flat_items[target_position]),
+    }
+
+
+class NegativeSampler:
+    """Draws the batch's shared negatives and knows log Q(i) for the logQ correction."""
+
+    def __init__(self, kind: str, item_counts: np.ndarray, seed: int) -> None:
+        num_items = len(item_counts) - 1
+        if kind == "popularity":
+            weights = (np.asarray(item_counts[1:], dtype=np.float64) + 1.0) ** POPULARITY_EXPONENT
+        else:
+            weights = np.ones(num_items)
+        self.probabilities = weights / weights.sum()
+        self.cumulative = np.cumsum(self.probabilities)
+        self.log_q = torch.from_numpy(np.concatenate([[0.0], np.log(self.probabilities)])).float()
+        self.uniform = kind == "uniform"
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, count: int) -> torch.Tensor:
+        draws = np.searchsorted(self.cumulative, self.rng.random(count) * self.cumulative[-1], side="right")
+        return torch.from_numpy(np.minimum(draws, len(self.cumulative) - 1) + 1)
+
+
+def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Tensor, targets: torch.Tensor,
+                         negative_items: torch.Tensor, negative_embeddings: torch.Tensor,
+                         log_q: torch.Tensor | None) -> torch.Tensor:
+    """-log softmax of the target among (target + shared negatives), logQ-corrected.
+
+    user_vectors (B, d), target_embeddings (B, d), targets (B,), negative_items (M,), negative_embeddings
+    (M, d), log_q (num_items + 1,) or None for uniform sampling (a constant correction cancels).
+    """
+    positive = (user_vectors * target_embeddings).sum(-1, keepdim=True)        # (B, 1)
+    negative = user_vectors @ negative_embeddings.T                              # (B, M)
+    if log_q is not None:
+        positive = positive - log_q[targets].unsqueeze(-1)
+        negative = negative - log_q[negative_items].unsqueeze(0)
+    negative = negative.masked_fill(negative_items.unsqueeze(0) == targets.unsqueeze(-1), -torch.inf)
+    logits = torch.cat([positive, negative], dim=-1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+
+
+def _embed_batch(model: RetrievalModel, batch: dict[str, torch.Tensor],
+                 negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """User vectors (label-aware attention on each target), target and negative embeddings.
+
+    Pooling an item costs a gather per side-feature value. When the batch touches more item slots than the
+    corpus has items (MovieLens: 12,800 history slots vs 3,707 items) pooling the whole corpus once and
+    indexing into it is the same computation, several times cheaper; otherwise pool only what is used.
+    """
+    history, target = batch["history"], batch["target"]
+    if history.numel() + len(target) + len(negatives) > model.spec.num_items + 1:
+        table = model.all_item_embeddings()
+        behaviour_embeddings, target_embeddings, negative_embeddings = table[history], table[target], table[negatives]
+    else:
+        behaviour_embeddings = model.item_embeddings(history)
+        embedded = model.item_embeddings(torch.cat([target, negatives]))
+        target_embeddings, negative_embeddings = embedded[: len(target)], embedded[len(target):]
+    output = model.interests_from_embeddings(behaviour_embeddings, batch["history_mask"], batch["profile"])
+    user_vectors = model.label_aware_attention(output.interest_vectors, output.valid_interest_mask,
+                                               target_embeddings)
+    return user_vectors, target_embeddings, negative_embeddings
+
+
+@dataclass
+class TrainResult:
+    model: RetrievalModel
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_validation: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    num_samples: int = 0
+
+
+def item_counts_of(data: Any, users: np.ndarray) -> np.ndarray:
+    counts = np.zeros(data.num_items + 1, dtype=np.int64)
+    for u in users:
+        np.add.at(counts, data.sequences[int(u)], 1)
+    return counts
+
+
+def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.ndarray,
+                valid_users: np.ndarray, *, progress: bool = True,
+                log: Callable[[str], None] = print, threads: int | None = None) -> TrainResult:
+    """Train a fresh model of `model_kind` on `train_users`; keep the epoch best on `valid_users`."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    spec = FeatureSpec.from_data(data)
+    model = build_model(model_kind, config, spec, data.item_features)
+    samples = build_samples(data.sequences, train_users)
+    if len(samples) == 0:
+        raise ValueError("no training samples: every training user has fewer than 2 behaviours")
+    sampler = NegativeSampler(config.negative_sampler, item_counts_of(data, train_users), config.seed)
+    log_q = None if sampler.uniform else sampler.log_q
+    num_negatives = min(config.num_negatives, data.num_items)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    order_rng = np.random.default_rng(config.seed)
+    result = TrainResult(model=model, num_samples=len(samples))
+    best_score, best_state, stale = -math.inf, None, 0
+    started = time.perf_counter()
+    steps_per_epoch = math.ceil(len(samples) / config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = order_rng.permutation(len(samples))
+        epoch_started, running, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                   unit="batch", leave=False, dynamic_ncols=True)
+        for step in bar:
+            rows = order[step * config.batch_size:(step + 1) * config.batch_size]
+            batch = make_batch(samples, rows, config.max_history_length, data.user_profile)
+            negatives = sampler.sample(num_negatives)
+            user_vectors, target_embeddings, negative_embeddings = _embed_batch(model, batch, negatives)
+            loss = sampled_softmax_loss(user_vectors, target_embeddings, batch["target"], negatives,
+                                        negative_embeddings, log_q)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach()) * len(rows)
+            seen += len(rows)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{running / seen:.4f}")
+        bar.close()
+        epoch_seconds = time.perf_counter() - epoch_started
+        validation = evaluate_scorer(model_scorer(model, config.max_history_length), data.sequences,
+                                     data.user_profile, valid_users, config.holdout_fraction)
+        score = validation[VALIDATION_METRIC[0]].get(VALIDATION_METRIC[1], 0.0)
+        record = {"epoch": epoch, "loss": running / max(seen, 1), "seconds": round(epoch_seconds, 1),
+                  "validation": validation}
+        result.epochs.append(record)
+        log(f"epoch {epoch}: loss {record['loss']:.4f}, {epoch_seconds:.0f}s, validation "
+            f"{VALIDATION_METRIC[0]} {VALIDATION_METRIC[1]} {score:.4f}, next-item HitRate@50 "
+            f"{validation['next_item'].get('HitRate@50', 0.0):.4f}")
+        if score > best_score:
+            best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+            result.best_epoch, result.best_validation = epoch, validation
+        else:
+            stale += 1
+            if config.patience and stale >= config.patience:
+                log(f"no better validation {VALIDATION_METRIC[1]} for {stale} epochs: stopping")
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.train_seconds = time.perf_counter() - started
+    return result
+
+
+def evaluate_popular(data: Any, train_users: np.ndarray, users: np.ndarray,
+                     holdout_fraction: float) -> dict[str, dict[str, float]]:
+    """Most-popular (counts over the training users) on `users`."""
+    from model.evaluate import popularity_scorer
+
+    popular = MostPopular(data.num_items, [data.sequences[int(u)] for u in train_users])
+    return evaluate_scorer(popularity_scorer(popular), data.sequences, data.user_profile, users, holdout_fraction)
+
+
+def write_run(run_dir: Path, result: TrainResult, data: Any, dataset_record: dict[str, Any]) -> str:
+    """checkpoint.pt + metrics.json in run_dir; returns the model version."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    version = save_checkpoint(run_dir, result.model, vocabularies=vocabularies_of(data),
+                              item_feature_matrix=data.item_features, dataset=dataset_record)
+    metrics = {
+        "model_kind": result.model.model_kind,
+        "model_version": version,
+        "config": result.model.config.to_dict(),
+        "dataset": dataset_record,
+        "num_samples": result.num_samples,
+        "train_seconds": round(result.train_seconds, 1),
+        "best_epoch": result.best_epoch,
+        "validation": result.best_validation,
+        "epochs": result.epochs,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return version
