@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import time
@@ -78,6 +79,7 @@ ITEM_ID_MAX_LENGTH = 512
 SIDE_MAX_LENGTH = 8192
 KEY_MAX_LENGTH = MAX_USER_ID_LENGTH + 32  # "{user_id}#{slot}#{generation}"
 VERSION_VALUE_MAX_LENGTH = 8192
+_log = logging.getLogger(__name__)
 _DUMMY_DIM = 2  # Milvus requires a vector field in every collection, even the key/value one.
 
 
@@ -182,7 +184,8 @@ class VectorStore:
 
     `uri`: Milvus Lite file path (default ``./mindstream.db``) or a server URI. `token`: ``"user:password"``
     or an API key for a server. `collection_prefix` lets several stores share one Milvus (tests, tenants).
-    `timeout_s` bounds every call, retries included.
+    `timeout_s` bounds every call, retries included; `build_timeout_s` bounds building and loading an index
+    (1M items take minutes on Lite).
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class VectorStore:
         token: str | None = None,
         collection_prefix: str = "",
         timeout_s: float = 30.0,
+        build_timeout_s: float = 1800.0,
     ) -> None:
         if not PREFIX_PATTERN.fullmatch(collection_prefix):
             raise ValueError(
@@ -201,6 +205,7 @@ class VectorStore:
         self.is_lite = is_lite_uri(self.uri)
         self.prefix = collection_prefix
         self.timeout_s = timeout_s
+        self.build_timeout_s = build_timeout_s
         if self.is_lite:
             if not self.uri.endswith(".db"):
                 raise StoreError(f"Milvus Lite file {self.uri!r} must end with .db (or pass a server URI http://host:19530)")
@@ -508,6 +513,10 @@ class VectorStore:
 
         FLAT is exact. IVF_FLAT: `params` {"nlist": …} (default ≈ 4·√N), `search_params` {"nprobe": …}
         (default nlist/32, at least 8) — used by every later search of this version. HNSW needs a server.
+
+        On Milvus Lite 2.5 prefer FLAT: Lite keeps every row in growing segments, which it searches through
+        its own interim IVF index whatever nlist/nprobe say (measured: recall@50 0.285 on 100k random 64-d
+        items for every nlist 32..1264 and nprobe 1..nlist), and FLAT is exact at similar latency.
         """
         index_type = index_type.upper()
         allowed = LITE_INDEX_TYPES if self.is_lite else SERVER_INDEX_TYPES
@@ -515,6 +524,11 @@ class VectorStore:
             where = "Milvus Lite" if self.is_lite else "this store"
             hint = "; use a Milvus server URI (http://host:19530) for HNSW" if index_type == "HNSW" else ""
             raise StoreError(f"index type {index_type} is not supported by {where} (use {', '.join(allowed)}){hint}")
+        if self.is_lite and index_type != "FLAT":
+            _log.warning(
+                "Milvus Lite searches its growing segments with an interim index that ignores %s parameters "
+                "(recall@50 was 0.285 on random vectors); FLAT is exact at similar latency", index_type
+            )
         name = self.items_collection(model_version)
         params = dict(params or {})
         search = dict(search_params or {})
@@ -525,16 +539,32 @@ class VectorStore:
             params.setdefault("M", 16)
             params.setdefault("efConstruction", 200)
             search.setdefault("ef", 128)
-        self._call("release " + name, self._client.release_collection, name)
-        for index_name in self._call("list indexes", self._client.list_indexes, name):
-            self._call("drop index", self._client.drop_index, name, index_name)
-        self._call("build index on " + name, self._client.create_index, name, self._vector_index(index_type, params))
-        self._call("load " + name, self._client.load_collection, name)
+        if self._vector_index_of(name) != (index_type, {k: str(v) for k, v in params.items()}):
+            self._call("release " + name, self._client.release_collection, name)
+            for index_name in self._call("list indexes", self._client.list_indexes, name):
+                self._call("drop index", self._client.drop_index, name, index_name)
+            self._call(
+                "build index on " + name,
+                self._client.create_index,
+                name,
+                self._vector_index(index_type, params),
+                timeout_s=self.build_timeout_s,
+            )
+        self._call("load " + name, self._client.load_collection, name, timeout_s=self.build_timeout_s)
         key = f"version:{model_version}"
         meta = self._get_meta(key) or {}
         meta.update(index_type=index_type, index_params=params, search_params=search)
         self._put_meta(key, meta)
         self._search_params[model_version] = search
+
+    def _vector_index_of(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """(index type, build params as strings) of a collection's vector index, None if it has none."""
+        if "vector" not in self._call("list indexes", self._client.list_indexes, name):
+            return None
+        described = self._call("describe index", self._client.describe_index, name, "vector")
+        known = {"index_type", "metric_type", "dim", "field_name", "index_name", "total_rows", "indexed_rows",
+                 "pending_index_rows", "state"}  # fmt: skip
+        return str(described.get("index_type")), {k: str(v) for k, v in described.items() if k not in known}
 
     def count_items(self, model_version: str | None = None) -> int:
         name = self.items_collection(self._version(model_version))
@@ -733,12 +763,12 @@ class VectorStore:
         self._search_params.clear()
         self._versions_ready = False
 
-    def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: Any, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Every Milvus call goes through here: bounded by timeout_s, errors become one-line StoreErrors."""
         from pymilvus.exceptions import MilvusException
 
         try:
-            return method(*args, timeout=self.timeout_s, **kwargs)
+            return method(*args, timeout=timeout_s or self.timeout_s, **kwargs)
         except MilvusException as exc:
             raise StoreError(f"vector store at {self.uri}: {what} failed: {_first_line(exc)}") from exc
         except Exception as exc:
