@@ -147,7 +147,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UserError(f"{exc.filename}: not found; point --artifact at a directory written by mind-export") from None
     ensure_topics(settings)
     os.environ.update(settings.to_env())
-    argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--loglevel", args.loglevel]
+    loglevel = {"warning": "warn"}.get(args.loglevel, args.loglevel)  # faust's own spelling
+    argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--loglevel", loglevel]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached
