@@ -119,6 +119,10 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     try:
         checkpoint = load_run(run)
+        if args.run is None and checkpoint.model_version != runtime.manifest.model_version:
+            print(f"parity: skipped (the recorded checkpoint {run} is now model {checkpoint.model_version}; "
+                  f"pass --run with the run of {runtime.manifest.model_version})")
+            return 0
         histories, source = real_histories_for(checkpoint, args.dataset_cache)
         report = verify_against_checkpoint(args.artifact_dir, checkpoint, real_histories=histories)
     except (ExportError, ArtifactError) as exc:

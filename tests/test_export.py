@@ -341,6 +341,12 @@ def test_cli_exports_then_verifies_and_reports_a_corrupted_artifact_in_one_line(
     printed = capsys.readouterr().out
     assert "sha256 ok" in printed and "onnx run ok" in printed and "parity ok" in printed
     assert str(tiny_run.run_dir / "checkpoint.pt") in printed  # found through the manifest's source
+    retrained = build_tiny_run(tmp_path / "run", num_items=24, max_history_length=8, seed=6)
+    assert export_main(["verify", str(out)]) == 0  # the artifact is still sound; only parity cannot run
+    assert f"parity: skipped (the recorded checkpoint {tiny_run.run_dir / 'checkpoint.pt'} is now model " \
+           f"{retrained.model_version}" in capsys.readouterr().out
+    assert export_main(["verify", str(out), "--run", str(tiny_run.run_dir)]) == 1
+    assert f"≠ checkpoint {retrained.model_version}" in capsys.readouterr().err
     (out / "vocab.json").write_text("{}")
     assert export_main(["verify", str(out)]) == 1
     err = capsys.readouterr().err.strip()
