@@ -44,8 +44,11 @@ class MindConfig:
               "(as the reference implementations do)")
     profile_embedding_dim: int = _option(16, "size of each profile field's embedding (p_u concatenates them)")
     hidden_dim: int = _option(128, "width of the interest MLP's first ReLU layer (the second outputs d)")
+    # The paper's "two ReLU layers" could also put a ReLU on the output; that clamps every interest vector
+    # into the positive orthant and cost ~12% validation Recall@50 on ml-100k (0.255 vs 0.29), so it is off.
     interest_output_relu: bool = _option(
-        True, "ReLU on the interest MLP's output layer too (the paper's 'two ReLU layers')")
+        False, "ReLU on the interest MLP's output layer too (a literal reading of the paper's 'two ReLU "
+               "layers'; measured worse)")
     attention_power: float = _option(
         math.inf, "p of label-aware attention, training only: 0 averages the interests, larger p sharpens "
                   "toward the one most similar to the target, inf = hard argmax (paper: hard is best)")
@@ -55,11 +58,11 @@ class MindConfig:
     negative_sampler: str = _option(
         "uniform", "negatives drawn 'uniform' over the corpus or by 'popularity' (train count ** 0.75); "
                    "both logQ-corrected")
-    learning_rate: float = _option(1e-3, "Adam learning rate")
+    learning_rate: float = _option(3e-3, "Adam learning rate (3e-3 reached 1e-3's best validation recall in a third of the epochs)")
     weight_decay: float = _option(0.0, "Adam weight decay")
     batch_size: int = _option(256, "training samples per step")
     epochs: int = _option(10, "the most passes over the training samples")
-    patience: int = _option(2, "stop after this many epochs without a better validation Recall@50 (0 = never)")
+    patience: int = _option(3, "stop after this many epochs without a better validation Recall@50 (0 = never)")
     seed: int = _option(42, "seeds the routing-logit draw, initialisation, sample order and negatives")
     # evaluation
     holdout_fraction: float = _option(
