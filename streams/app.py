@@ -15,9 +15,11 @@ keeps failing, its events go to the DLQ with the reason (then acked), so no even
 partition blocks forever. Duplicate deliveries are dropped by event id, and upserts are idempotent
 (primary key user#slot), so a replay after a crash is harmless.
 
-Tables use the producer's partitioner on the user id (`use_partitioner=True`): inside a micro-batch there is
-no single "current event" whose partition faust could use, and the input topic is keyed by user id, so the
-changelog partition of a user is the partition of their events (both topics have `partitions` partitions).
+Tables are co-partitioned with the input topics (faust's rule: a table key lives in the partition of the
+event that wrote it; the changelog has the source topic's partition count). Inside a micro-batch faust has
+no single "current event", so each user's table entry is read and written under one of that user's own
+events (`acting_for`): the changelog partition and the RocksDB partition file are then that event's
+partition. This is why producers must key `interactions` and `user-profiles` by user id.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 
 from streams import metrics
 from streams.config import Settings
@@ -65,17 +70,16 @@ updates_topic = app.topic(settings.topic_updates, value_serializer="json")
 dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw")
 
 # Values are re-assigned (never mutated in place): only `table[key] = value` reaches the changelog.
-histories = app.Table("histories", default=None, partitions=settings.partitions, use_partitioner=True,
+histories = app.Table("histories", default=None, partitions=settings.partitions,
                       help="user id -> {items: [[item_id, ts_ms, event_id], ...], seen: [event_id, ...]}")
-profiles = app.Table("profiles", default=None, partitions=settings.partitions, use_partitioner=True,
-                     help="user id -> profile fields")
+profiles = app.Table("profiles", default=None, partitions=settings.partitions, help="user id -> profile fields")
 
 
 @app.agent(interactions_topic)
 async def update_interests(stream: faust.StreamT) -> None:
     """Micro-batches of interactions: parse, append to histories, recompute touched users, then ack."""
     async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
-        await process_interactions(events)
+        await never_crash(process_interactions, events)
         for event in events:
             await stream.ack(event)
 
@@ -84,12 +88,37 @@ async def update_interests(stream: faust.StreamT) -> None:
 async def update_profiles(stream: faust.StreamT) -> None:
     """Profile changes (compacted topic, key = user id): store them and refresh that user's vectors."""
     async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
-        await process_profiles(events)
+        await never_crash(process_profiles, events)
         for event in events:
             await stream.ack(event)
 
 
 # --- the work of the agents ---------------------------------------------------------------------------
+
+
+async def never_crash(process: Any, events: Sequence[Any]) -> None:
+    """A crashed faust agent is restarted past its unacked events (faust-streaming issue 315): so an
+    unexpected error dead-letters the batch with the reason instead, and the partition moves on."""
+    try:
+        await process(events)
+    except Exception as exc:
+        log.exception("batch of %d events failed; dead-lettering it", len(events))
+        for event in events:
+            await dead_letter(event, f"internal error: {exc!r}")
+
+
+@contextmanager
+def acting_for(event: Any) -> Iterator[None]:
+    """Make `event` faust's current event while a table entry of its user is read or written.
+
+    faust picks a table key's partition (changelog partition, RocksDB partition file) from the current
+    event, a context variable its stream iterator sets per event; a micro-batch has none of its own.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 class Services:
@@ -164,9 +193,13 @@ async def process_interactions(events: Sequence[Any]) -> None:
     if not parsed:
         return
     svc = await asyncio.to_thread(services)
-    users = list(dict.fromkeys(p.interaction.user_id for p in parsed))
-    plan = plan_batch({u: histories.get(u) for u in users}, [p.interaction for p in parsed],
-                      max_len=svc.max_len, max_seen=settings.max_seen)
+    last_event_of = {p.interaction.user_id: p.event for p in parsed}  # the user's table partition
+    current, user_profiles = {}, {}
+    for user_id, event in last_event_of.items():
+        with acting_for(event):
+            current[user_id] = histories.get(user_id)
+            user_profiles[user_id] = profiles.get(user_id)
+    plan = plan_batch(current, [p.interaction for p in parsed], max_len=svc.max_len, max_seen=settings.max_seen)
     metrics.EVENTS_DUPLICATE.inc(len(plan.duplicates))
     if not plan.histories:
         return
@@ -175,10 +208,11 @@ async def process_interactions(events: Sequence[Any]) -> None:
     events_of = {}
     for p in parsed:
         events_of.setdefault(p.interaction.user_id, []).append(p.event)
-    written = await write_with_retry(svc, plan.histories, events_of)
+    written = await write_with_retry(svc, plan.histories, user_profiles, events_of)
     now = time.time()
     for user_id, result in written.items():
-        histories[user_id] = plan.histories[user_id]  # re-assign: this is what the changelog records
+        with acting_for(last_event_of[user_id]):
+            histories[user_id] = plan.histories[user_id]  # re-assign: this is what the changelog records
         for interaction in plan.applied[user_id]:
             metrics.FRESHNESS_SECONDS.observe(max(0.0, now - interaction.ts_ms / 1000))
         metrics.EVENTS_APPLIED.inc(len(plan.applied[user_id]))
@@ -189,6 +223,7 @@ async def process_profiles(events: Sequence[Any]) -> None:
     """One batch of `user-profiles` messages: key = user id, value = JSON object of fields (null deletes)."""
     metrics.PROFILES_IN.inc(len(events))
     changed: dict[str, Any] = {}
+    last_event_of: dict[str, Any] = {}
     for event in events:
         key = event.message.key
         user_id = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
@@ -198,6 +233,7 @@ async def process_profiles(events: Sequence[Any]) -> None:
         value = event.message.value
         if value is None:
             changed[user_id] = None
+            last_event_of[user_id] = event
             continue
         try:
             fields = json.loads(value)
@@ -208,25 +244,29 @@ async def process_profiles(events: Sequence[Any]) -> None:
             await dead_letter(event, "not an object: a profile must be a JSON object of field -> value")
             continue
         changed[user_id] = fields
+        last_event_of[user_id] = event
+    refresh = {}
     for user_id, fields in changed.items():
-        if fields is None:
-            profiles.pop(user_id, None)
-        else:
-            profiles[user_id] = fields
-    refresh = {u: histories.get(u) for u in changed if histories.get(u)}
+        with acting_for(last_event_of[user_id]):
+            if fields is None:
+                profiles.pop(user_id, None)
+            else:
+                profiles[user_id] = fields
+            history = histories.get(user_id)
+        if history:
+            refresh[user_id] = history
     if refresh:
         svc = await asyncio.to_thread(services)
-        written = await write_with_retry(svc, refresh, {u: [] for u in refresh})
+        written = await write_with_retry(svc, refresh, {u: changed[u] for u in refresh}, {u: [] for u in refresh})
         for user_id, result in written.items():
             await updates_topic.send(key=user_id, value=result)
 
 
-async def write_with_retry(svc: Services, users: dict[str, dict], events_of: dict[str, list]) -> dict[str, dict]:
-    """Recompute and write `users`; retry with backoff; users that keep failing are dead-lettered.
-
-    Returns user id → its `interest-updates` message, for the users whose vectors are written.
+async def write_with_retry(svc: Services, users: dict[str, dict], user_profiles: dict[str, Any],
+                           events_of: dict[str, list]) -> dict[str, dict]:
+    """Recompute and write `users` (with their profiles); retry with backoff; users that keep failing are
+    dead-lettered. Returns user id → its `interest-updates` message, for the users whose vectors are written.
     """
-    user_profiles = {u: profiles.get(u) for u in users}
     delay = 0.5
     for attempt in range(1, settings.max_attempts + 1):
         try:

@@ -102,10 +102,8 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
-    tmp = tmp_path_factory.mktemp("stream-worker")
+def worker_env(kafka_bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
+    """Settings of a worker on its own topics, consumer group, Milvus Lite file, data dir and web port."""
     app_id = unique_name("mstest")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDSTREAM_", "MILVUS_"))}
     env.update({
@@ -114,8 +112,23 @@ def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.Te
         "MINDSTREAM_TOPIC_UPDATES": f"{app_id}-updates", "MINDSTREAM_TOPIC_DLQ": f"{app_id}-dlq",
         "MINDSTREAM_PARTITIONS": "3", "MINDSTREAM_MILVUS_URI": str(tmp / "milvus.db"),
         "MINDSTREAM_DATA_DIR": str(tmp / "faust-data"), "MINDSTREAM_WEB_PORT": str(free_port()),
-        "MINDSTREAM_BATCH_WINDOW_S": "0.05", "MINDSTREAM_ORT_THREADS": "1",
+        "MINDSTREAM_BATCH_WINDOW_S": "0.05", "MINDSTREAM_ORT_THREADS": "1", **extra,
     })  # fmt: skip
+    return env
+
+
+def cleanup_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
+    app_id = env["MINDSTREAM_APP_ID"]
+    topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
+    topics += [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog", f"{app_id}-__assignor-__leader"]
+    delete_topics(kafka_bootstrap, topics)
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
+    tmp = tmp_path_factory.mktemp("stream-worker")
+    env = worker_env(kafka_bootstrap, tmp)
     indexed = subprocess.run([sys.executable, "-m", "streams.cli", "index-items", str(artifact_dir)],
                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert indexed.returncode == 0, indexed.stderr
@@ -125,9 +138,7 @@ def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.Te
         yield w
     finally:
         w.stop()
-        topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
-        topics += [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog", f"{app_id}-__assignor-__leader"]
-        delete_topics(kafka_bootstrap, topics)
+        cleanup_topics(kafka_bootstrap, env)
 
 
 # --- helpers: produce, expected vectors ----------------------------------------------------------------
@@ -165,11 +176,11 @@ def committed_lag(worker: Worker) -> int:
         consumer.close()
 
 
-def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]]) -> np.ndarray:
+def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]], profile: dict | None = None) -> np.ndarray:
     """Offline recompute: (item, ts) pairs → the valid interest vectors (K'u, d), as the worker must store."""
     items = [item for item, _ in sorted(history, key=lambda p: p[1])][-runtime.manifest.max_history_length:]
     hist, mask = runtime.encode_histories([items])
-    out = runtime.infer(hist, mask, runtime.encode_profiles([None]))
+    out = runtime.infer(hist, mask, runtime.encode_profiles([profile]))
     return out.interest_vectors[0][out.valid_interest_mask[0]]
 
 
@@ -336,6 +347,29 @@ def test_malformed_events_go_to_the_dlq_with_reasons_and_good_ones_around_them_a
     assert worker.proc.poll() is None  # the agent (and the worker) survived all of it
 
 
+def test_a_profile_change_refreshes_that_users_vectors(worker, runtime):
+    items = items_of(runtime)
+    now = time.time()
+    history = [(items[(13 * j) % len(items)], now - 15 + j) for j in range(6)]
+    produce(worker, [event("profiled", item, ts) for item, ts in history])
+    before = wait_for_user(worker, "profiled", history[-1][1], 6)
+    np.testing.assert_allclose(stored_vectors(before), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    profile = {"cohort": runtime.vocab.profile["cohort"][2]}
+    expected = expected_interests(runtime, history, profile)
+    assert not np.allclose(stored_vectors(before), expected, atol=1e-4)  # the profile matters to this tower
+    produce(worker, [(b"profiled", json.dumps(profile).encode()), (b"bad key!", b"{}"), (b"profiled2", b"[]")],
+            topic_env="MINDSTREAM_TOPIC_PROFILES")
+
+    def refreshed() -> bool:
+        vectors = stored_vectors(worker.interests("profiled"))
+        return vectors.shape == expected.shape and np.allclose(vectors, expected, rtol=1e-5, atol=1e-6)
+
+    wait_until(refreshed, WAIT_S, interval=0.2, what="vectors recomputed with the new profile")
+    # The two bad profile messages are dead-lettered, not fatal.
+    wait_until(lambda: worker.metric("mindstream_profiles_in_total") == 3, WAIT_S, what="3 profile messages read")
+    assert worker.proc.poll() is None
+
+
 def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_committed_offsets(
         worker, runtime, kafka_bootstrap):
     """Last in this module: it restarts the module's worker with its local state wiped, then stops it."""
@@ -382,3 +416,31 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     assert over_http == in_process
     assert len(over_http["items"]) == 10 and not over_http["cold_start"]
     assert {item["slot"] for item in over_http["items"]} <= {row["slot"] for row in answer["interests"]}
+
+
+def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_deleted(
+        kafka_bootstrap, artifact_dir, runtime, tmp_path):
+    """With RocksDB the table lives in local files: delete them, and the restarted worker rebuilds it."""
+    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_TABLE_STORE="rocksdb://")
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
+    items = items_of(runtime)
+    now = time.time()
+    first = [(items[(7 * j) % len(items)], now - 40 + j) for j in range(5)]
+    second = [(items[(7 * j + 2) % len(items)], now - 20 + j) for j in range(4)]
+    try:
+        w.start()
+        produce(w, [event("rocky", item, ts) for item, ts in first])
+        wait_for_user(w, "rocky", first[-1][1], 5)
+        wait_until(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5, what="offsets committed")
+        w.stop()
+        tables = list(Path(env["MINDSTREAM_DATA_DIR"]).rglob("*histories*"))
+        assert tables, "RocksDB wrote no table files under the data dir"
+        shutil.rmtree(env["MINDSTREAM_DATA_DIR"])
+        w.start()
+        produce(w, [event("rocky", item, ts) for item, ts in second])
+        answer = wait_for_user(w, "rocky", second[-1][1], 9)
+        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, first + second), rtol=1e-5, atol=1e-6)
+        assert w.metric("mindstream_events_in_total") == 4
+    finally:
+        w.stop()
+        cleanup_topics(kafka_bootstrap, env)
