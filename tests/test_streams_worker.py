@@ -160,6 +160,13 @@ def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, by
     return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts_s, **extra}).encode()
 
 
+def cli_recall(worker: Worker, user: str, n: int) -> dict:
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json"],
+                            env=worker.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def committed_lag(worker: Worker) -> int:
     """Messages of the interactions topic not yet covered by the worker's committed offsets."""
     from kafka import KafkaConsumer, TopicPartition
@@ -406,14 +413,18 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     assert worker.metric("mindstream_events_in_total") == 3
 
     over_http = get_json(f"{worker.url}/recall/restart?n=10")
+    assert cli_recall(worker, "restart", 10) == over_http  # the CLI asks the running worker
     worker.stop()
-    # The Milvus Lite file is one process's: free now, the Python function over it gives the same answer.
+    # No worker up: the CLI opens the Milvus Lite file itself (a Lite file is one process's at a time).
+    from_cli_store = cli_recall(worker, "restart", 10)
+    # Free again: the Python function over the same file gives the same answer.
     store = Settings.from_env(worker.env).open_store()
     try:
         in_process = recall(store, "restart", 10).to_dict()
     finally:
         store.close()
     assert over_http == in_process
+    assert from_cli_store == in_process
     assert len(over_http["items"]) == 10 and not over_http["cold_start"]
     assert {item["slot"] for item in over_http["items"]} <= {row["slot"] for row in answer["interests"]}
 
