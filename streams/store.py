@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -220,6 +221,7 @@ class VectorStore:
         self._search_params: dict[str, dict[str, Any]] = {}  # version -> search params of its items index
         self._versions_ready = False
         self._last_sequence = 0
+        self._sequence_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> VectorStore:
@@ -453,8 +455,9 @@ class VectorStore:
 
     def _next_sequence(self) -> int:
         """Microseconds since the epoch, strictly increasing within this process (generations and meta rows)."""
-        self._last_sequence = max(time.time_ns() // 1000, self._last_sequence + 1)
-        return self._last_sequence
+        with self._sequence_lock:  # the worker writes from a thread while HTTP recall runs in another
+            self._last_sequence = max(time.time_ns() // 1000, self._last_sequence + 1)
+            return self._last_sequence
 
     def _version(self, version: str | None) -> str:
         return validate_version(version) if version is not None else self.current_version()

@@ -1,7 +1,7 @@
 """Recall latency: K = 4 interests × top-50 in Milvus Lite (FLAT, IVF_FLAT) against exact brute force.
 
 For each corpus size (default 100k and 1M random 64-d items) the same item vectors go into a Milvus Lite
-file through `streams.store.VectorStore` and into numpy (and faiss-cpu when it happens to be installed; it
+file through `streams.store.VectorStore` and into numpy on one thread (and faiss-cpu when it happens to be installed; it
 is not a dependency). Every request is one batched search of 4 query vectors for their top 50 — exactly
 what `streams.recall.recall` sends. Reported per engine: p50 / p99 over repeated requests, the ratio of each
 to exact numpy brute force measured in the same run, and for IVF_FLAT its recall@50 against the exact top 50.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import tempfile
 import time
@@ -26,12 +27,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# numpy brute force runs on one thread: OpenBLAS threads busy-wait after each call and, timed interleaved
+# with Milvus Lite on a 2-core machine, starved its server (FLAT p50 went from ~6 ms to ~33 ms). The variable
+# is read when numpy loads OpenBLAS, then removed so the Milvus Lite server process does not inherit it.
+_had_blas_threads = "OPENBLAS_NUM_THREADS" in os.environ
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+
+if not _had_blas_threads:
+    del os.environ["OPENBLAS_NUM_THREADS"]
 
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
-    from streams.recall import recall
-    from streams.store import VectorStore, interest_rows
+    from streams.recall import recall  # noqa: E402
+    from streams.store import VectorStore, interest_rows  # noqa: E402
 
 DIM = 64
 NUM_INTERESTS = 4
