@@ -29,7 +29,8 @@ import re
 import time
 from dataclasses import dataclass
 
-MAX_USER_ID_LENGTH = 128  # as streams/store.py's USER_ID_PATTERN
+from streams.store import MAX_USER_ID_LENGTH, USER_ID_PATTERN
+
 MAX_ITEM_ID_LENGTH = 128
 MAX_EVENT_ID_LENGTH = 128
 MAX_BEHAVIOR_LENGTH = 32
@@ -37,8 +38,7 @@ MAX_BEHAVIOR_LENGTH = 32
 SECONDS_MS_THRESHOLD = 10**11
 DEFAULT_MAX_FUTURE_S = 86_400.0
 
-# User ids end up in Milvus primary keys ("{user}#{slot}") and filter expressions: no quotes, no '#'.
-USER_ID_PATTERN = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_USER_ID_LENGTH}}}")
+# User ids end up in Milvus primary keys ("{user}#{slot}") and filter expressions: the store's rule is the one.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
