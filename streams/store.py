@@ -81,6 +81,8 @@ SIDE_MAX_LENGTH = 8192
 KEY_MAX_LENGTH = MAX_USER_ID_LENGTH + 32  # "{user_id}#{slot}#{generation}"
 VERSION_VALUE_MAX_LENGTH = 8192
 _log = logging.getLogger(__name__)
+MAX_QUERY_ROWS = 16384  # Milvus' query result window
+READ_USERS_PER_QUERY = 256
 _DUMMY_DIM = 2  # Milvus requires a vector field in every collection, even the key/value one.
 
 
@@ -717,13 +719,18 @@ class VectorStore:
         found: dict[str, list[StoredInterest]] = {u: [] for u in wanted}
         if not wanted:
             return found
-        rows = self._call(
-            "read user interests",
-            self._client.query,
-            self.interests_collection(version),
-            filter=f"user_id in {_quoted_list(sorted(set(wanted)))}",
-            output_fields=["user_id", "slot", "generation", "vector", "model_version", "event_ts_ms", "updated_at_ms"],
-        )
+        rows: list[Mapping[str, Any]] = []
+        distinct = sorted(set(wanted))
+        # A query returns at most 16384 rows: ask for a few hundred users (≤ K rows each, x2 mid-write) at a time.
+        for start in range(0, len(distinct), READ_USERS_PER_QUERY):
+            rows += self._call(
+                "read user interests",
+                self._client.query,
+                self.interests_collection(version),
+                filter=f"user_id in {_quoted_list(distinct[start : start + READ_USERS_PER_QUERY])}",
+                output_fields=["user_id", "slot", "generation", "vector", "model_version", "event_ts_ms", "updated_at_ms"],
+                limit=MAX_QUERY_ROWS,
+            )
         # Between a write's insert and its delete, a user has two generations: keep the newest only.
         newest = {user_id: row["generation"] for user_id, row in _latest_by(rows, "user_id", "generation").items()}
         by_slot: dict[tuple[str, int], StoredInterest] = {}

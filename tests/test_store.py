@@ -333,3 +333,17 @@ def test_rows_in_the_updater_format_and_deletes_of_unwritten_users_apply(store: 
         store.write_user_interests([{**rows[0], "pk": "a#9"}])
     with pytest.raises(ValueError, match="written to version v1"):
         store.write_user_interests([{**rows[0], "model_version": "v2"}], model_version="v1")
+
+
+def test_reading_more_users_than_one_query_carries_returns_every_user(store: VectorStore) -> None:
+    from streams import store as store_module
+
+    store.ensure_collections(4, "v1")
+    users = [f"user{u}" for u in range(store_module.READ_USERS_PER_QUERY + 44)]
+    rows = [{"user_id": u, "slot": 0, "vector": np.ones(4, np.float32), "event_ts_ms": i} for i, u in enumerate(users)]
+    store.write_user_interests(rows)
+
+    stored = store.get_user_interests(users)
+    assert [(interests[0].user_id, interests[0].event_ts_ms) for interests in stored.values()] == [
+        (u, i) for i, u in enumerate(users)
+    ]
