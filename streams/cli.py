@@ -184,6 +184,24 @@ def ensure_topics(settings: Settings) -> None:
         raise UserError(f"creating topics on {settings.kafka_bootstrap} failed: {exc}") from None
     finally:
         admin.close()
+    _check_partitions(settings, [t.name for t in wanted[:2] if t.name in existing])
+
+
+def _check_partitions(settings: Settings, topics: list[str]) -> None:
+    """The tables' changelogs get MINDSTREAM_PARTITIONS partitions; faust refuses inputs with another count."""
+    if not topics:
+        return
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**settings.kafka_python_kwargs())
+    try:
+        for topic in topics:
+            count = len(consumer.partitions_for_topic(topic) or ())
+            if count and count != settings.partitions:
+                raise UserError(f"topic {topic} has {count} partitions but MINDSTREAM_PARTITIONS is {settings.partitions}; "
+                                f"pass --partitions {count} (the table changelogs must match the input topics)")
+    finally:
+        consumer.close()
 
 
 # --- produce -------------------------------------------------------------------------------------------

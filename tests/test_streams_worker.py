@@ -455,3 +455,18 @@ def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_
     finally:
         w.stop()
         cleanup_topics(kafka_bootstrap, env)
+
+
+def test_worker_refuses_an_input_topic_whose_partition_count_its_changelogs_would_not_match(
+        kafka_bootstrap, artifact_dir, new_topic, tmp_path):
+    topic = new_topic(partitions=2, prefix="interactions")
+    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_TOPIC_INTERACTIONS=topic, MINDSTREAM_PARTITIONS="3")
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--artifact", str(artifact_dir)],
+                            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    try:
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"mind-stream worker: topic {topic} has 2 partitions but MINDSTREAM_PARTITIONS is 3; pass --partitions 2 "
+            "(the table changelogs must match the input topics)")
+    finally:
+        cleanup_topics(kafka_bootstrap, env)
