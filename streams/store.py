@@ -188,7 +188,10 @@ class VectorStore:
     `uri`: Milvus Lite file path (default ``./mindstream.db``) or a server URI. `token`: ``"user:password"``
     or an API key for a server. `collection_prefix` lets several stores share one Milvus (tests, tenants).
     `timeout_s` bounds every call, retries included; `build_timeout_s` bounds building and loading an index
-    (1M items take minutes on Lite).
+    (1M items take minutes on Lite). `cleanup_interval_s`: how often the older generations that interest
+    writes replace are deleted, in one call for all users written meanwhile (0 = within every write). A
+    write's new vectors are readable as soon as its insert returns; on Lite the delete is the slow part
+    (measured at 100k users: insert 2 ms, delete 71 ms for one user; 14 / 104 ms for 100 users).
     """
 
     def __init__(
@@ -199,6 +202,7 @@ class VectorStore:
         collection_prefix: str = "",
         timeout_s: float = 30.0,
         build_timeout_s: float = 1800.0,
+        cleanup_interval_s: float = 1.0,
     ) -> None:
         if not PREFIX_PATTERN.fullmatch(collection_prefix):
             raise ValueError(
@@ -224,6 +228,10 @@ class VectorStore:
         self._versions_ready = False
         self._last_sequence = 0
         self._sequence_lock = threading.Lock()
+        self.cleanup_interval_s = cleanup_interval_s
+        self._pending_cleanup: dict[str, dict[str, int]] = {}  # version -> user id -> newest generation written
+        self._last_cleanup = time.monotonic()
+        self._cleanup_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> VectorStore:
@@ -238,6 +246,7 @@ class VectorStore:
         return cls(**kwargs)
 
     def close(self) -> None:
+        self.flush_cleanup()
         self._client.close()
 
     def __enter__(self) -> VectorStore:
@@ -426,6 +435,8 @@ class VectorStore:
             history = [v for v in current["history"] if v != version]
             self._put_meta(CURRENT_KEY, {**current, "history": history})
         self._search_params.pop(version, None)
+        with self._cleanup_lock:
+            self._pending_cleanup.pop(version, None)
 
     # Meta values are append-only: each write inserts a row (name, seq) and a read takes the highest seq.
     # Milvus Lite's upsert is a delete then an insert that a concurrent reader can see between (measured:
@@ -648,11 +659,12 @@ class VectorStore:
         all be in one call (they become the user's whole set), each (user, slot) once; `delete_keys` are
         ``"{user_id}#{slot}"`` keys, never also written in the same call.
 
-        How: the rows are inserted as a new generation (pk ``"{user_id}#{slot}#{generation}"``), then every
-        older generation of those users and every deleted slot is removed. Readers keep only each user's
-        newest generation, so they see the old set or the new set, never a user without vectors — which a
-        Milvus Lite upsert (delete, then insert) would show to a concurrent reader. Idempotent: writing the
-        same rows again leaves the same content.
+        How: the rows are inserted as a new generation (pk ``"{user_id}#{slot}#{generation}"``) and deleted
+        slots are removed; the users' older generations are deleted by the next cleanup (`flush_cleanup`,
+        at most `cleanup_interval_s` later). Readers keep only each user's newest generation, so they see
+        the old set or the new set, never a user without vectors — which a Milvus Lite upsert (delete, then
+        insert) would show to a concurrent reader. Idempotent: writing the same rows again leaves the same
+        content.
         """
         delete_keys = list(delete_keys)
         if not rows and not delete_keys:
@@ -690,24 +702,58 @@ class VectorStore:
         both = keys.intersection(delete_keys)
         if both:
             raise ValueError(f"interest keys {sorted(both)[:3]} are both written and deleted in one call")
-        written_users = sorted({record["user_id"] for record in records})
+        written_users = {record["user_id"] for record in records}
         deleted_slots: dict[str, set[int]] = {}
         for key in delete_keys:
             user_id, slot = _split_interest_key(key)
             if user_id not in written_users:  # a written user's older generations all go anyway
                 deleted_slots.setdefault(user_id, set()).add(slot)
 
-        clauses = []
-        if written_users:
-            clauses.append(f"(user_id in {_quoted_list(written_users)} and generation < {generation})")
-        clauses += [
-            f"(user_id == {json.dumps(user_id)} and slot in {sorted(slots)})" for user_id, slots in sorted(deleted_slots.items())
-        ]
         name = self.interests_collection(version)
         if records:
             self._call("write user interests", self._client.insert, name, records)
-        if clauses:
-            self._call("delete old user interests", self._client.delete, name, filter=" or ".join(clauses))
+        if deleted_slots:
+            clauses = [
+                f"(user_id == {json.dumps(user_id)} and slot in {sorted(slots)})"
+                for user_id, slots in sorted(deleted_slots.items())
+            ]
+            self._call("delete user interests", self._client.delete, name, filter=" or ".join(clauses))
+        with self._cleanup_lock:
+            pending = self._pending_cleanup.setdefault(version, {})
+            for user_id in written_users:
+                pending[user_id] = generation
+        if time.monotonic() - self._last_cleanup >= self.cleanup_interval_s:
+            self.flush_cleanup()
+
+    def flush_cleanup(self) -> None:
+        """Delete the older generations that writes left behind (see `cleanup_interval_s`).
+
+        A failure is logged and retried at the next cleanup: readers only ever use each user's newest
+        generation, so a late cleanup costs storage, never correctness."""
+        with self._cleanup_lock:
+            pending, self._pending_cleanup = self._pending_cleanup, {}
+            self._last_cleanup = time.monotonic()
+        for version, generations in pending.items():
+            by_generation: dict[int, list[str]] = {}
+            for user_id, generation in generations.items():
+                by_generation.setdefault(generation, []).append(user_id)
+            clauses = [
+                f"(user_id in {_quoted_list(sorted(users))} and generation < {generation})"
+                for generation, users in sorted(by_generation.items())
+            ]
+            try:
+                self._call(
+                    "delete old user interests",
+                    self._client.delete,
+                    self.interests_collection(version),
+                    filter=" or ".join(clauses),
+                )
+            except StoreError as exc:
+                _log.warning("%s; retrying at the next cleanup", exc)
+                with self._cleanup_lock:
+                    again = self._pending_cleanup.setdefault(version, {})
+                    for user_id, generation in generations.items():
+                        again[user_id] = max(generation, again.get(user_id, 0))
 
     def get_user_interests(
         self, user_ids: str | Sequence[str], *, model_version: str | None = None
@@ -750,8 +796,8 @@ class VectorStore:
         return found
 
     def count_user_interests(self, model_version: str | None = None) -> int:
-        """Stored interest rows of a version. Exact once writes have returned (a write's older generation
-        lives only between its insert and its delete)."""
+        """Stored interest rows of a version (pending cleanups run first, so older generations are gone)."""
+        self.flush_cleanup()
         name = self.interests_collection(self._version(model_version))
         rows = self._call("count user interests", self._client.query, name, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
@@ -772,6 +818,8 @@ class VectorStore:
             self._call("drop " + name, self._client.drop_collection, name)
         self._search_params.clear()
         self._versions_ready = False
+        with self._cleanup_lock:
+            self._pending_cleanup.clear()
 
     def _call(self, what: str, method: Any, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Every Milvus call goes through here: bounded by timeout_s, errors become one-line StoreErrors."""

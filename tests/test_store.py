@@ -347,3 +347,24 @@ def test_reading_more_users_than_one_query_carries_returns_every_user(store: Vec
     assert [(interests[0].user_id, interests[0].event_ts_ms) for interests in stored.values()] == [
         (u, i) for i, u in enumerate(users)
     ]
+
+
+def test_older_generations_are_cleaned_up_later_and_never_read(lite_uri: str) -> None:
+    store = VectorStore(lite_uri, collection_prefix=f"t{next(_prefixes)}_", cleanup_interval_s=3600)
+    try:
+        store.ensure_collections(4, "v1")
+        first, second = np.eye(4, dtype=np.float32)[:2], np.eye(4, dtype=np.float32)[2:]
+        store.write_user_interests(interest_rows("u", first, np.ones(2, bool), model_version="v1", event_ts_ms=1)[0])
+        store.write_user_interests(interest_rows("u", second, np.ones(2, bool), model_version="v1", event_ts_ms=2)[0])
+        raw = store._client.query(store.interests_collection("v1"), filter='user_id == "u"', output_fields=["generation"])
+        assert len(raw) == 4  # both generations are stored until the cleanup runs
+
+        stored = store.get_user_interests("u")["u"]
+        assert [s.event_ts_ms for s in stored] == [2, 2]
+        np.testing.assert_array_equal(np.stack([s.vector for s in stored]), second)
+
+        store.flush_cleanup()
+        raw = store._client.query(store.interests_collection("v1"), filter='user_id == "u"', output_fields=["generation"])
+        assert len(raw) == 2
+    finally:
+        store.drop_all()
