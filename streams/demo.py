@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-out", help="working folder (default ./demo-out)")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs, kept short for a demo (default 5)")
     parser.add_argument("--retrain", action="store_true", help="train and export again even if demo-out has an artifact")
-    parser.add_argument("--user", default=None, help="the user to follow (default: the most active user with 40-120 ratings who never rated --genre)")
+    parser.add_argument("--user", default=None, help="the user to follow (default: the most active held-out user with 40-120 ratings who never rated --genre)")
     parser.add_argument("--genre", default=None, help=f"the genre of the burst (default: first of {', '.join(CANDIDATE_GENRES)} "
                                                       "the user never touched)")
     parser.add_argument("--burst", type=int, default=20, help="events in the burst (default 20)")
@@ -106,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(lambda: http_json(f"{url}/healthz", quiet=True), 90, f"the worker at {url} (log {worker_log})", worker)
         print(f"  worker up at {url} (log {worker_log})")
 
-        user, genre = pick_user_and_genre(log, genres_of, args.user, args.genre)
+        held_out = held_out_users(run_dir)
+        user, genre = pick_user_and_genre(log, genres_of, args.user, args.genre, held_out)
         history = log[user]
         touched = Counter(g for item, _ in history for g in genres_of.get(item, []))
-        step(f"User {user}: {len(history)} ratings, never a {genre} movie")
+        step(f"User {user}: {len(history)} ratings, never a {genre} movie"
+             + (" (a held-out test user: the model never trained on them)" if user in held_out else ""))
         print("  genres rated: " + ", ".join(f"{g} {c}" for g, c in touched.most_common(8)))
 
         step(f"Streaming user {user}'s {len(history)} behaviours through Kafka (mind-stream produce)")
@@ -273,12 +275,40 @@ def read_log(path: Path) -> dict[str, list[tuple[str, float]]]:
     return log
 
 
-def pick_user_and_genre(log, genres_of, user, genre) -> tuple[str, str]:  # noqa: ANN001
-    """The given user, else the one with the most ratings (40-120, so the history fits the tower's window)
-    who never rated a movie of the given genre, else of the first candidate genre that has such a user."""
+# Run in a subprocess: streams/ never imports model/ (the demo only orchestrates).
+_TEST_USERS_SCRIPT = """
+import json, sys
+from pathlib import Path
+from model.data import user_split
+from model.datasets import prepare_dataset
+record = json.loads(Path(sys.argv[1]).read_text())["dataset"]
+data = prepare_dataset(record["name"], Path("data"))
+split = record["split"]
+users = user_split(data, valid_fraction=split["valid_fraction"], test_fraction=split["test_fraction"], seed=split["seed"])
+print(json.dumps([str(data.user_ids[u]) for u in users.test_users]))
+"""
+
+
+def held_out_users(run_dir: Path) -> set[str]:
+    """Raw ids of the run's held-out test users (recomputed from its recorded split); empty if unknown."""
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return set()
+    result = subprocess.run([sys.executable, "-c", _TEST_USERS_SCRIPT, str(metrics)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=False)
+    try:
+        return set(json.loads(result.stdout.strip().splitlines()[-1])) if result.returncode == 0 else set()
+    except (json.JSONDecodeError, IndexError):
+        return set()
+
+
+def pick_user_and_genre(log, genres_of, user, genre, held_out: set[str]) -> tuple[str, str]:  # noqa: ANN001
+    """The given user, else the held-out (else any) user with the most ratings in 40-120 (the history fits
+    the tower's window) who never rated a movie of the given genre, else of the first candidate genre."""
     if user is not None and user not in log:
         raise DemoError(f"--user {user}: no such user in ml-100k")
-    candidates = [user] if user else sorted((u for u in log if 40 <= len(log[u]) <= 120), key=lambda u: (-len(log[u]), u))
+    candidates = [user] if user else sorted((u for u in log if 40 <= len(log[u]) <= 120),
+                                            key=lambda u: (u not in held_out, -len(log[u]), u))
     for g in ([genre] if genre else CANDIDATE_GENRES):
         for u in candidates:
             if not any(g in genres_of.get(item, []) for item, _ in log[u]):
