@@ -470,3 +470,38 @@ def test_worker_refuses_an_input_topic_whose_partition_count_its_changelogs_woul
             "(the table changelogs must match the input topics)")
     finally:
         cleanup_topics(kafka_bootstrap, env)
+
+
+def test_when_the_vector_store_keeps_failing_the_events_are_retried_then_dead_lettered_not_lost(
+        kafka_bootstrap, artifact_dir, runtime, tmp_path):
+    """Kill the worker's Milvus Lite server: every write fails. The batch is retried with backoff, then its
+    events go to the DLQ with the reason (and the original bytes), and the worker keeps running."""
+    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_MAX_ATTEMPTS="2")
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
+    items = items_of(runtime)
+    now = time.time()
+    messages = [event("lost1", items[0], now - 3), event("lost1", items[1], now - 2), event("lost2", items[2], now - 1)]
+    try:
+        w.start()
+        children = subprocess.run(["pgrep", "-P", str(w.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "no Milvus Lite server process under the worker"
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        produce(w, messages)
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(env["MINDSTREAM_TOPIC_DLQ"], bootstrap_servers=kafka_bootstrap,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=1000, enable_auto_commit=False)
+        dead: list = []
+        deadline = time.monotonic() + WAIT_S
+        while len(dead) < len(messages) and time.monotonic() < deadline:
+            dead += list(consumer)
+        consumer.close()
+        assert sorted(m.value for m in dead) == sorted(value for _, value in messages)
+        for m in dead:
+            assert dict(m.headers)["mindstream-reason"].decode().startswith("processing failed after 2 attempts: ")
+        assert w.metric("mindstream_batch_retries_total") >= 1
+        assert w.proc.poll() is None
+    finally:
+        w.stop()
+        cleanup_topics(kafka_bootstrap, env)
