@@ -769,11 +769,14 @@ class VectorStore:
         distinct = sorted(set(wanted))
         # A query returns at most 16384 rows: ask for a few hundred users (≤ K rows each, x2 mid-write) at a time.
         for start in range(0, len(distinct), READ_USERS_PER_QUERY):
+            chunk = distinct[start : start + READ_USERS_PER_QUERY]
+            # On Lite `user_id == "u"` took 3.6 ms where `user_id in ["u"]` took 8 ms (400k rows): recall reads one.
+            condition = f"user_id == {json.dumps(chunk[0])}" if len(chunk) == 1 else f"user_id in {_quoted_list(chunk)}"
             rows += self._call(
                 "read user interests",
                 self._client.query,
                 self.interests_collection(version),
-                filter=f"user_id in {_quoted_list(distinct[start : start + READ_USERS_PER_QUERY])}",
+                filter=condition,
                 output_fields=["user_id", "slot", "generation", "vector", "model_version", "event_ts_ms", "updated_at_ms"],
                 limit=MAX_QUERY_ROWS,
             )
