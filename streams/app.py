@@ -10,9 +10,10 @@ Run with `mind-stream worker --artifact DIR` (settings: streams/config.py). The 
 plain functions of streams/events.py and streams/updater.py; this module only moves bytes and acks.
 
 Delivery: at-least-once. A batch is read with `noack_take`, so nothing is acked before its vectors are
-written and its history is in the table; a failing tower/store step is retried with backoff and, when it
-keeps failing, its events go to the DLQ with the reason (then acked), so no event is lost silently and no
-partition blocks forever. Duplicate deliveries are dropped by event id, and upserts are idempotent
+written and its history is in the table. A store that is down (StoreError) is retried with capped backoff
+and a fresh connection for as long as it takes, the batch unacked and /healthz "degraded": good events are
+never dead-lettered for an outage. Any other failing tower/store step is retried `max_attempts` times and
+then its events go to the DLQ with the reason (then acked), so no event is lost silently. Duplicate deliveries are dropped by event id, and upserts are idempotent
 (primary key user#slot), so a replay after a crash is harmless.
 
 Tables are co-partitioned with the input topics (faust's rule: a table key lives in the partition of the
@@ -42,6 +43,7 @@ from faust.streams import _current_event
 from streams import metrics
 from streams.config import Settings
 from streams.events import USER_ID_PATTERN, Interaction, Rejection, parse_event
+from streams.store import StoreError
 from streams.updater import Recompute, plan_batch, recompute
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,11 @@ class Services:
             self.store.write_user_interests(result.rows, result.delete_keys)
             metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
             return result
+
+    def reconnect_store(self) -> None:
+        """Blocking: a fresh store connection (a dead Milvus Lite server is replaced); StoreError if still down."""
+        with self.write_lock:
+            self.store.reconnect()
 
 
 _services: Services | None = None
@@ -268,12 +275,29 @@ async def write_with_retry(svc: Services, users: dict[str, dict], user_profiles:
     dead-lettered. Returns user id → its `interest-updates` message, for the users whose vectors are written.
     """
     delay = 0.5
-    for attempt in range(1, settings.max_attempts + 1):
+    attempt = 1
+    while attempt <= settings.max_attempts:
         try:
             result = await asyncio.to_thread(svc.recompute_and_write, users, user_profiles)
             metrics.USERS_RECOMPUTED.inc(len(users))
             metrics.BATCH_USERS.observe(len(users))
+            store_recovered()
             return {update["user_id"]: update for update in result.updates}
+        except StoreError as exc:
+            # The store is down (server died, file locked, network): not these events' fault, so they are never
+            # dead-lettered for it. Retry with capped backoff and a fresh connection, without acking; the
+            # partition waits and catches up when the store is back (issue 7). /healthz says "degraded".
+            store_failed(exc)
+            metrics.BATCH_RETRIES.inc()
+            log.warning("vector store unavailable for %.0f s, retrying %d users in %.1f s: %s",
+                        time.monotonic() - (_store_down_since or time.monotonic()), len(users), delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
+            try:
+                await asyncio.to_thread(svc.reconnect_store)
+            except StoreError as reopen_error:
+                log.warning("%s", reopen_error)
+            continue
         except Exception as exc:
             log.warning("batch of %d users failed (attempt %d/%d): %r", len(users), attempt, settings.max_attempts, exc)
             if attempt == settings.max_attempts:
@@ -282,6 +306,7 @@ async def write_with_retry(svc: Services, users: dict[str, dict], user_profiles:
             metrics.BATCH_RETRIES.inc()
             await asyncio.sleep(delay)
             delay *= 2
+            attempt += 1
     # The whole batch kept failing: try each user alone, so one bad user does not take the others down.
     written: dict[str, dict] = {}
     for user_id, history in users.items():
@@ -337,7 +362,10 @@ async def recall_view(self: Any, request: Any, user: str) -> Any:
         return self.json({"error": str(exc)}, status=400)
     started = time.perf_counter()
     svc = await asyncio.to_thread(services)
-    result = await asyncio.to_thread(recall, svc.store, user_id, n, fallback=popular_items)
+    try:
+        result = await asyncio.to_thread(recall, svc.store, user_id, n, fallback=popular_items)
+    except StoreError as exc:  # an outage: the writer reconnects; say so instead of a 500
+        return self.json({"error": str(exc)}, status=503)
     metrics.RECALL_SECONDS.observe(time.perf_counter() - started)
     return self.json(_jsonable(result))
 
@@ -352,7 +380,10 @@ async def interests_view(self: Any, request: Any, user: str) -> Any:
     except ValueError as exc:
         return self.json({"error": str(exc)}, status=400)
     svc = await asyncio.to_thread(services)
-    rows = (await asyncio.to_thread(svc.store.get_user_interests, user_id))[user_id]
+    try:
+        rows = (await asyncio.to_thread(svc.store.get_user_interests, user_id))[user_id]
+    except StoreError as exc:  # an outage: the writer reconnects; say so instead of a 500
+        return self.json({"error": str(exc)}, status=503)
     history = histories.get(user_id) or {"items": []}
     return self.json({"user_id": user_id, "interests": _jsonable(rows), "history_length": len(history["items"])})
 
@@ -363,9 +394,33 @@ async def metrics_view(self: Any, request: Any) -> Any:
     return self.bytes(body, content_type=content_type.split(";")[0])
 
 
+# Store outage state (issue 7): set by write_with_retry, reported by /healthz. Backoff doubles up to the cap.
+STORE_RETRY_MAX_DELAY_S = 5.0
+_store_down_since: float | None = None
+_store_last_error = ""
+
+
+def store_failed(exc: BaseException) -> None:
+    global _store_down_since, _store_last_error
+    if _store_down_since is None:
+        _store_down_since = time.monotonic()
+    _store_last_error = str(exc)[:300]
+
+
+def store_recovered() -> None:
+    global _store_down_since
+    if _store_down_since is not None:
+        log.warning("vector store back after %.1f s; catching up", time.monotonic() - _store_down_since)
+        _store_down_since = None
+
+
 @app.page("/healthz")
 async def healthz_view(self: Any, request: Any) -> Any:
     ready = _services is not None
+    if ready and _store_down_since is not None:
+        # Alive and retrying (a restart would not help): 200, so a liveness probe leaves it running.
+        return self.json({"status": "degraded", "model_version": _services.model_version,
+                          "store_down_s": round(time.monotonic() - _store_down_since, 1), "error": _store_last_error})
     return self.json({"status": "ok" if ready else "starting", "model_version": _services.model_version if ready else None},
                      status=200 if ready else 503)
 

@@ -225,6 +225,7 @@ class VectorStore:
         # Imported here so that `validate_user_id` & co. stay importable without pymilvus' start-up cost.
         from pymilvus import MilvusClient
 
+        self._token = token or ""  # kept for `reconnect`, never logged
         try:
             self._client = MilvusClient(uri=self.uri, token=token or "", timeout=timeout_s)
         except Exception as exc:
@@ -253,6 +254,28 @@ class VectorStore:
     def close(self) -> None:
         self.flush_cleanup()
         self._client.close()
+
+    def reconnect(self) -> None:
+        """Drop the connection and open a new one after a failure (the worker's outage retry, issue 7).
+
+        pymilvus does not restart a Milvus Lite server that died (killed, crashed): its server manager keeps
+        the dead process per file, so it is released first and the new client starts a fresh server. Raises
+        StoreError while the store still cannot be reached; the caller retries with backoff.
+        """
+        from pymilvus import MilvusClient
+
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - the broken connection is being thrown away
+            pass
+        if self.is_lite:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+        try:
+            self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
+        except Exception as exc:
+            raise StoreError(f"cannot reopen the vector store at {self.uri}: {_first_line(exc)}") from None
 
     def __enter__(self) -> VectorStore:
         return self

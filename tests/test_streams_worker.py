@@ -472,10 +472,13 @@ def test_worker_refuses_an_input_topic_whose_partition_count_its_changelogs_woul
         cleanup_topics(kafka_bootstrap, env)
 
 
-def test_when_the_vector_store_keeps_failing_the_events_are_retried_then_dead_lettered_not_lost(
+def test_when_the_vector_stores_server_dies_the_batch_is_retried_on_a_new_connection_not_dead_lettered(
         kafka_bootstrap, artifact_dir, runtime, tmp_path):
-    """Kill the worker's Milvus Lite server: every write fails. The batch is retried with backoff, then its
-    events go to the DLQ with the reason (and the original bytes), and the worker keeps running."""
+    """Kill the worker's Milvus Lite server: the write fails with a StoreError. A store outage is not the
+    events' fault, so the batch is retried (unacked) on a fresh connection with a new Lite server, and the
+    events end up applied, none dead-lettered; the worker keeps running. (Changed by the reliability
+    engineer, issue 7: it used to dead-letter after MAX_ATTEMPTS; tests/test_reliability_worker.py holds
+    the longer outage.)"""
     env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_MAX_ATTEMPTS="2")
     w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
     items = items_of(runtime)
@@ -488,19 +491,21 @@ def test_when_the_vector_store_keeps_failing_the_events_are_retried_then_dead_le
         for pid in children:
             os.kill(int(pid), signal.SIGKILL)
         produce(w, messages)
-        from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(env["MINDSTREAM_TOPIC_DLQ"], bootstrap_servers=kafka_bootstrap,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=1000, enable_auto_commit=False)
-        dead: list = []
-        deadline = time.monotonic() + WAIT_S
-        while len(dead) < len(messages) and time.monotonic() < deadline:
-            dead += list(consumer)
-        consumer.close()
-        assert sorted(m.value for m in dead) == sorted(value for _, value in messages)
-        for m in dead:
-            assert dict(m.headers)["mindstream-reason"].decode().startswith("processing failed after 2 attempts: ")
+        def written() -> bool:  # the HTTP read answers 503 until the store is reconnected
+            try:
+                return bool(w.interests("lost2")["interests"])
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503
+                return False
+
+        wait_until(written, WAIT_S, interval=0.3, what="vectors written after the store came back")
+        lost1 = wait_for_user(w, "lost1", now - 2, 2)
+        np.testing.assert_allclose(stored_vectors(lost1), expected_interests(runtime, [(items[0], now - 3), (items[1], now - 2)]),
+                                   rtol=1e-5, atol=1e-6)
+        wait_for_user(w, "lost2", now - 1, 1)
         assert w.metric("mindstream_batch_retries_total") >= 1
+        assert w.metric("mindstream_events_dlq_total") == 0
         assert w.proc.poll() is None
     finally:
         w.stop()
