@@ -4,6 +4,7 @@
     mind-stream produce FILE [--rate 100]       replay an interaction log (CSV/TSV/JSONL) into Kafka
     mind-stream recall USER [--n 50]            top-N items: from the running worker, else from the store
     mind-stream index-items ARTIFACT_DIR        load the artifact's item vectors into the vector store
+    mind-stream rebuild / rollout / rollback    vectors from the Kafka log; model rollout and rollback (streams/rebuild.py)
 
 Settings come from flags, else the environment (streams/config.py lists every env var); secrets
 (KAFKA_SASL_PASSWORD, MINDSTREAM_MILVUS_TOKEN) only from the environment. Bad input ends with one line and exit 2.
@@ -116,12 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Load the artifact's item vectors (batched) and build the items index.")
     index.add_argument("artifact", type=Path, help="artifact directory written by mind-export")
     _add_setting_flags(index, {"--milvus-uri": "milvus_uri", "--milvus-prefix": "milvus_prefix"})
+    from streams.rebuild import add_subcommands
+
+    parser.set_defaults(rebuild_commands=add_subcommands(sub, _add_setting_flags))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"worker": cmd_worker, "produce": cmd_produce, "recall": cmd_recall, "index-items": cmd_index_items}
+    command = {"worker": cmd_worker, "produce": cmd_produce, "recall": cmd_recall, "index-items": cmd_index_items,
+               **args.rebuild_commands}
     try:
         return command[args.command](args)
     except (UserError, ConfigError) as exc:
