@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,27 +69,20 @@ def measure_batch(runtime, mind, histories: list[list[str]], profiles: list[dict
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact_dir", type=Path)
-    parser.add_argument("--run", type=Path, default=None, help="checkpoint for PyTorch eager (default: manifest source)")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for both engines (default 1)")
-    parser.add_argument("--batches", default="1,64,512", help="batch sizes (default 1,64,512)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="approximate time per measurement")
-    args = parser.parse_args(argv)
-
+def run(artifact_dir: Path, run_dir: Path | None = None, threads: int = 1, batches: tuple[int, ...] = (1, 64, 512),
+        seconds: float = 2.0, echo: bool = True) -> dict:
+    """Measure every engine at every batch size; returns {"name", "setup", "rows": [...]} (for run_all.py)."""
     import torch
 
     from export.onnx_export import load_run
     from export.runtime import UserTowerRuntime
 
-    torch.set_num_threads(args.threads)
-    runtime = UserTowerRuntime.load(args.artifact_dir, intra_op_threads=args.threads)
+    torch.set_num_threads(threads)
+    runtime = UserTowerRuntime.load(artifact_dir, intra_op_threads=threads)
     manifest = runtime.manifest
-    run = args.run or manifest.source.get("checkpoint")
+    run = run_dir or manifest.source.get("checkpoint")
     if not run:
-        print("no checkpoint recorded in the manifest; pass --run RUN_DIR", file=sys.stderr)
-        return 1
+        raise SystemExit("no checkpoint recorded in the manifest; pass --run RUN_DIR")
     mind = load_run(run).mind.eval()
     rng = np.random.default_rng(0)
     ids = runtime.item_ids()
@@ -105,21 +97,39 @@ def main(argv: list[str] | None = None) -> int:
                     for _ in range(batch)]
         return histories, profiles
 
-    print(f"artifact {args.artifact_dir}: model {manifest.model_version}, {manifest.num_items:,} items, "
-          f"d={manifest.embedding_dim}, K={manifest.num_interests}, max history {max_len}, opset {manifest.opset}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
-          f"{__import__('onnxruntime').__version__}, {args.threads} thread(s), CPU {platform.processor() or platform.machine()}")
+    setup = (f"artifact {artifact_dir}: model {manifest.model_version}, {manifest.num_items:,} items, "
+             f"d={manifest.embedding_dim}, K={manifest.num_interests}, max history {max_len}, opset {manifest.opset}; "
+             f"python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
+             f"{__import__('onnxruntime').__version__}, {threads} thread(s), CPU {platform.processor() or platform.machine()}")
     header = f"{'engine':<28}{'batch':>6}{'L':>5}{'median ms':>11}{'p99 ms':>9}{'users/s':>11}{'speedup':>9}"
-    print(header)
-    print("-" * len(header))
-    for batch in (int(b) for b in args.batches.split(",")):
+    if echo:
+        print(setup)
+        print(header)
+        print("-" * len(header))
+    rows = []
+    for batch in batches:
         histories, profiles = raw_batch(batch)
-        length, rows = measure_batch(runtime, mind, histories, profiles, args.seconds)
-        torch_median = statistics.median(rows[0][1])
-        for name, times in rows:
+        length, measured = measure_batch(runtime, mind, histories, profiles, seconds)
+        torch_median = statistics.median(measured[0][1])
+        for name, times in measured:
             median, p99, throughput = summarise(times, batch)
             speedup = torch_median / statistics.median(times)
-            print(f"{name:<28}{batch:>6}{length:>5}{median:>11.3f}{p99:>9.3f}{throughput:>11,.0f}{speedup:>8.2f}x")
+            rows.append({"engine": name, "batch": batch, "L": length, "p50_ms": median, "p99_ms": p99,
+                         "users_per_s": throughput, "speedup_vs_torch": speedup})
+            if echo:
+                print(f"{name:<28}{batch:>6}{length:>5}{median:>11.3f}{p99:>9.3f}{throughput:>11,.0f}{speedup:>8.2f}x")
+    return {"name": "user tower", "setup": setup, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact_dir", type=Path)
+    parser.add_argument("--run", type=Path, default=None, help="checkpoint for PyTorch eager (default: manifest source)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for both engines (default 1)")
+    parser.add_argument("--batches", default="1,64,512", help="batch sizes (default 1,64,512)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="approximate time per measurement")
+    args = parser.parse_args(argv)
+    run(args.artifact_dir, args.run, args.threads, tuple(int(b) for b in args.batches.split(",")), args.seconds)
     return 0
 
 
