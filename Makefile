@@ -33,15 +33,10 @@ test: $(STAMP)
 	@$(KAFKA) fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Until streams/demo.py exists, the demo is what exists: the broker round trip.
+# The whole mission against a broker of its own (or KAFKA_BOOTSTRAP): data, training, export, Milvus, worker.
 demo: $(STAMP)
 	@$(KAFKA) fetch
-	@if [ -f streams/demo.py ]; then \
-	  $(WITH_BROKER) $(PY) -m streams.demo; \
-	else \
-	  echo "make demo: streams/demo.py is not written yet; running what exists: the Kafka broker round trip"; \
-	  $(PY) -m pytest -q tests/test_kafka_broker.py; \
-	fi
+	$(WITH_BROKER) $(PY) -m streams.demo
 
 bench: $(STAMP)
 	@$(KAFKA) fetch
