@@ -99,12 +99,18 @@ def _key_text(key: bytes | str | None) -> str:
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
 
 
-def last_values(settings: Settings, topic: str) -> dict[str, Any]:
+def last_values(settings: Settings, topic: str, *, json_keys: bool = False) -> dict[str, Any]:
     """A compacted topic as a dict: user id → its last JSON value; a null value (tombstone) deletes.
-    Values that are not JSON objects are skipped (the worker dead-letters them too)."""
+    Values that are not JSON objects are skipped (the worker dead-letters them too). `json_keys`: the keys
+    are JSON strings, as faust writes table changelogs (`b'"u42"'`)."""
     table: dict[str, Any] = {}
     for record in read_to_end(settings, topic):
         key = _key_text(record.key)
+        if json_keys:
+            try:
+                key = str(json.loads(key))
+            except json.JSONDecodeError:
+                pass
         if record.value is None:
             table.pop(key, None)
             continue
@@ -150,7 +156,7 @@ def histories_from_log(settings: Settings, *, max_len: int, batch_size: int | No
 
 def histories_from_changelog(settings: Settings) -> dict[str, History]:
     """The worker's `histories` table, from its changelog topic (last value per user)."""
-    return last_values(settings, f"{settings.app_id}-histories-changelog")
+    return last_values(settings, f"{settings.app_id}-histories-changelog", json_keys=True)
 
 
 def read_sources(settings: Settings, source: str, max_len: int) -> tuple[dict[str, History], dict[str, Any], ReplayStats]:
@@ -162,7 +168,7 @@ def read_sources(settings: Settings, source: str, max_len: int) -> tuple[dict[st
         histories = histories_from_changelog(settings)
         stats = ReplayStats(messages=len(histories), users=len(histories))
         profiles_topic = f"{settings.app_id}-profiles-changelog"
-        profiles = last_values(settings, profiles_topic) if _topic_exists(settings, profiles_topic) else {}
+        profiles = last_values(settings, profiles_topic, json_keys=True) if _topic_exists(settings, profiles_topic) else {}
     else:
         raise RebuildError(f"--source {source!r}: use log or changelog")
     return histories, profiles, stats

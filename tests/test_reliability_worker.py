@@ -154,13 +154,22 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
         producer.close()
 
 
+def release_lite(store) -> None:
+    """Close a store opened in this process and stop its Milvus Lite server, so a CLI subprocess can open the
+    file (pymilvus keeps the server, and the file lock, until the process exits)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    store.close()
+    server_manager_instance.release_server(store.uri)
+
+
 def stored_vectors_of(env: dict[str, str], users: list[str], version: str | None = None) -> dict[str, np.ndarray]:
     """Every user's stored vectors, read in this process (the worker must be stopped: Lite is one process's)."""
     store = Settings.from_env(env).open_store()
     try:
         found = store.get_user_interests(users, model_version=version)
     finally:
-        store.close()
+        release_lite(store)
     return {u: np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), -1) for u, rows in found.items()}
 
 
@@ -328,7 +337,7 @@ def test_a_rollout_never_shows_an_empty_or_mixed_recall_and_can_be_rolled_back(
         expected[new_v] = recall(store, user, 10, model_version=new_v)
         assert store.current_version() == new_v
     finally:
-        store.close()
+        release_lite(store)
     versions = [a.model_version for a in answers]
     print(f"\nrollout: {stats.users_written} users, {stats.rows_written} vectors in {stats.seconds:.1f}s; "
           f"{len(answers)} concurrent recalls: {versions.count(old_v)} old, {versions.count(new_v)} new")
