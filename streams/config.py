@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -96,10 +96,10 @@ class Settings:
     kafka_security_protocol: str
     kafka_sasl_mechanism: str
     kafka_sasl_username: str
-    kafka_sasl_password: str
+    kafka_sasl_password: str = field(repr=False)  # secrets stay out of logs and tracebacks
     kafka_ssl_cafile: str
     milvus_uri: str
-    milvus_token: str
+    milvus_token: str = field(repr=False)
     milvus_prefix: str
     artifact_dir: str
     app_id: str
