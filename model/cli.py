@@ -268,6 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from model.explain import explain_user, plot_explanation
 
+    _set_threads(1)
     checkpoint = load_checkpoint(args.run_dir)
     data = load_data(checkpoint.dataset.get("source", ""), args.cache_dir)
     explanation = explain_user(checkpoint.model, data, args.user)

@@ -69,6 +69,12 @@ class MindConfig:
         0.2, "user-split protocol: the last share of each held-out user's behaviours that are targets")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # "inf" from JSON (to_dict writes it so) and ints become floats
+            if f.type in ("float", float) and isinstance(getattr(self, f.name), int | float | str):
+                try:
+                    setattr(self, f.name, float(getattr(self, f.name)))
+                except ValueError:
+                    raise ConfigError(f"MindConfig.{f.name} must be a number, got {getattr(self, f.name)!r}") from None
         positive_ints = ("embedding_dim", "num_interests", "routing_iterations", "profile_embedding_dim",
                          "hidden_dim", "max_history_length", "num_negatives", "batch_size", "epochs")
         for name in positive_ints:
@@ -88,7 +94,9 @@ class MindConfig:
             raise ConfigError("MindConfig: learning_rate must be > 0, weight_decay and patience >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values, strict-JSON safe: an infinite attention_power is written as the string "inf"."""
+        values = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MindConfig:

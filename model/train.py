@@ -28,7 +28,7 @@ from tqdm import tqdm
 from model.baselines import MostPopular, build_model
 from model.checkpoint import save_checkpoint
 from model.config import FeatureSpec, MindConfig, vocabularies_of
-from model.evaluate import evaluate_scorer, model_scorer
+from model.evaluate import evaluate_scorer, model_scorer, popularity_scorer
 from model.mind import RetrievalModel
 
 VALIDATION_METRIC = ("user_split", "Recall@50")
@@ -232,8 +232,6 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
 def evaluate_popular(data: Any, train_users: np.ndarray, users: np.ndarray,
                      holdout_fraction: float) -> dict[str, dict[str, float]]:
     """Most-popular (counts over the training users) on `users`."""
-    from model.evaluate import popularity_scorer
-
     popular = MostPopular(data.num_items, [data.sequences[int(u)] for u in train_users])
     return evaluate_scorer(popularity_scorer(popular), data.sequences, data.user_profile, users, holdout_fraction)
 
