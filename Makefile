@@ -11,6 +11,8 @@ WITH_BROKER := bash deploy/kafka/with-broker.sh
 KAFKA_PORT ?= 9092
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-x -k kafka"
 PYTEST_ARGS ?=
+# Extra run_all.py arguments, e.g. make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
 
 .PHONY: demo test bench kafka-up kafka-down kafka-status lint clean install
 
@@ -38,9 +40,11 @@ demo: $(STAMP)
 	@$(KAFKA) fetch
 	$(WITH_BROKER) $(PY) -m streams.demo
 
+# Regenerates BENCHMARKS.md and docs/benchmarks/*.png (~25 min); make bench BENCH_ARGS=--quick for ~6 min.
 bench: $(STAMP)
 	@$(KAFKA) fetch
-	$(WITH_BROKER) $(PY) tests/benchmarks/run_all.py
+	@$(PY) -c 'import torch_rechub' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	$(WITH_BROKER) $(PY) tests/benchmarks/run_all.py $(BENCH_ARGS)
 
 # A long-running local broker on localhost:$(KAFKA_PORT) (state in deploy/kafka/.state), for working by hand.
 kafka-up:

@@ -1,0 +1,437 @@
+"""BENCHMARKS.md and docs/benchmarks/*.png from the results dict of run_all.py (no measuring here)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GOALS = {
+    "freshness": (15.0, 50.0),  # p50, p99 ms at 1,000 events/s
+    "throughput": 5000.0,       # events/s, one worker
+    "vs_naive": 10.0,
+    "recall_p99_ms": 15.0,      # at 100k items
+    "recall_vs_numpy": 1.5,
+}
+
+
+def f(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, int | float) and abs(value) >= 1000:
+        return f"{value:,.0f}{suffix}"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def met(ok: bool | None) -> str:
+    return "–" if ok is None else ("yes" if ok else "**no**")
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ok(result: Any) -> bool:
+    return isinstance(result, dict) and bool(result) and "error" not in result
+
+
+# --- the summary ------------------------------------------------------------------------------------------
+
+
+def summary(results: dict[str, Any]) -> str:
+    rows: list[list[str]] = []
+    stream = results.get("stream", {})
+    if ok(stream):
+        fresh = {p["rate"]: p for p in stream.get("freshness", [])}
+        at_1000, at_100 = fresh.get(1000), fresh.get(100)
+        if at_1000:
+            goal50, goal99 = GOALS["freshness"]
+            rows.append(["Freshness at 1,000 events/s (event sent → vectors written)", f"p50 ≤ {goal50:.0f} ms, p99 ≤ {goal99:.0f} ms",
+                         f"p50 {f(at_1000['p50_ms'])} ms, p99 {f(at_1000['p99_ms'])} ms",
+                         f"100 ev/s: p50 {f(at_100['p50_ms'])}, p99 {f(at_100['p99_ms'])} ms" if at_100 else "–",
+                         f"{f(at_1000['p50_ms'] / at_100['p50_ms'], 2)}× / {f(at_1000['p99_ms'] / at_100['p99_ms'], 2)}×" if at_100 else "–",
+                         met(at_1000["p50_ms"] <= goal50 and at_1000["p99_ms"] <= goal99)])
+        one = stream.get("throughput_1_worker", {})
+        naive = stream.get("naive_peer", {})
+        if one:
+            rows.append(["Throughput, 1 worker (sustained, draining a backlog)", f"≥ {GOALS['throughput']:,.0f} ev/s, ≥ {GOALS['vs_naive']:.0f}× naive",
+                         f"{f(one['events_per_s'])} ev/s (interval median {f(one['interval_p50_events_per_s'])})",
+                         f"naive peer {f(naive.get('events_per_s'))} ev/s" if naive else "–",
+                         f"{f(naive.get('worker_vs_naive'), 1)}×" if naive else "–",
+                         met(one["events_per_s"] >= GOALS["throughput"] and naive.get("worker_vs_naive", 0) >= GOALS["vs_naive"])])
+        two = stream.get("throughput_2_workers", {})
+        if two:
+            rows.append(["Throughput, 2 workers on 2 partitions", "scales with partitions", f"{f(two['events_per_s'])} ev/s",
+                         f"1 worker {f(one.get('events_per_s'))} ev/s", f"{f(two.get('vs_1_worker'), 2)}×", "–"])
+        mem = stream.get("memory", {})
+        if mem:
+            rows.append([f"Memory with {stream['setup']['users']:,} users' histories", "report", f"worker RSS {f(mem['worker_rss_mb'])} MiB, "
+                         f"Lite server {f(mem['lite_server_rss_mb'])} MiB, Lite file {f(mem['lite_file_mb'])} MiB",
+                         f"after restore, before events: {f(stream.get('memory_after_restore', {}).get('total_rss_mb'))} MiB", "–", "–"])
+    recall = results.get("recall", {})
+    if ok(recall):
+        by = {(r["items"], r["engine"]): r for r in recall["rows"]}
+        for (items, engine), r in sorted(by.items()):
+            if engine.startswith("Milvus Lite FLAT") or engine.startswith("recall()"):
+                goal = items == 100_000 and engine.startswith("Milvus Lite FLAT")
+                rows.append([f"Recall latency, K=4 × top-50, {items:,} items, {engine}",
+                             f"p99 ≤ {GOALS['recall_p99_ms']:.0f} ms, ≤ {GOALS['recall_vs_numpy']}× brute force" if goal else "report",
+                             f"p50 {f(r['p50_ms'], 2)} ms, p99 {f(r['p99_ms'], 2)} ms",
+                             f"numpy p50 {f(r.get('numpy_p50_ms'), 2)}, p99 {f(r.get('numpy_p99_ms'), 2)} ms",
+                             f"{f(r.get('p50_vs_numpy'), 2)}× / {f(r.get('p99_vs_numpy'), 2)}×",
+                             met(r["p99_ms"] <= GOALS["recall_p99_ms"] and r.get("p99_vs_numpy", 99) <= GOALS["recall_vs_numpy"]) if goal else "–"])
+    tower = results.get("tower", {})
+    if ok(tower):
+        for r in tower["rows"]:
+            if r["engine"] == "onnxruntime":
+                torch_row = next(t for t in tower["rows"] if t["engine"] == "pytorch eager" and t["batch"] == r["batch"])
+                rows.append([f"User tower, batch {r['batch']}", "faster than PyTorch eager",
+                             f"p50 {f(r['p50_ms'], 3)} ms, p99 {f(r['p99_ms'], 3)} ms, {f(r['users_per_s'])} users/s",
+                             f"PyTorch p50 {f(torch_row['p50_ms'], 3)} ms", f"{f(r['speedup_vs_torch'], 2)}×", met(r["speedup_vs_torch"] > 1)])
+    for key in ("quality_ml100k", "quality_ml1m"):
+        quality = results.get(key, {})
+        if ok(quality):
+            models = quality["models"]
+            mind, peer = models.get("mind"), models.get("torch-rechub MIND")
+            if mind and peer:
+                m, p = mind["results"]["user_split"], peer["results"]["user_split"]
+                rows.append([f"Quality {quality['data']}: Recall@50 (user split, exact, {quality['epochs']} epochs each)", "≥ peer",
+                             f"mindstream MIND {f(m['Recall@50'], 4)}", f"torch-rechub MIND {f(p['Recall@50'], 4)}",
+                             f"{f(m['Recall@50'] / p['Recall@50'], 2)}×" if p["Recall@50"] else "–", met(m["Recall@50"] >= p["Recall@50"])])
+    for key, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            rows.append([f"{key}", "–", f"**failed**: {value['error'][:160]}", "–", "–", "–"])
+    return table(["What", "Goal", "Measured (this run)", "Baseline (same run)", "Ratio", "Met"], rows)
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+
+
+def stream_section(stream: dict[str, Any], plots: Path) -> str:
+    setup = stream["setup"]
+    out = ["## Streaming: freshness, throughput, memory", "",
+           f"{setup['users']:,} users with histories pre-seeded into the worker's `histories` changelog (median "
+           f"{f(setup['history_median'], 0)} past behaviours, p90 {f(setup['history_p90'], 0)}; the table keeps the newest "
+           f"{setup['max_history_length']}); events pick users Zipf(s={setup['zipf_users_s']}) and items Zipf(s={setup['zipf_items_s']}) "
+           f"over {setup['items']:,} items. One `mind-stream worker` (faust, onnxruntime on 1 thread, Milvus Lite), "
+           f"`MINDSTREAM_BATCH_WINDOW_S={setup['batch_window_s']}`, batch ≤ 256. Changelog seeded in "
+           f"{f(setup.get('seed_changelog_s'))} s; the worker was ready after {f(setup.get('worker_ready_s'))} s and had "
+           f"its table restored after {f(setup.get('table_restored_s'))} s.", ""]
+    rows = []
+    for p in stream.get("freshness", []):
+        probe = p.get("http_probe", {})
+        rows.append([f(p["rate"], 0), f(p["achieved_rate"], 0), p["events"], f(p["p50_ms"]), f(p["p99_ms"]), f(p["max_ms"]),
+                     p["not_readable_within_30s"],
+                     " / ".join(f(100 * p.get(k, float("nan")), 0) for k in ("worker_le_10ms", "worker_le_25ms", "worker_le_50ms")),
+                     f(p["batch_events_mean"]), f(p["tower_ms_mean"]), f(p["upsert_ms_mean"]),
+                     f"{f(probe.get('p50_ms'))} / {f(probe.get('p99_ms'))} (n={probe.get('n')})" if probe else "–"])
+    out += ["### Freshness", "",
+            "Time from `send()` of the event (its `ts`) to the arrival of the user's `interest-updates` message that "
+            "covers it, which the worker sends only after the store write returned (so: an upper bound, it includes "
+            "the Kafka hop back). Cross-checks: the worker's own histogram (`mindstream_freshness_seconds`, share of "
+            "events written within 10/25/50 ms) and, at 100 ev/s, a probe polling `GET /users/{u}/interests` every 2 ms "
+            "for a sample of events until a stored row carries the event's time.", "",
+            table(["target ev/s", "sent ev/s", "events", "p50 ms", "p99 ms", "max ms", "not readable in 30 s",
+                   "worker ≤10/25/50 ms %", "events/batch", "tower ms/batch", "store write ms/batch", "HTTP probe p50 / p99 ms"], rows),
+            "", "![freshness](docs/benchmarks/freshness.png)", ""]
+    rows = []
+    naive = stream.get("naive_peer", {})
+    for name, key in (("1 worker, 1 partition", "throughput_1_worker"), ("2 workers, 2 partitions (own Lite file each)", "throughput_2_workers")):
+        t = stream.get(key)
+        if t:
+            rows.append([name, f(t["events_per_s"]), f(t["interval_p50_events_per_s"]), t["events"],
+                         f(t["batch_events_mean"]), f(t["batch_users_mean"]), f(t["tower_ms_mean"]), f(t["upsert_ms_mean"]),
+                         f"{f(t['events_per_s'] / naive['events_per_s'], 1)}×" if naive else "–"])
+    if naive:
+        rows.append(["naive peer (kafka-python, PyTorch eager + 1 Lite upsert per event)", f(naive["events_per_s"]), "–",
+                     naive["events"], "1", "1", "–", "–", "1.0×"])
+    out += ["### Throughput", "",
+            "Events/s applied (`mindstream_events_applied`) while draining a backlog sent in one burst, from the end "
+            "of the burst (and ≥ 10 % applied) to 90 % applied; \"interval median\" is the median of the 0.25 s "
+            "rates in that window. The naive peer reads the same topic from the start.", "",
+            table(["configuration", "events/s", "interval median", "events", "events/batch", "users/batch",
+                   "tower ms/batch", "store write ms/batch", "vs naive"], rows),
+            "", "![throughput](docs/benchmarks/throughput.png)", ""]
+    mem = stream.get("memory", {})
+    if mem:
+        after = stream.get("memory_after_restore", {})
+        out += ["### Memory", "",
+                table(["when", "worker RSS MiB", "Milvus Lite server RSS MiB", "Lite file MiB"],
+                      [["table restored, no events yet", f(after.get("worker_rss_mb")), f(after.get("lite_server_rss_mb")), "–"],
+                       [f"after all phases ({f(mem.get('events_applied'), 0)} events applied)", f(mem["worker_rss_mb"]),
+                        f(mem["lite_server_rss_mb"]), f(mem["lite_file_mb"])]]), ""]
+    prof = stream.get("profile")
+    if prof and prof.get("samples"):
+        rows = [[f"{100 * share:.1f} %", f"`{frame}`"] for frame, share in prof["self"][:15]]
+        inc = [[f"{100 * share:.1f} %", f"`{frame}`"] for frame, share in prof["inclusive"]
+               if any(k in frame for k in ("streams/", "store.py", "faust/transport", "faust/tables", "aiokafka/producer"))][:12]
+        out += ["### Where the worker's time goes (py-spy, GIL holder, while draining)", "",
+                f"{prof['samples']} samples at 200 Hz of the thread holding the GIL (where a Python process burns CPU).", "",
+                "Self time:", "", table(["share", "function"], rows), "", "Inclusive (project and faust/aiokafka frames):", "",
+                table(["share", "function"], inc), ""]
+    plot_freshness(stream, plots / "freshness.png")
+    plot_throughput(stream, plots / "throughput.png")
+    return "\n".join(out)
+
+
+def recall_section(recall: dict[str, Any], plots: Path) -> str:
+    rows = [[f"{r['items']:,}", r["engine"], f(r["p50_ms"], 2), f(r["p99_ms"], 2), f(r.get("numpy_p50_ms"), 2),
+             f(r.get("numpy_p99_ms"), 2), f"{f(r.get('p50_vs_numpy'), 2)}×" if "p50_vs_numpy" in r else "1×",
+             f"{f(r.get('p99_vs_numpy'), 2)}×" if "p99_vs_numpy" in r else "1×",
+             f(r.get("recall_at_50"), 3) if "recall_at_50" in r else "–"] for r in recall["rows"]]
+    plot_recall(recall, plots / "recall.png")
+    return "\n".join(["## Recall latency", "", f"{recall['setup']}. Each engine is timed interleaved with numpy brute force "
+                      "(one thread) on the same vectors, request by request; ratios are against that run's numpy.", "",
+                      table(["items", "engine", "p50 ms", "p99 ms", "numpy p50", "numpy p99", "p50 ratio", "p99 ratio",
+                             "recall@50 vs exact"], rows), "", "![recall](docs/benchmarks/recall.png)", ""])
+
+
+def tower_section(tower: dict[str, Any], plots: Path) -> str:
+    rows = [[r["engine"], r["batch"], r["L"], f(r["p50_ms"], 3), f(r["p99_ms"], 3), f(r["users_per_s"]),
+             f"{f(r['speedup_vs_torch'], 2)}×"] for r in tower["rows"]]
+    plot_tower(tower, plots / "tower.png")
+    return "\n".join(["## User tower: onnxruntime vs PyTorch eager", "", tower["setup"] + ".", "",
+                      table(["engine", "batch", "L", "p50 ms", "p99 ms", "users/s", "vs PyTorch"], rows), "",
+                      "![tower](docs/benchmarks/tower.png)", ""])
+
+
+def quality_section(quality: dict[str, Any], plots: Path) -> str:
+    ds = quality["dataset"]
+    peer = quality["models"].get("torch-rechub MIND", {}).get("results", {}).get("user_split", {})
+    rows = []
+    for name, m in quality["models"].items():
+        nxt, split = m["results"]["next_item"], m["results"]["user_split"]
+        rows.append([name, f(nxt.get("HitRate@50"), 4), f(split.get("HitRate@50"), 4), f(split.get("Recall@50"), 4),
+                     f(split.get("NDCG@50"), 4), f"{f(split['Recall@50'] / peer['Recall@50'], 2)}×" if peer.get("Recall@50") else "–",
+                     f(m.get("train_seconds"))])
+    plot_quality(quality, plots / f"quality-{quality['data']}.png")
+    return "\n".join([
+        f"## Quality vs peers: {quality['data']}", "",
+        f"{ds['num_users']:,} users, {ds['num_items']:,} items, {ds['num_interactions']:,} interactions; users split at random "
+        f"(seed {ds['split']['seed']}): {ds['split']['train_users']} train / {ds['split']['valid_users']} validation / "
+        f"{quality['test_users']} test. Every model trains {quality['epochs']} epoch(s) on the train users' sequences (no early "
+        "stopping) and is scored by `model.evaluate` on the test users: exact f_score over every item, history items "
+        "excluded. next-item: history = all but the last behaviour; user split: first 80 % → the remaining items. "
+        "torch-rechub's `MIND` runs as it ships (its `MatchTrainer`, list-wise softmax over the positive and 100 uniform "
+        "negatives per sample); only the data feeding (same samples, same profile fields as user features, d and K) is ours.", "",
+        table(["model", "next-item HR@50", "split HR@50", "split Recall@50", "split NDCG@50", "Recall@50 vs rechub", "train s"], rows),
+        "", f"![quality](docs/benchmarks/quality-{quality['data']}.png)", ""])
+
+
+# --- plots ------------------------------------------------------------------------------------------------
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_freshness(stream: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for p in stream.get("freshness", []):
+        lat = np.sort(np.asarray(p.get("latencies_ms", []), dtype=float))
+        if len(lat):
+            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{p['rate']:,.0f} ev/s (p50 {p['p50_ms']:.0f}, p99 {p['p99_ms']:.0f} ms)")
+    goal50, goal99 = GOALS["freshness"]
+    ax.axvline(goal50, color="grey", ls=":", lw=1)
+    ax.axvline(goal99, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("event sent → vectors written (ms, log); dotted/dashed: p50/p99 goals")
+    ax.set_ylabel("share of events")
+    ax.set_title("Freshness (CDF)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_throughput(stream: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names, values = [], []
+    for label, key in (("naive peer", "naive_peer"), ("1 worker", "throughput_1_worker"), ("2 workers", "throughput_2_workers")):
+        if stream.get(key):
+            names.append(label)
+            values.append(stream[key]["events_per_s"])
+    left.bar(names, values, color=["#999", "#1f77b4", "#2ca02c"][: len(names)])
+    left.axhline(GOALS["throughput"], color="grey", ls="--", lw=1, label="goal 5,000 ev/s")
+    left.set_yscale("log")
+    left.set_ylabel("events/s (log)")
+    left.set_title("Sustained throughput")
+    left.legend(fontsize=8)
+    for key, label in (("throughput_1_worker", "1 worker"), ("throughput_2_workers", "2 workers")):
+        series = stream.get(key, {}).get("series")
+        if series:
+            t, n = zip(*series, strict=True)
+            right.plot(t, n, label=label)
+    right.set_xlabel("s since the burst started")
+    right.set_ylabel("events applied")
+    right.set_title("Draining the backlog")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_recall(recall: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    sizes = sorted({r["items"] for r in recall["rows"]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        rows = [r for r in recall["rows"] if r["items"] == size]
+        labels = [r["engine"].replace(" (pointer + user vectors + search + merge)", "").replace("Milvus Lite ", "Lite ") for r in rows]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["p50_ms"] for r in rows], 0.4, label="p50")
+        ax.bar(x + 0.2, [r["p99_ms"] for r in rows], 0.4, label="p99")
+        ax.axhline(GOALS["recall_p99_ms"], color="grey", ls="--", lw=1, label="p99 goal (100k)")
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("ms")
+        ax.set_title(f"K=4 x top-50, {size:,} items")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_tower(tower: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    batches = sorted({r["batch"] for r in tower["rows"]})
+    engines = list(dict.fromkeys(r["engine"] for r in tower["rows"]))
+    x = np.arange(len(batches))
+    width = 0.8 / len(engines)
+    for i, engine in enumerate(engines):
+        values = [next(r["users_per_s"] for r in tower["rows"] if r["engine"] == engine and r["batch"] == b) for b in batches]
+        ax.bar(x + (i - (len(engines) - 1) / 2) * width, values, width, label=engine)
+    ax.set_xticks(x, [f"batch {b}" for b in batches])
+    ax.set_yscale("log")
+    ax.set_ylabel("users/s (log)")
+    ax.set_title("User tower throughput (1 thread)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_quality(quality: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = list(quality["models"])
+    metrics = [("next_item", "HitRate@50", "next HR@50"), ("user_split", "HitRate@50", "split HR@50"),
+               ("user_split", "Recall@50", "split Recall@50"), ("user_split", "NDCG@50", "split NDCG@50")]
+    x = np.arange(len(metrics))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [quality["models"][name]["results"][proto].get(metric, 0.0) for proto, metric, _ in metrics]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, [label for *_, label in metrics])
+    ax.set_title(f"Quality on {quality['data']} ({quality['epochs']} epochs each)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+# --- the file ---------------------------------------------------------------------------------------------
+
+
+def write(results: dict[str, Any], report: Path, plots: Path) -> None:
+    m = results.get("machine", {})
+    parts = [
+        "# mindstream benchmarks", "",
+        f"Generated by `make bench` (`tests/benchmarks/run_all.py`{' --quick' if results.get('mode') == 'quick' else ''}) on "
+        f"{m.get('date')} at commit `{m.get('commit')}`: {results.get('mode')} mode, {m.get('cpus')} CPUs ({m.get('cpu')}), "
+        f"load average at start {m.get('load_at_start')}, total {f((results.get('seconds') or 0) / 60)} min. "
+        "Every figure is measured in this run next to the baseline it is compared with; latencies are p50 / p99 over "
+        "repeated requests. The machine is a shared 2-core VM: treat single figures as noisy, ratios as the signal. "
+        "Raw numbers: `runs/bench/results.json` (not committed). Rerun: `make bench` (about 25 min) or "
+        "`bash deploy/kafka/with-broker.sh .venv/bin/python tests/benchmarks/run_all.py --quick` (about 6 min).", "",
+        "## Summary", "", summary(results), "",
+    ]
+    notes = goals_not_met(results)
+    if notes:
+        parts += ["## Goals not met, and why", "", *notes, ""]
+    if ok(results.get("stream")):
+        parts.append(stream_section(results["stream"], plots))
+    if ok(results.get("recall")):
+        parts.append(recall_section(results["recall"], plots))
+    if ok(results.get("tower")):
+        parts.append(tower_section(results["tower"], plots))
+    for key in ("quality_ml100k", "quality_ml1m"):
+        if ok(results.get(key)):
+            parts.append(quality_section(results[key], plots))
+    timings = results.get("timings", {})
+    if timings:
+        parts += ["## Run time per benchmark", "", table(["benchmark", "seconds"], [[k, f(v)] for k, v in timings.items()]), ""]
+    report.write_text("\n".join(parts).rstrip() + "\n")
+
+
+def goals_not_met(results: dict[str, Any]) -> list[str]:
+    """Plain statements generated from the numbers (the explanations are the measured per-batch costs)."""
+    notes = []
+    stream = results.get("stream", {})
+    if ok(stream):
+        fresh = {p["rate"]: p for p in stream.get("freshness", [])}
+        p = fresh.get(1000)
+        one = stream.get("throughput_1_worker", {})
+        if p and (p["p50_ms"] > GOALS["freshness"][0] or p["p99_ms"] > GOALS["freshness"][1]):
+            notes.append(
+                f"- **Freshness at 1,000 ev/s** (p50 {f(p['p50_ms'])} ms, p99 {f(p['p99_ms'])} ms): each micro-batch waits up to "
+                f"the batch window ({stream['setup']['batch_window_s'] * 1000:.0f} ms), then one tower call "
+                f"({f(p['tower_ms_mean'])} ms/batch) and one Milvus Lite write ({f(p['upsert_ms_mean'])} ms/batch: insert of the "
+                "new generation + delete of the old one, a gRPC round trip to the Lite server) run one after another with the "
+                "next batch blocked behind them; the event loop's own per-event work (parse, table, changelog + update sends) "
+                "comes on top. "
+                + (f"1,000 ev/s is above or near what this worker sustained in this run ({f(one.get('events_per_s'))} ev/s), so a queue "
+                   "builds and latency is queueing time." if one and one.get("events_per_s", 0) < 1300 else
+                   "With 2 cores shared by the broker, the Lite server, the load generator and the worker, the p99 is set by "
+                   "batches that land behind a slow store write."))
+        if one and one.get("events_per_s", 0) < GOALS["throughput"]:
+            notes.append(
+                f"- **Throughput** ({f(one['events_per_s'])} ev/s vs the 5,000 goal): per batch of {f(one['batch_events_mean'])} events "
+                f"({f(one['batch_users_mean'])} distinct users) the tower takes {f(one['tower_ms_mean'])} ms and the store write "
+                f"{f(one['upsert_ms_mean'])} ms; the rest is faust/aiokafka per-message work and Python in the event loop (see the "
+                "py-spy table). The write, the tower and the next batch's consumption do not overlap (one batch in flight), and "
+                "the worker, the Lite server and the broker share 2 cores.")
+        naive = stream.get("naive_peer", {})
+        if naive and naive.get("worker_vs_naive", 99) < GOALS["vs_naive"]:
+            notes.append(
+                f"- **vs the naive peer** ({f(naive['worker_vs_naive'])}×, goal 10×): the naive loop's per-event Lite upsert "
+                "into a small collection of its own is cheap (a few ms), and its model call on one history is sub-millisecond; "
+                "the worker's advantage is batching, which is capped by the costs above.")
+        two = stream.get("throughput_2_workers", {})
+        if two and two.get("vs_1_worker", 2) < 1.5:
+            notes.append(f"- **2 workers** ({f(two['vs_1_worker'], 2)}× one worker): two workers, two Lite servers and the broker "
+                         "on 2 CPU cores; there is no spare core for the second worker to use.")
+    recall = results.get("recall", {})
+    if ok(recall):
+        for r in recall["rows"]:
+            if r["items"] == 100_000 and r["engine"] == "Milvus Lite FLAT" and (
+                    r["p99_ms"] > GOALS["recall_p99_ms"] or r.get("p99_vs_numpy", 0) > GOALS["recall_vs_numpy"]):
+                notes.append(f"- **Recall latency at 100k** (FLAT p99 {f(r['p99_ms'], 2)} ms, {f(r.get('p99_vs_numpy'), 2)}× numpy): "
+                             "each search is a gRPC round trip to the Lite server process plus its own brute-force scan; numpy "
+                             "runs in-process on the same vectors.")
+    for key in ("quality_ml100k", "quality_ml1m"):
+        q = results.get(key, {})
+        if ok(q):
+            mind, peer = q["models"].get("mind"), q["models"].get("torch-rechub MIND")
+            if mind and peer and mind["results"]["user_split"]["Recall@50"] < peer["results"]["user_split"]["Recall@50"]:
+                notes.append(f"- **Quality on {q['data']}**: torch-rechub's MIND beat mindstream's MIND on Recall@50 at "
+                             f"{q['epochs']} epoch(s).")
+    if results.get("mode") == "quick":
+        notes.append("- This is a **--quick** run (10k users, short phases, 100k items only, 1 training epoch): "
+                     "not the full benchmark.")
+    if "quality_ml1m" not in results:
+        notes.append("- **ml-1m quality** is not in this run (one MIND epoch on ml-1m takes minutes here; "
+                     "`run_all.py --ml-1m` adds it).")
+    return notes
