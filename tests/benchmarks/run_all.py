@@ -110,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if "tower" in only:
         step(results, "tower", "user tower: onnxruntime vs PyTorch eager",
              lambda: bench_tower.run(ARTIFACT, RUN_DIR, seconds=0.5 if quick else 2.0))
-    if "recall" in only:
-        step(results, "recall", "recall latency: Milvus Lite vs numpy brute force",
-             lambda: bench_recall.run(sizes=(100_000,) if quick else (100_000, 1_000_000), repeats=60 if quick else 200))
     if "stream" in only:
         profile = RESULTS.parent / "worker-drain.pyspy.txt" if (args.profile or not quick) else None
         step(results, "stream", "streaming: freshness, throughput, naive peer, 2 workers, memory",
              lambda: bench_stream.run(ARTIFACT, RUN_DIR, quick=quick, profile=profile))
+    if "recall" in only:
+        step(results, "recall", "recall latency: Milvus Lite vs numpy brute force",
+             lambda: bench_recall.run(sizes=(100_000,) if quick else (100_000, 1_000_000), repeats=60 if quick else 200))
+        bench_stream.release_lite_servers()
     if "quality" in only:
         epochs = 1 if quick else 4
         step(results, "quality_ml100k", f"quality on ml-100k ({epochs} epochs each)",
