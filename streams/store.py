@@ -238,9 +238,6 @@ class VectorStore:
         self._pending_cleanup: dict[str, dict[str, int]] = {}  # version -> user id -> newest generation written
         self._last_cleanup = time.monotonic()
         self._cleanup_lock = threading.Lock()
-        # Held for a whole flush: an explicit flush_cleanup() returns only after a background one finished.
-        self._flush_lock = threading.Lock()
-        self._cleanup_thread: threading.Thread | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> VectorStore:
@@ -754,27 +751,13 @@ class VectorStore:
             for user_id in written_users:
                 pending[user_id] = generation
         if time.monotonic() - self._last_cleanup >= self.cleanup_interval_s:
-            self._start_background_cleanup()
-
-    def _start_background_cleanup(self) -> None:
-        """Run the due cleanup in a thread: its delete by filter took 100-400 ms on Lite at 20k-100k users,
-        and inline it stalled the write (and every event queued behind that micro-batch) once a second; that
-        was the worker's freshness p99 (bench_stream, issue 6)."""
-        if self._cleanup_thread is not None and self._cleanup_thread.is_alive():
-            return
-        self._last_cleanup = time.monotonic()
-        self._cleanup_thread = threading.Thread(target=self.flush_cleanup, name="store-cleanup", daemon=True)
-        self._cleanup_thread.start()
+            self.flush_cleanup()
 
     def flush_cleanup(self) -> None:
         """Delete the older generations that writes left behind (see `cleanup_interval_s`).
 
         A failure is logged and retried at the next cleanup: readers only ever use each user's newest
         generation, so a late cleanup costs storage, never correctness."""
-        with self._flush_lock:
-            self._flush_cleanup()
-
-    def _flush_cleanup(self) -> None:
         with self._cleanup_lock:
             pending, self._pending_cleanup = self._pending_cleanup, {}
             self._last_cleanup = time.monotonic()
