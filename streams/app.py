@@ -170,10 +170,26 @@ def services() -> Services:
 async def load_services() -> None:
     """Load the artifact and open the store at start, so a bad artifact stops the worker at once."""
     try:
-        await asyncio.to_thread(services)
+        await wait_for_services()
+        store_recovered()  # opened: whatever kept it down at start is over
     except Exception as exc:
         log.error("mindstream worker cannot start: %s", exc)
         await app.crash(exc)
+
+
+async def wait_for_services() -> Services:
+    """The services; while the store cannot be opened (StoreError: server down, Lite file locked by another
+    process) wait and retry like any outage, so a batch is never dead-lettered for it (issue 7). Any other
+    error (a bad artifact) is raised."""
+    delay = 0.5
+    while True:
+        try:
+            return await asyncio.to_thread(services)
+        except StoreError as exc:
+            store_failed(exc)
+            log.warning("vector store unavailable at start, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
 
 
 def now_ms() -> int:
@@ -199,7 +215,7 @@ async def process_interactions(events: Sequence[Any]) -> None:
             parsed.append(_Parsed(event, result))
     if not parsed:
         return
-    svc = await asyncio.to_thread(services)
+    svc = await wait_for_services()
     last_event_of = {p.interaction.user_id: p.event for p in parsed}  # the user's table partition
     current, user_profiles = {}, {}
     for user_id, event in last_event_of.items():
@@ -263,7 +279,7 @@ async def process_profiles(events: Sequence[Any]) -> None:
         if history:
             refresh[user_id] = history
     if refresh:
-        svc = await asyncio.to_thread(services)
+        svc = await wait_for_services()
         written = await write_with_retry(svc, refresh, {u: changed[u] for u in refresh}, {u: [] for u in refresh})
         for user_id, result in written.items():
             await updates_topic.send(key=user_id, value=result)
@@ -417,10 +433,12 @@ def store_recovered() -> None:
 @app.page("/healthz")
 async def healthz_view(self: Any, request: Any) -> Any:
     ready = _services is not None
-    if ready and _store_down_since is not None:
-        # Alive and retrying (a restart would not help): 200, so a liveness probe leaves it running.
-        return self.json({"status": "degraded", "model_version": _services.model_version,
-                          "store_down_s": round(time.monotonic() - _store_down_since, 1), "error": _store_last_error})
+    if _store_down_since is not None:
+        # Alive and retrying (a restart would not help): 200 once serving, so a liveness probe leaves it
+        # running; 503 while the store could not be opened yet at start (not ready).
+        return self.json({"status": "degraded", "model_version": _services.model_version if ready else None,
+                          "store_down_s": round(time.monotonic() - _store_down_since, 1), "error": _store_last_error},
+                         status=200 if ready else 503)
     return self.json({"status": "ok" if ready else "starting", "model_version": _services.model_version if ready else None},
                      status=200 if ready else 503)
 

@@ -226,6 +226,8 @@ class VectorStore:
         from pymilvus import MilvusClient
 
         self._token = token or ""  # kept for `reconnect`, never logged
+        if self.is_lite:
+            _refuse_if_locked_elsewhere(self.uri)
         try:
             self._client = MilvusClient(uri=self.uri, token=token or "", timeout=timeout_s)
         except Exception as exc:
@@ -272,6 +274,7 @@ class VectorStore:
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.uri)
+            _refuse_if_locked_elsewhere(self.uri)
         try:
             self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
         except Exception as exc:
@@ -917,6 +920,34 @@ def _split_interest_key(key: str) -> tuple[str, int]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _refuse_if_locked_elsewhere(uri: str) -> None:
+    """StoreError when another process holds the Milvus Lite file's lock, checked WITHOUT starting a server.
+
+    Why not just try: milvus-lite 2.5.1's failed open leaves a `Server` whose `__del__` unlinks the lock file
+    the other process holds, so the next try creates a fresh lock file and starts a second server on the
+    same .db (found by the reliability tests, issue 7: a worker retrying a locked file got in after 2 tries).
+    """
+    import fcntl
+
+    from milvus_lite.server_manager import server_manager_instance
+
+    db = Path(uri).expanduser().absolute().resolve()
+    if str(db) in getattr(server_manager_instance, "_servers", {}):
+        return  # this process owns it (and closing a second fd here would drop its POSIX lock)
+    lock = db.parent / f".{db.name}.lock"
+    if not lock.exists():
+        return
+    with open(lock, "a") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(
+                f"Milvus Lite file {uri} is open in another process (lock {lock} is held); a Lite file is one "
+                f"process's at a time: stop that process, or use a Milvus server URI"
+            ) from None
+        fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -56,7 +56,7 @@ def runtime(artifact_dir: Path) -> UserTowerRuntime:
 class KillableWorker(Worker):
     """A worker in its own process group, so `kill -9` takes its Milvus Lite server down with it."""
 
-    def start(self) -> None:
+    def spawn(self) -> None:
         log = self.log_path.with_name(f"{self.log_path.stem}-{len(self.started_logs)}.log")
         self.started_logs.append(log)
         self.proc = subprocess.Popen(
@@ -64,7 +64,20 @@ class KillableWorker(Worker):
             env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             start_new_session=True,
         )
-        wait_until(self._healthy, WAIT_S, interval=0.3, what=f"worker healthy at {self.url} (log {log})")
+
+    def start(self) -> None:
+        self.spawn()
+        wait_until(self._healthy, WAIT_S, interval=0.3, what=f"worker healthy at {self.url} (log {self.started_logs[-1]})")
+
+    def health(self) -> tuple[int, dict] | None:
+        """(HTTP status, body) of /healthz, None while nothing listens."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
 
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -603,3 +616,47 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
             wrong.append(user)
     print(f"store outage: users with wrong vectors {len(wrong)} of {len(expected)}")
     assert wrong == []
+
+
+def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_applies_everything(
+        kafka_bootstrap, artifact_dir, runtime, tmp_path):
+    """This test process holds the worker's Milvus Lite file (its lock) when the worker starts: the store
+    cannot be opened. The worker must not crash nor dead-letter; it says so on /healthz, commits nothing,
+    and applies every event once the file is free."""
+    env = worker_env(kafka_bootstrap, tmp_path)
+    index_items(env, artifact_dir)
+    stream = make_stream(list(runtime.item_ids()), 60, 600, seed_=9, user_prefix="lock")
+    holder = Settings.from_env(env).open_store()
+    holder.current_version()  # this process's Lite server now owns the file
+    w = KillableWorker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
+    try:
+        w.spawn()
+        seen = wait_until(lambda: (h := w.health()) and h[1].get("status") == "degraded" and h, WAIT_S, interval=0.3,
+                          what="worker reporting the locked store")
+        produce(kafka_bootstrap, env["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages)
+        wait_until(lambda: committed_lag(w) == len(stream.messages), 30, what="all events on the topic")
+        time.sleep(8)  # the worker has them (unacked) and keeps retrying the store
+        lag_while_locked = committed_lag(w)
+        alive_while_locked = w.proc.poll() is None
+        released = time.monotonic()
+        release_lite(holder)
+        wait_until(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5, what="caught up once the file is free")
+        catch_up_s = time.monotonic() - released
+        wait_until(lambda: (h := w.health()) and h[1].get("status") == "ok", 30, what="healthy again")
+        expected = expected_vectors(runtime, stream, sorted(stream.events_of))
+        wrong = []
+        for user, want in expected.items():
+            rows = sorted(w.interests(user)["interests"], key=lambda r: r["slot"])
+            got = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                wrong.append(user)
+        dead = dlq_messages(env)
+        print(f"\nlocked store at start: {len(stream.messages)} messages over 60 users; health while locked {seen}; "
+              f"lag while locked {lag_while_locked}; caught up {catch_up_s:.1f}s after the lock was released; "
+              f"wrong vectors {len(wrong)}, DLQ {len(dead)}")
+        assert seen[0] == 503 and "is open in another process" in seen[1]["error"]
+        assert alive_while_locked and lag_while_locked == len(stream.messages)
+        assert wrong == [] and dead == []
+    finally:
+        w.stop()
+        cleanup_topics(kafka_bootstrap, env)
