@@ -40,7 +40,7 @@ demo: $(STAMP)
 	@$(KAFKA) fetch
 	$(WITH_BROKER) $(PY) -m streams.demo
 
-# Regenerates BENCHMARKS.md and docs/benchmarks/*.png (~25 min); make bench BENCH_ARGS=--quick for ~6 min.
+# Regenerates BENCHMARKS.md and docs/benchmarks/*.png (15-25 min); make bench BENCH_ARGS=--quick for ~6 min.
 bench: $(STAMP)
 	@$(KAFKA) fetch
 	@$(PY) -c 'import torch_rechub' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'

@@ -166,7 +166,13 @@ def stream_section(stream: dict[str, Any], plots: Path) -> str:
     mem = stream.get("memory", {})
     if mem:
         after = stream.get("memory_after_restore", {})
+        users = setup["users"]
         out += ["### Memory", "",
+                f"The histories table lives in the worker's memory (`MINDSTREAM_TABLE_STORE=memory://`, faust keeps the "
+                f"decoded JSON values): {f(after.get('worker_rss_mb'))} MiB RSS for {users:,} users after the restore, at most "
+                f"{f(1024 * after.get('worker_rss_mb', 0) / users, 1)} KiB per user including the worker's fixed footprint "
+                "(each kept item is a 3-element list of two strings and an int; `seen` holds up to `MINDSTREAM_MAX_SEEN` ids). "
+                "`rocksdb://` moves the table out of the heap.", "",
                 table(["when", "worker RSS MiB", "Milvus Lite server RSS MiB", "Lite file MiB"],
                       [["table restored, no events yet", f(after.get("worker_rss_mb")), f(after.get("lite_server_rss_mb")), "–"],
                        [f"after all phases ({f(mem.get('events_applied'), 0)} events applied)", f(mem["worker_rss_mb"]),
@@ -363,7 +369,7 @@ def write(results: dict[str, Any], report: Path, plots: Path) -> None:
         f"load average at start {m.get('load_at_start')}, total {f((results.get('seconds') or 0) / 60)} min. "
         "Every figure is measured in this run next to the baseline it is compared with; latencies are p50 / p99 over "
         "repeated requests. The machine is a shared 2-core VM: treat single figures as noisy, ratios as the signal. "
-        "Raw numbers: `runs/bench/results.json` (not committed). Rerun: `make bench` (about 25 min) or "
+        "Raw numbers: `runs/bench/results.json` (not committed). Rerun: `make bench` (15-25 min) or "
         "`bash deploy/kafka/with-broker.sh .venv/bin/python tests/benchmarks/run_all.py --quick` (about 6 min).", "",
         "## Summary", "", summary(results), "",
     ]
@@ -394,10 +400,12 @@ FINDINGS = [
     "- Open (store): `VectorStore.write_user_interests` spends most of its time in pymilvus packing rows field by field "
     "in Python (cProfile: ~70 % of an insert of 70 users × 3 slots, ~19 ms in all, the rest is the gRPC round trip to "
     "the Lite server). A column-wise insert would cut it; it is the largest single cost per micro-batch.",
-    "- Open (store): the once-per-second cleanup of replaced generations runs inside whichever write comes due "
-    "(a delete by filter: ~120 ms for ~1,000 users pending at 20k users, more at 100k), so that batch and every "
-    "event queued behind it wait: this sets the freshness p99 at low rates. Running it off the write path "
-    "(a background thread) would take it out of the p99.",
+    "- Open (store): the once-per-second cleanup of replaced generations runs inside whichever write comes due: a "
+    "delete by filter over the users written in the last second took 180-300 ms at 20k users (~700 users pending), so "
+    "that micro-batch and every event queued behind it wait; this sets the freshness p99. Moving it to a background "
+    "thread was tried and reverted: in an interleaved A/B the write p99 got worse (198 vs 62 ms; Lite serialises the "
+    "two), so the fix has to make the delete cheaper, e.g. delete the previous generation's rows by primary key "
+    "(the store knows each user's last generation) instead of by filter.",
     "- faust itself is not the cap: its consumer (fetch + drain), producer (changelog + `interest-updates` sends) "
     "and table bookkeeping together are about a fifth of the GIL time; `PRODUCER_LINGER=0.005` (a faust setting, "
     "read from the environment) gave ~5 % more drain throughput in an A/B, within noise on this machine. "
@@ -416,16 +424,16 @@ def goals_not_met(results: dict[str, Any]) -> list[str]:
         one = stream.get("throughput_1_worker", {})
         if p and (p["p50_ms"] > GOALS["freshness"][0] or p["p99_ms"] > GOALS["freshness"][1]):
             notes.append(
-                f"- **Freshness at 1,000 ev/s** (p50 {f(p['p50_ms'])} ms, p99 {f(p['p99_ms'])} ms): each micro-batch waits up to "
-                f"the batch window ({stream['setup']['batch_window_s'] * 1000:.0f} ms), then one tower call "
-                f"({f(p['tower_ms_mean'])} ms/batch) and one Milvus Lite write ({f(p['upsert_ms_mean'])} ms/batch: insert of the "
-                "new generation + delete of the old one, a gRPC round trip to the Lite server) run one after another with the "
-                "next batch blocked behind them; the event loop's own per-event work (parse, table, changelog + update sends) "
-                "comes on top. "
-                + (f"1,000 ev/s is above or near what this worker sustained in this run ({f(one.get('events_per_s'))} ev/s), so a queue "
-                   "builds and latency is queueing time." if one and one.get("events_per_s", 0) < 1300 else
-                   "With 2 cores shared by the broker, the Lite server, the load generator and the worker, the p99 is set by "
-                   "batches that land behind a slow store write."))
+                f"- **Freshness at 1,000 ev/s** (p50 {f(p['p50_ms'])} ms, p99 {f(p['p99_ms'])} ms): per micro-batch the worker "
+                f"waits up to the batch window ({stream['setup']['batch_window_s'] * 1000:.0f} ms), runs one tower call "
+                f"({f(p['tower_ms_mean'])} ms/batch here) and one Milvus Lite write ({f(p['upsert_ms_mean'])} ms/batch here, "
+                "which includes the once-a-second cleanup delete that lands in one write), one after another, with the next "
+                "batch blocked behind them. "
+                + ("Latencies of seconds mean a queue built up: a paced stream arrives one message per fetch and in small "
+                   "batches, so this worker sustains less than its drain rate "
+                   f"({f(one.get('events_per_s'))} ev/s) and 1,000 ev/s was above what it sustained in this run "
+                   f"(max sustainable: {f(stream.get('max_sustainable_rate'), 0)} ev/s)." if p["p50_ms"] > 500 else
+                   "The p99 is set by the batches that include the cleanup delete and the events queued behind them."))
         if one and one.get("events_per_s", 0) < GOALS["throughput"]:
             notes.append(
                 f"- **Throughput** ({f(one['events_per_s'])} ev/s vs the 5,000 goal): per batch of {f(one['batch_events_mean'])} events "
