@@ -65,7 +65,9 @@ def step(results: dict[str, Any], key: str, title: str, fn: Any) -> None:
 def machine() -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     load = os.getloadavg()
-    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+    # The checkout is shared while others work: name tracked files with uncommitted edits, which the run measured.
+    dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "uncommitted": dirty,
             "python": platform.python_version(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
             "load_at_start": [round(x, 2) for x in load]}
 
