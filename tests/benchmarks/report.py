@@ -232,7 +232,9 @@ def quality_section(quality: dict[str, Any], plots: Path) -> str:
         "stopping) and is scored by `model.evaluate` on the test users: exact f_score over every item, history items "
         "excluded. next-item: history = all but the last behaviour; user split: first 80 % → the remaining items. "
         "torch-rechub's `MIND` runs as it ships (its `MatchTrainer`, list-wise softmax over the positive and 100 uniform "
-        "negatives per sample); only the data feeding (same samples, same profile fields as user features, d and K) is ours.", "",
+        "negatives per sample); only the data feeding (same samples, same profile fields as user features, d and K) is ours. "
+        "As shipped (0.9), its `MIND` stores `temperature` but never applies it, so its softmax runs on raw cosine scores "
+        "in [-1, 1]; that, not the routing, is the likeliest reason it trails here.", "",
         table(["model", "next-item HR@50", "split HR@50", "split Recall@50", "split NDCG@50", "Recall@50 vs rechub", "train s"], rows),
         "", f"![quality](docs/benchmarks/quality-{quality['data']}.png)", ""])
 
