@@ -15,7 +15,8 @@ Collections (docs/ARCHITECTURE.md), one pair per model version so a rollout neve
     ``generation`` int64, ``vector`` float (d,), ``model_version`` varchar, ``event_ts_ms`` int64 (event
     time the vector reflects), ``updated_at_ms`` int64. Only valid slots are stored; slots that became
     invalid are deleted. A write inserts the user's new set as a new generation; the older ones are deleted
-    by a cleanup at most `cleanup_interval_s` (1 s) later; readers keep each user's newest generation. Why not an upsert on ``"{user_id}#{slot}"``: Milvus
+    by key in a later write's cleanup (`cleanup_batch_rows` / `cleanup_interval_s`); readers keep each user's
+    newest generation. Why not an upsert on ``"{user_id}#{slot}"``: Milvus
     Lite 2.5 runs an upsert as a delete then an insert, and a concurrent reader sees the gap (measured:
     20-45 % of reads racing a stream of upserts found the user with no vectors at all).
 ``{prefix}mindstream_versions``
@@ -88,6 +89,8 @@ VERSION_VALUE_MAX_LENGTH = 8192
 _log = logging.getLogger(__name__)
 MAX_QUERY_ROWS = 16384  # Milvus' query result window
 READ_USERS_PER_QUERY = 256
+DELETE_KEYS_PER_CALL = 4096  # a cleanup's keys per delete call (one expression `key in [...]`)
+DELETE_USERS_PER_FILTER = 1024
 _DUMMY_DIM = 2  # Milvus requires a vector field in every collection, even the key/value one.
 
 
@@ -193,10 +196,13 @@ class VectorStore:
     `uri`: Milvus Lite file path (default ``./mindstream.db``) or a server URI. `token`: ``"user:password"``
     or an API key for a server. `collection_prefix` lets several stores share one Milvus (tests, tenants).
     `timeout_s` bounds every call, retries included; `build_timeout_s` bounds building and loading an index
-    (1M items take minutes on Lite). `cleanup_interval_s`: how often the older generations that interest
-    writes replace are deleted, in one call for all users written meanwhile (0 = within every write). A
-    write's new vectors are readable as soon as its insert returns; on Lite the delete is the slow part
-    (measured at 100k users: insert 2 ms, delete 71 ms for one user; 14 / 104 ms for 100 users).
+    (1M items take minutes on Lite). The older generations that interest writes replace are deleted by a
+    write once `cleanup_batch_rows` of them wait, or `cleanup_interval_s` after the last cleanup (0 = within
+    every write), in one call by primary key. A write's new vectors are readable as soon as its insert
+    returns; on Lite the delete is the slow part: ~2 ms a call plus ~15-20 µs a row once the keys are
+    indexed (`_index_lite_keys`; before: 71 ms for one user at 100k users), so rows are deleted in batches
+    large enough to share the per-call cost and small enough that no write waits long (1,024 rows: ~20-35 ms;
+    a whole second of a draining worker: 150-250 ms, the worker's freshness p99 before, issue 6).
     """
 
     def __init__(
@@ -208,6 +214,7 @@ class VectorStore:
         timeout_s: float = 30.0,
         build_timeout_s: float = 1800.0,
         cleanup_interval_s: float = 1.0,
+        cleanup_batch_rows: int = 1024,
     ) -> None:
         if not PREFIX_PATTERN.fullmatch(collection_prefix):
             raise ValueError(
@@ -237,9 +244,14 @@ class VectorStore:
         self._last_sequence = 0
         self._sequence_lock = threading.Lock()
         self.cleanup_interval_s = cleanup_interval_s
-        self._pending_cleanup: dict[str, dict[str, int]] = {}  # version -> user id -> newest generation written
-        self._fresh: dict[str, set[str]] = {}  # version -> users written since the last periodic cleanup
-        self._rewritten: dict[str, set[str]] = {}  # ... of them, those written more than once since then
+        self.cleanup_batch_rows = cleanup_batch_rows
+        self._pending_rows = 0  # replaced rows waiting for the cleanup (users of an earlier process: their new count)
+        # Cleanup bookkeeping per version: the keys of the generation this store last wrote for each user (so the
+        # generation that replaces it is deleted by primary key), keys waiting for the next cleanup, and users
+        # whose older rows this store did not write (an earlier process): those are deleted by a filter, once.
+        self._live: dict[str, dict[str, tuple[int, tuple[int, ...]]]] = {}  # version -> user -> (generation, slots)
+        self._obsolete: dict[str, list[str]] = {}  # version -> primary keys of replaced generations
+        self._unknown: dict[str, dict[str, int]] = {}  # version -> user -> first generation this store wrote
         self._last_cleanup = time.monotonic()
         self._cleanup_lock = threading.Lock()
 
@@ -342,6 +354,8 @@ class VectorStore:
             self._create(interests, schema, self._vector_index("FLAT", {}))
         else:
             self._check_dim(interests, dim)
+        for name in (items, interests):  # both see deletes: item upserts, interest cleanups
+            self._index_lite_keys(name)
 
         meta = self._get_meta(f"version:{model_version}")
         if meta is None:
@@ -350,6 +364,34 @@ class VectorStore:
         self._search_params[model_version] = dict(meta.get("search_params", {}))
         if self._get_meta(CURRENT_KEY) is None:
             self._put_meta(CURRENT_KEY, {"version": model_version, "history": [], "activated_at_ms": _now_ms()})
+
+    def _index_lite_keys(self, name: str) -> None:
+        """On Milvus Lite, index the primary keys of the collection's table in the Lite file (idempotent).
+
+        Why: Milvus Lite 2.5.1 keeps a collection's rows in a SQLite table ``"{name}"(id, milvus_id, data)`` of the
+        .db file and runs every delete (an upsert's too) as ``DELETE FROM "{name}" WHERE milvus_id IN (...)``
+        with no index on ``milvus_id``: a scan of the whole table per call, however few keys (measured at 20k
+        users x 3 slots: 17 ms to delete 225 keys, 36 ms for 2,100; the docstring above: 71 ms for one user at
+        100k). With the index: 1.3 ms and 5 ms. The running server picks the index up by itself (SQLite
+        re-prepares statements after a schema change); dropping the collection drops it. A file of another
+        layout (another Lite version) is left as it is, and a failure only costs speed, so it is logged.
+        """
+        if not self.is_lite:
+            return
+        import sqlite3
+
+        db = Path(self.uri).expanduser().absolute().resolve()
+        try:
+            connection = sqlite3.connect(db, timeout=10)
+            try:
+                columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{name}")')]
+                if "milvus_id" in columns:
+                    connection.execute(f'CREATE INDEX IF NOT EXISTS "{name}__milvus_id" ON "{name}"(milvus_id)')
+                    connection.commit()
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            _log.warning("could not index the keys of %s in %s (deletes stay slow): %s", name, db, exc)
 
     def _ensure_versions_collection(self) -> None:
         if self._versions_ready:
@@ -469,7 +511,8 @@ class VectorStore:
             self._put_meta(CURRENT_KEY, {**current, "history": history})
         self._search_params.pop(version, None)
         with self._cleanup_lock:
-            self._pending_cleanup.pop(version, None)
+            for bookkeeping in (self._live, self._obsolete, self._unknown):
+                bookkeeping.pop(version, None)
 
     # Meta values are append-only: each write inserts a row (name, seq) and a read takes the highest seq.
     # Milvus Lite's upsert is a delete then an insert that a concurrent reader can see between (measured:
@@ -693,8 +736,7 @@ class VectorStore:
         ``"{user_id}#{slot}"`` keys, never also written in the same call.
 
         How: the rows are inserted as a new generation (pk ``"{user_id}#{slot}#{generation}"``) and deleted
-        slots are removed; the users' older generations are deleted by the next cleanup (`flush_cleanup`,
-        at most `cleanup_interval_s` later). Readers keep only each user's newest generation, so they see
+        slots are removed; the users' older generations are deleted by a later cleanup (`flush_cleanup`). Readers keep only each user's newest generation, so they see
         the old set or the new set, never a user without vectors — which a Milvus Lite upsert (delete, then
         insert) would show to a concurrent reader. Idempotent: writing the same rows again leaves the same
         content.
@@ -744,95 +786,85 @@ class VectorStore:
 
         name = self.interests_collection(version)
         if records:
-            self._call("write user interests", self._client.insert, name, records)
+            try:
+                self._call("write user interests", self._client.insert, name, records)
+            except StoreError:
+                # The rows may have landed before the error (a timeout): their keys are this generation's
+                # alone, so they are queued for deletion and the users' previous generation stays live.
+                with self._cleanup_lock:
+                    self._obsolete.setdefault(version, []).extend(record["key"] for record in records)
+                raise
         if deleted_slots:
             clauses = [
                 f"(user_id == {json.dumps(user_id)} and slot in {sorted(slots)})"
                 for user_id, slots in sorted(deleted_slots.items())
             ]
             self._call("delete user interests", self._client.delete, name, filter=" or ".join(clauses))
+        slots_of: dict[str, list[int]] = {}
+        for record in records:
+            slots_of.setdefault(record["user_id"], []).append(record["slot"])
         with self._cleanup_lock:
-            pending = self._pending_cleanup.setdefault(version, {})
-            fresh = self._fresh.setdefault(version, set())
-            rewritten = self._rewritten.setdefault(version, set())
-            for user_id in written_users:
-                pending[user_id] = generation
-                if user_id in fresh:
-                    rewritten.add(user_id)
-                fresh.add(user_id)
-        if time.monotonic() - self._last_cleanup >= self.cleanup_interval_s:
-            self._periodic_cleanup()
-
-    def _periodic_cleanup(self) -> None:
-        """The cleanup that writes trigger: one cheap delete per group instead of one clause per generation.
-
-        Every generation written since the last periodic cleanup is newer than all rows before it, so
-        ``user_id in [fresh users] and generation < (their oldest newest-generation)`` removes every older row
-        of a user written once since then; users written again (and users carried over) may keep rows from
-        this interval and stay pending for the next round, and readers use the newest generation anyway. On
-        Lite, one clause for ~700 users took ~55 ms where one clause per generation took 180-300 ms inside a
-        write (the worker's freshness p99) and failed ("unsupported expr proto node") at ~35 clauses (issue 6).
-        """
-        with self._cleanup_lock:
-            pending, self._pending_cleanup = self._pending_cleanup, {}
-            fresh, self._fresh = self._fresh, {}
-            rewritten, self._rewritten = self._rewritten, {}
-            self._last_cleanup = time.monotonic()
-        for version, generations in pending.items():
-            new, again = fresh.get(version, set()), rewritten.get(version, set())
-            keep: dict[str, int] = {}
-            for users in ([u for u in generations if u in new], [u for u in generations if u not in new]):
-                if not users:
-                    continue
-                oldest = min(generations[u] for u in users)
-                try:
-                    self._call("delete old user interests", self._client.delete, self.interests_collection(version),
-                               filter=f"user_id in {_quoted_list(sorted(users))} and generation < {oldest}")
-                except StoreError as exc:
-                    _log.warning("%s; retrying at the next cleanup", exc)
-                    keep.update((u, generations[u]) for u in users)
-                    continue
-                keep.update((u, generations[u]) for u in users if generations[u] > oldest and (u in again or u not in new))
-            self._requeue(version, keep)
-
-    def _requeue(self, version: str, generations: Mapping[str, int]) -> None:
-        if generations:
-            with self._cleanup_lock:
-                again = self._pending_cleanup.setdefault(version, {})
-                for user_id, generation in generations.items():
-                    again[user_id] = max(generation, again.get(user_id, 0))
+            live = self._live.setdefault(version, {})
+            obsolete = self._obsolete.setdefault(version, [])
+            unknown = self._unknown.setdefault(version, {})
+            for user_id, slots in slots_of.items():
+                previous = live.get(user_id)
+                live[user_id] = (generation, tuple(slots))
+                if previous is None:
+                    unknown.setdefault(user_id, generation)
+                    self._pending_rows += len(slots)
+                else:
+                    obsolete.extend(f"{user_id}#{slot}#{previous[0]}" for slot in previous[1])
+                    self._pending_rows += len(previous[1])
+            for user_id, slots in deleted_slots.items():
+                if user_id in live:
+                    kept_generation, kept = live[user_id]
+                    live[user_id] = (kept_generation, tuple(s for s in kept if s not in slots))
+        if (self._pending_rows >= self.cleanup_batch_rows
+                or time.monotonic() - self._last_cleanup >= self.cleanup_interval_s):
+            self.flush_cleanup()
 
     def flush_cleanup(self) -> None:
-        """Delete every older generation that writes left behind, exactly (the periodic cleanup may leave some
-        of a user written twice within one interval for its next round).
+        """Delete the generations that writes replaced since the last cleanup (the writes call it every
+        `cleanup_interval_s`; `close` and `count_user_interests` call it too).
+
+        By primary key: this store wrote the replaced generations, so it knows their keys. A user's rows that
+        an earlier process wrote are deleted once, by ``user_id in [...] and generation < g`` with g the
+        oldest generation this store wrote for them (every later one is at least that). Why keys: a Lite
+        delete by filter first evaluates the filter over every row (issue 6: 150 ms p99 per write at 20k
+        users, the worker's freshness p99), by key it looks the keys up (see `_index_lite_keys`).
 
         A failure is logged and retried at the next cleanup: readers only ever use each user's newest
         generation, so a late cleanup costs storage, never correctness."""
         with self._cleanup_lock:
-            pending, self._pending_cleanup = self._pending_cleanup, {}
-            self._fresh, self._rewritten = {}, {}
+            obsolete, self._obsolete = self._obsolete, {}
+            unknown, self._unknown = self._unknown, {}
+            self._pending_rows = 0
             self._last_cleanup = time.monotonic()
-        for version, generations in pending.items():
-            by_generation: dict[int, list[str]] = {}
-            for user_id, generation in generations.items():
-                by_generation.setdefault(generation, []).append(user_id)
-            clauses = [
-                f"(user_id in {_quoted_list(sorted(users))} and generation < {generation})"
-                for generation, users in sorted(by_generation.items())
-            ]
-            # Lite rejected filters of ~35 OR-ed clauses ("unsupported expr proto node"): at most 16 per delete.
-            for start in range(0, len(clauses), 16):
-                chunk = clauses[start : start + 16]
+        for version in sorted(set(obsolete) | set(unknown)):
+            name = self.interests_collection(version)
+            keys = obsolete.get(version, [])
+            for start in range(0, len(keys), DELETE_KEYS_PER_CALL):
                 try:
-                    self._call(
-                        "delete old user interests",
-                        self._client.delete,
-                        self.interests_collection(version),
-                        filter=" or ".join(chunk),
-                    )
+                    self._call("delete replaced user interests", self._client.delete, name,
+                               ids=keys[start : start + DELETE_KEYS_PER_CALL])
                 except StoreError as exc:
                     _log.warning("%s; retrying at the next cleanup", exc)
-                    self._requeue(version, generations)
+                    with self._cleanup_lock:
+                        self._obsolete.setdefault(version, []).extend(keys[start:])
+                    break
+            users = sorted(unknown.get(version, {}).items())
+            for start in range(0, len(users), DELETE_USERS_PER_FILTER):
+                chunk = dict(users[start : start + DELETE_USERS_PER_FILTER])
+                try:
+                    self._call("delete user interests written before", self._client.delete, name,
+                               filter=f"user_id in {_quoted_list(chunk)} and generation < {min(chunk.values())}")
+                except StoreError as exc:
+                    _log.warning("%s; retrying at the next cleanup", exc)
+                    with self._cleanup_lock:
+                        again = self._unknown.setdefault(version, {})
+                        for user_id, generation in users[start:]:
+                            again[user_id] = min(generation, again.get(user_id, generation))
                     break
 
     def get_user_interests(
@@ -902,7 +934,8 @@ class VectorStore:
         self._search_params.clear()
         self._versions_ready = False
         with self._cleanup_lock:
-            self._pending_cleanup.clear()
+            for bookkeeping in (self._live, self._obsolete, self._unknown):
+                bookkeeping.clear()
 
     def _call(self, what: str, method: Any, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Every Milvus call goes through here: bounded by timeout_s, errors become one-line StoreErrors."""

@@ -368,3 +368,28 @@ def test_older_generations_are_cleaned_up_later_and_never_read(lite_uri: str) ->
         assert len(raw) == 2
     finally:
         store.drop_all()
+
+
+def test_a_write_cleans_up_once_enough_replaced_rows_wait_and_rows_of_an_earlier_store_go_too(lite_uri: str) -> None:
+    prefix = f"t{next(_prefixes)}_"
+    earlier = VectorStore(lite_uri, collection_prefix=prefix, cleanup_interval_s=3600, cleanup_batch_rows=10**9)
+    earlier.ensure_collections(4, "v1")
+    vectors = np.eye(4, dtype=np.float32)[:2]
+    for event_ts_ms in (1, 2):  # the earlier process leaves two generations of "old" (it never cleaned up)
+        earlier.write_user_interests(interest_rows("old", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=event_ts_ms)[0])
+    store = VectorStore(lite_uri, collection_prefix=prefix, cleanup_interval_s=3600, cleanup_batch_rows=7)
+    try:
+        def stored_generations(user: str) -> int:
+            rows = store._client.query(store.interests_collection("v1"), filter=f'user_id == "{user}"', output_fields=["generation"])
+            return len({row["generation"] for row in rows})
+
+        for event_ts_ms in (3, 4):
+            store.write_user_interests(interest_rows("new", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=event_ts_ms)[0])
+        store.write_user_interests(interest_rows("old", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=5)[0])
+        assert (stored_generations("new"), stored_generations("old")) == (2, 3)  # 2 + 2 + 2 rows wait (a user new to this store counts its new rows): below 7
+        store.write_user_interests(interest_rows("new", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=6)[0])
+        assert (stored_generations("new"), stored_generations("old")) == (1, 1)  # 8 waited: that write cleaned up
+        assert [s.event_ts_ms for s in store.get_user_interests("old")["old"]] == [5, 5]
+        assert store.count_user_interests() == 4
+    finally:
+        store.drop_all()
