@@ -510,7 +510,7 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
                 result["freshness"].append(_freshness_logged(worker, topics, source, rate, phase_s))
             # The most events/s a paced stream can sustain: the highest tried rate whose p99 stays under
             # SUSTAINED_P99_MS (no queue building up), trying fractions of the drain rate from the top.
-            candidates = sorted({round(max_rate * share, -2) for share in (0.8, 0.6, 0.45, 0.3)} - {100, 1000}, reverse=True)
+            candidates = sorted({round(max_rate * share, -2) for share in (0.8, 0.6, 0.45, 0.3, 0.2)} - {100, 1000}, reverse=True)
             sustained = [p["rate"] for p in result["freshness"] if _sustained(p)]
             for rate in candidates:
                 if sustained and rate < max(sustained):
