@@ -188,12 +188,20 @@ def _train_one(choice: str, config: MindConfig, data: InteractionData, split: An
             "best_epoch": result.best_epoch, "validation": result.best_validation, "model_version": version}
 
 
+def write_held_out_users(path: Path, data: InteractionData, split: Any) -> None:
+    """Raw ids of the validation and test users: what a demo or a serving check may treat as unseen."""
+    held_out = {"validation": [str(data.user_ids[int(u)]) for u in split.valid_users],
+                "test": [str(data.user_ids[int(u)]) for u in split.test_users]}
+    path.write_text(json.dumps(held_out) + "\n")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from(args)
     data = load_data(args.data, args.cache_dir)
     split = _split(data, args)
     record = _dataset_record(args.data, data, args, split)
     trained = _train_one(args.model, config, data, split, args.out, record, args)
+    write_held_out_users(args.out / "held_out_users.json", data, split)
     print(format_table({f"{args.model} (validation)": trained["validation"]}))
     print(f"wrote {args.out / 'checkpoint.pt'} and {args.out / 'metrics.json'}; "
           f"test it with: mind-model evaluate {args.out}")

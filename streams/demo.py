@@ -275,30 +275,12 @@ def read_log(path: Path) -> dict[str, list[tuple[str, float]]]:
     return log
 
 
-# Run in a subprocess: streams/ never imports model/ (the demo only orchestrates).
-_TEST_USERS_SCRIPT = """
-import json, sys
-from pathlib import Path
-from model.data import user_split
-from model.datasets import prepare_dataset
-record = json.loads(Path(sys.argv[1]).read_text())["dataset"]
-data = prepare_dataset(record["name"], Path("data"))
-split = record["split"]
-users = user_split(data, valid_fraction=split["valid_fraction"], test_fraction=split["test_fraction"], seed=split["seed"])
-print(json.dumps([str(data.user_ids[u]) for u in users.test_users]))
-"""
-
-
 def held_out_users(run_dir: Path) -> set[str]:
-    """Raw ids of the run's held-out test users (recomputed from its recorded split); empty if unknown."""
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        return set()
-    result = subprocess.run([sys.executable, "-c", _TEST_USERS_SCRIPT, str(metrics)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=False)
+    """Raw ids of the run's held-out test users (`mind-model train` writes them); empty if the run has none."""
+    path = run_dir / "held_out_users.json"
     try:
-        return set(json.loads(result.stdout.strip().splitlines()[-1])) if result.returncode == 0 else set()
-    except (json.JSONDecodeError, IndexError):
+        return set(json.loads(path.read_text())["test"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return set()
 
 

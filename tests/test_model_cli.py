@@ -30,6 +30,13 @@ def test_train_writes_checkpoint_and_metrics(run_dir):
     assert 0 <= metrics["validation"]["user_split"]["Recall@50"] <= 1
 
 
+def test_train_records_its_held_out_users_by_raw_id(run_dir):
+    held_out = json.loads((run_dir / "held_out_users.json").read_text())
+    assert held_out["test"] and held_out["validation"]
+    assert not set(held_out["test"]) & set(held_out["validation"])
+    assert all(isinstance(user, str) for user in held_out["test"])
+
+
 def test_evaluate_scores_the_test_users_and_writes_json(run_dir, capsys):
     assert main(["evaluate", str(run_dir)]) == 0
     printed = capsys.readouterr().out
