@@ -954,7 +954,12 @@ class VectorStore:
             schema = self._schemas[name] = self._call("describe " + name, self._client.describe_collection, name)
         entities = [{"name": field["name"], "type": field["type"], "values": columns[field["name"]]}
                     for field in schema["fields"]]
-        self._call(what, self._client._get_connection().batch_insert, name, entities, schema=schema)
+        # Looked up inside _call: on a dead or closed connection `_get_connection()` itself raises, and that
+        # must reach the worker as a StoreError (retry + reconnect), not as a generic failure to dead-letter.
+        def batch_insert(*args: Any, **kwargs: Any) -> Any:
+            return self._client._get_connection().batch_insert(*args, **kwargs)
+
+        self._call(what, batch_insert, name, entities, schema=schema)
 
     def _call(self, what: str, method: Any, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Every Milvus call goes through here: bounded by timeout_s, errors become one-line StoreErrors."""
