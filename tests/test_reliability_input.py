@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from artifact_fixture import build_tiny_artifact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reliability_worker import payloads
@@ -106,11 +105,6 @@ def test_edge_values_have_their_documented_outcome():
 
 
 # --- broken artifacts ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("input-artifact") / "artifact", num_items=40)
 
 
 def _broken(artifact_dir: Path, tmp: Path, name: str) -> Path:

@@ -43,16 +43,6 @@ SOAK = os.environ.get("MINDSTREAM_SOAK") == "1"
 soak = [pytest.mark.soak, pytest.mark.skipif(not SOAK, reason="soak variant: set MINDSTREAM_SOAK=1")]
 
 
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("rel-artifact") / "artifact", num_items=40)
-
-
-@pytest.fixture(scope="module")
-def runtime(artifact_dir: Path) -> UserTowerRuntime:
-    return UserTowerRuntime.load(artifact_dir)
-
-
 class KillableWorker(Worker):
     """A worker in its own process group, so `kill -9` takes its Milvus Lite server down with it."""
 
@@ -254,7 +244,7 @@ def run_crash_scenario(kafka_bootstrap: str, artifact_dir: Path, runtime: UserTo
         ceiling = max(WAIT_S, n_events / 50)  # soak sizes take longer; still only a guard against hanging
         for _ in range(kills):
             target = total / (kills + 2)  # read since this (re)start: each kill lands mid-stream
-            wait_until(lambda t=target: w.metric_or_zero("mindstream_events_in_total") >= t, ceiling, interval=0.2,
+            w.wait_for(lambda t=target: w.metric_or_zero("mindstream_events_in_total") >= t, ceiling, interval=0.2,
                        what=f"worker read {target:.0f} events")
             read_at_kill.append(int(w.metric_or_zero("mindstream_events_in_total")))
             w.kill9()
@@ -262,7 +252,7 @@ def run_crash_scenario(kafka_bootstrap: str, artifact_dir: Path, runtime: UserTo
             assert 0 < lag_after_kill, "everything was committed before the kill: not mid-stream"
             restarted = time.monotonic()
             w.start()
-        wait_until(lambda: committed_lag(w) == 0, ceiling, interval=0.5, what="consumer group lag 0")
+        w.wait_for(lambda: committed_lag(w) == 0, ceiling, interval=0.5, what="consumer group lag 0")
         figures["catch_up_after_last_restart_s"] = round(time.monotonic() - restarted, 1)
         figures["read_at_kills"] = read_at_kill
         figures["lag_right_after_last_kill"] = lag_after_kill
@@ -519,7 +509,7 @@ def test_fuzzed_payloads_each_end_in_the_dlq_with_a_reason_or_are_applied_and_go
     produce(live.env["KAFKA_BOOTSTRAP"], live.env["MINDSTREAM_TOPIC_INTERACTIONS"], messages)
     wait_until(lambda: live.metric("mindstream_events_in_total") >= before["mindstream_events_in_total"] + len(messages),
                WAIT_S, what="every fuzzed message read")
-    wait_until(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="fuzz batch committed")
+    live.wait_for(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="fuzz batch committed")
     dead = dlq_messages(live.env)[dlq_before:]
     reasons = [dict(m.headers)["mindstream-reason"].decode() for m in dead]
     print(f"\nfuzz: {len(batch)} payloads + {len(sent_good)} good events; {len(rejected)} rejected by the rule, "
@@ -559,7 +549,7 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
     half = len(stream.messages) // 2
     topic = live.env["MINDSTREAM_TOPIC_INTERACTIONS"]
     produce(live.env["KAFKA_BOOTSTRAP"], topic, stream.messages[:half])
-    wait_until(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="first half committed")
+    live.wait_for(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="first half committed")
     dlq_before = len(dlq_messages(live.env))
     retries_before = live.metric("mindstream_batch_retries_total")
 
@@ -594,7 +584,7 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
         stop_killing.set()
         killer.join()
     back = time.monotonic()
-    wait_until(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="caught up after the outage")
+    live.wait_for(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="caught up after the outage")
     catch_up_s = time.monotonic() - back
     wait_until(lambda: get_json(f"{live.url}/healthz")["status"] == "ok", 30, what="healthy again")
     retries = live.metric("mindstream_batch_retries_total") - retries_before
@@ -640,7 +630,7 @@ def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_appl
         alive_while_locked = w.proc.poll() is None
         released = time.monotonic()
         release_lite(holder)
-        wait_until(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5, what="caught up once the file is free")
+        w.wait_for(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5, what="caught up once the file is free")
         catch_up_s = time.monotonic() - released
         wait_until(lambda: (h := w.health()) and h[1].get("status") == "ok", 30, what="healthy again")
         expected = expected_vectors(runtime, stream, sorted(stream.events_of))

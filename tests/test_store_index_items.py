@@ -6,18 +6,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
-from artifact_fixture import build_tiny_artifact
 
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
     from export.runtime import UserTowerRuntime
     from streams.store import VectorStore, index_items
-
-
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory: pytest.TempPathFactory):
-    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "artifact", num_items=40)
 
 
 def test_index_items_writes_every_item_with_its_id_side_features_and_vector(artifact_dir, tmp_path) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from artifact_fixture import build_tiny_artifact
 from helpers import delete_topics, die_with_parent, free_port, unique_name, wait_until
 
 from export.runtime import UserTowerRuntime
@@ -30,16 +29,6 @@ from export.runtime import UserTowerRuntime
 pytestmark = pytest.mark.timeout(240)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 60  # ceiling against hanging, not a performance assertion
-
-
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("stream-artifact") / "artifact", num_items=40)
-
-
-@pytest.fixture(scope="module")
-def runtime(artifact_dir: Path) -> UserTowerRuntime:
-    return UserTowerRuntime.load(artifact_dir)
 
 
 @dataclass
@@ -82,6 +71,13 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.5):
+        """`wait_until`, and on timeout the worker's log tail in the error: a stalled worker says why."""
+        try:
+            return wait_until(predicate, timeout, interval=interval, what=what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; worker log {self.started_logs[-1]}:\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.started_logs[-1].read_text(errors="replace").splitlines()[-lines:])
