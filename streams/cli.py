@@ -43,7 +43,8 @@ _TOPIC_FLAGS = {"--topic-interactions": "topic_interactions", "--topic-profiles"
 _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-size": "batch_size",
                  "--batch-window": "batch_window_s", "--table-store": "table_store", "--web-host": "web_host",
                  "--web-port": "web_port", "--data-dir": "data_dir", "--max-history": "max_history",
-                 "--max-seen": "max_seen", "--max-attempts": "max_attempts"}
+                 "--max-seen": "max_seen", "--max-attempts": "max_attempts",
+                 "--session-timeout": "session_timeout_s"}
 _HELP = {
     "kafka_bootstrap": "Kafka broker list host:port[,host:port]",
     "milvus_uri": "Milvus Lite file or Milvus server URI (http://host:19530)",
@@ -64,6 +65,7 @@ _HELP = {
     "max_history": "behaviours kept per user (0 = the artifact's max_history_length)",
     "max_seen": "recent event ids kept per user to drop duplicate deliveries",
     "max_attempts": "tries of a failing batch before its events are dead-lettered",
+    "session_timeout_s": "Kafka group session timeout, seconds: how soon a crashed worker's partitions move",
 }
 
 

@@ -35,6 +35,7 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 | `MINDSTREAM_MAX_SEEN`            | `512`                  | recent event ids kept per user to drop duplicate deliveries |
 | `MINDSTREAM_MAX_ATTEMPTS`        | `5`                    | tries of a batch's tower+store step (backoff 0.5 s doubling) before dead-lettering |
 | `MINDSTREAM_MAX_FUTURE_S`        | `86400`                | events stamped further than this in the future are rejected |
+| `MINDSTREAM_SESSION_TIMEOUT_S`   | `10`                   | Kafka consumer-group session timeout: how long a crashed worker's partitions wait before another worker (or its restart) gets them |
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ from typing import Any
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TABLE_STORES = ("memory://", "rocksdb://")
+# A Kafka broker refuses a session timeout outside group.min/max.session.timeout.ms (defaults 6 s and 30 min).
+MIN_SESSION_TIMEOUT_S, MAX_SESSION_TIMEOUT_S = 6.0, 1800.0
+HEARTBEAT_INTERVAL_S = 2.0  # well under a third of the shortest session timeout, as Kafka advises
 
 
 class ConfigError(ValueError):
@@ -82,6 +86,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "max_seen": ("MINDSTREAM_MAX_SEEN", "512"),
     "max_attempts": ("MINDSTREAM_MAX_ATTEMPTS", "5"),
     "max_future_s": ("MINDSTREAM_MAX_FUTURE_S", "86400"),
+    "session_timeout_s": ("MINDSTREAM_SESSION_TIMEOUT_S", "10"),
 }
 
 # Secrets are read from the environment only: never from flags (they would show in `ps`).
@@ -119,6 +124,7 @@ class Settings:
     max_seen: int
     max_attempts: int
     max_future_s: float
+    session_timeout_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -145,6 +151,10 @@ class Settings:
                           ("max_attempts", 1), ("max_history", 0), ("web_port", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{_ENV[name][0]}={getattr(self, name)}: must be at least {low}")
+        if not MIN_SESSION_TIMEOUT_S <= self.session_timeout_s <= MAX_SESSION_TIMEOUT_S:
+            raise ConfigError(f"MINDSTREAM_SESSION_TIMEOUT_S={self.session_timeout_s:g}: must be between "
+                              f"{MIN_SESSION_TIMEOUT_S:g} and {MAX_SESSION_TIMEOUT_S:g} seconds (the broker's "
+                              f"group.min/max.session.timeout.ms defaults)")
         if not self.batch_window_s > 0:
             raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 (a batch must close)")
         if not self.kafka_bootstrap.strip():

@@ -71,6 +71,9 @@ def test_settings_reject_bad_values_naming_the_env_var():
         Settings.from_env({"MINDSTREAM_BATCH_SIZE": "many"})
     with pytest.raises(ConfigError, match="MINDSTREAM_TABLE_STORE"):
         Settings.from_env({"MINDSTREAM_TABLE_STORE": "redis://"})
+    for below_or_above_the_brokers_bounds in ("2", "3600"):
+        with pytest.raises(ConfigError, match="MINDSTREAM_SESSION_TIMEOUT_S"):
+            Settings.from_env({"MINDSTREAM_SESSION_TIMEOUT_S": below_or_above_the_brokers_bounds})
     settings = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "svc",
                                   "KAFKA_SASL_PASSWORD": "pw", "KAFKA_BOOTSTRAP": "a:1,b:2"})
     kwargs = settings.kafka_python_kwargs()
