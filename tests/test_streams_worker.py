@@ -285,7 +285,12 @@ def test_a_burst_for_one_user_ends_in_one_consistent_state(worker, runtime, kafk
     now = time.time()
     # 40 events, timestamps deliberately out of order: the history is ordered by ts, not arrival.
     history = [(items[(11 * j) % len(items)], now - 60 + ((j * 17) % 40)) for j in range(40)]
+    applied_before = worker.metric("mindstream_events_applied_total")
     produce(worker, [event("burst", item, ts) for item, ts in history])
+    # The newest ts is the 8th event sent: a batch that ends after it already looks final by ts and length,
+    # so wait for all 40 to be applied (the counter moves after the store write) before reading.
+    wait_until(lambda: worker.metric("mindstream_events_applied_total") >= applied_before + len(history), WAIT_S,
+               what="the 40 burst events applied")
     latest = max(ts for _, ts in history)
     answer = wait_for_user(worker, "burst", latest, runtime.manifest.max_history_length)
     expected = expected_interests(runtime, history)
