@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from artifact_fixture import build_tiny_artifact
-from helpers import die_with_parent, wait_until
+from helpers import die_with_parent, free_port, wait_until
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from test_streams_worker import Worker, cleanup_topics, committed_lag, get_json, worker_env
@@ -649,4 +650,131 @@ def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_appl
         assert wrong == [] and dead == []
     finally:
         w.stop()
+        cleanup_topics(kafka_bootstrap, env)
+
+
+# --- 3b. a Milvus server (http:// URI) down at start, then killed mid-stream --------------------------------
+
+
+class MilvusTcpServer:
+    """The Milvus engine that milvus-lite ships, serving gRPC on a TCP port instead of a Unix socket.
+
+    The worker reaches it by an ``http://`` URI, so the store runs its server code path (no Lite file lock, no
+    in-process server manager, a plain reconnect): the stand-in for a Milvus standalone server that goes down
+    and comes back, on a machine without Docker. The binary and its arguments are the ones pymilvus itself
+    uses for a Lite file (`milvus_lite.server.Server` with an address); the data lives in `db`.
+    """
+
+    def __init__(self, db: Path, port: int) -> None:
+        import milvus_lite
+
+        self.lib = Path(milvus_lite.__file__).parent / "lib"
+        assert (self.lib / "milvus").exists(), f"milvus-lite's server binary is not at {self.lib / 'milvus'}"
+        self.db, self.port = db, port
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = dict(os.environ, LD_LIBRARY_PATH=f"{self.lib}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+        log = self.db.with_name(f"milvus-server-{self.starts}.log").open("wb")
+        self.starts += 1
+        self.proc = subprocess.Popen([str(self.lib / "milvus"), str(self.db), f"127.0.0.1:{self.port}", "ERROR"],
+                                     env=env, cwd=self.db.parent, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, f"the Milvus server exited with {self.proc.returncode}"
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(listening, 30, interval=0.1, what=f"Milvus server listening on {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_nothing_is_lost(
+        kafka_bootstrap, artifact_dir, runtime, tmp_path):
+    """The worker's store is a Milvus server (http:// URI). It is down when the worker starts: the worker stays
+    up, says so, commits nothing. It comes up: everything is applied. It is killed (SIGKILL) while events
+    stream in and stays down a while: nothing is dead-lettered, and once it is back every user is right."""
+    from kafka import KafkaProducer
+
+    server = MilvusTcpServer(tmp_path / "server.db", free_port())
+    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_MILVUS_URI=server.uri, MINDSTREAM_BATCH_SIZE="64")
+    stream = make_stream(list(runtime.item_ids()), 200, 3000, seed_=11, user_prefix="srv")
+    first, second = stream.messages[:1000], stream.messages[1000:]
+    topic = env["MINDSTREAM_TOPIC_INTERACTIONS"]
+    w = KillableWorker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
+    figures: dict = {"messages": len(stream.messages), "users": 200}
+    try:
+        w.spawn()
+        down_at_start = w.wait_for(lambda: (h := w.health()) and h[1].get("status") == "degraded" and h, WAIT_S,
+                                   "worker reporting the server down", interval=0.3)
+        produce(kafka_bootstrap, topic, first)
+        w.wait_for(lambda: committed_lag(w) == len(first), 30, "the first events on the topic")
+        time.sleep(5)  # the worker has them and keeps retrying the server
+        figures["lag_while_down_at_start"] = committed_lag(w)
+        assert w.proc.poll() is None
+        server.start()
+        up = time.monotonic()
+        w.wait_for(lambda: committed_lag(w) == 0, WAIT_S, "caught up once the server is up")
+        figures["catch_up_after_start_s"] = round(time.monotonic() - up, 1)
+        w.wait_for(lambda: (h := w.health()) and h[1].get("status") == "ok", 30, "healthy once the server is up")
+
+        # Mid-stream: a paced producer, and the server killed once the worker has read part of it.
+        read_before = w.metric("mindstream_events_in_total")
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+
+        def paced() -> None:
+            for j, (key, value) in enumerate(second):
+                producer.send(topic, key=key, value=value)
+                if j % 50 == 49:
+                    time.sleep(0.05)  # about 1,000 messages/s
+            producer.flush(timeout=60)
+
+        sender = threading.Thread(target=paced)
+        sender.start()
+        try:
+            w.wait_for(lambda: w.metric("mindstream_events_in_total") >= read_before + 300, WAIT_S,
+                       "part of the second stream read", interval=0.05)
+            server.kill()
+            figures["read_of_second_at_kill"] = int(w.metric("mindstream_events_in_total") - read_before)
+            statuses = set()
+            for _ in range(16):  # 8 s down
+                statuses.add(get_json(f"{w.url}/healthz")["status"])
+                time.sleep(0.5)
+        finally:
+            sender.join()
+            producer.close()
+        figures["lag_at_end_of_outage"] = committed_lag(w)
+        assert w.proc.poll() is None
+        server.start()
+        back = time.monotonic()
+        w.wait_for(lambda: committed_lag(w) == 0, WAIT_S, "caught up once the server is back")
+        figures["catch_up_after_restart_s"] = round(time.monotonic() - back, 1)
+        figures["retries"] = w.metric("mindstream_batch_retries_total")
+        expected = expected_vectors(runtime, stream, sorted(stream.events_of))
+        wrong = []
+        for user, want in expected.items():
+            rows = sorted(w.interests(user)["interests"], key=lambda r: r["slot"])
+            got = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                wrong.append(user)
+        figures.update(users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(env)), health_seen=sorted(statuses))
+        print(f"\nMilvus server outages: {figures}; health at start {down_at_start}")
+        assert down_at_start[0] == 503 and server.uri in down_at_start[1]["error"]
+        assert figures["lag_while_down_at_start"] == len(first)  # nothing committed while the server was down
+        assert "degraded" in statuses and figures["lag_at_end_of_outage"] > 0
+        assert figures["retries"] >= 1
+        assert wrong == [] and figures["dlq"] == 0
+    finally:
+        w.stop()
+        server.kill()
         cleanup_topics(kafka_bootstrap, env)
