@@ -409,6 +409,17 @@ async def interests_view(self: Any, request: Any, user: str) -> Any:
     return self.json({"user_id": user_id, "interests": _jsonable(rows), "history_length": len(history["items"])})
 
 
+def assigned_input_partitions() -> int:
+    """Partitions of `interactions` this worker owns now (0 before the first assignment)."""
+    try:
+        return sum(1 for tp in app.consumer.assignment() if tp.topic == settings.topic_interactions)
+    except Exception:  # noqa: BLE001 - no consumer yet (starting) or stopping: it owns nothing
+        return 0
+
+
+metrics.ASSIGNED_PARTITIONS.set_function(assigned_input_partitions)
+
+
 @app.page("/metrics")
 async def metrics_view(self: Any, request: Any) -> Any:
     body, content_type = metrics.render()
@@ -425,6 +436,7 @@ def store_failed(exc: BaseException) -> None:
     global _store_down_since, _store_last_error
     if _store_down_since is None:
         _store_down_since = time.monotonic()
+        metrics.STORE_DOWN.set(1)
     _store_last_error = str(exc)[:300]
 
 
@@ -433,6 +445,7 @@ def store_recovered() -> None:
     if _store_down_since is not None:
         log.warning("vector store back after %.1f s; catching up", time.monotonic() - _store_down_since)
         _store_down_since = None
+        metrics.STORE_DOWN.set(0)
 
 
 @app.page("/healthz")

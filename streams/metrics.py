@@ -36,6 +36,11 @@ FRESHNESS_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0), registry=REGISTRY)
 RECALL_SECONDS = Histogram("mindstream_recall_seconds", "Wall time of one recall request",
                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+ASSIGNED_PARTITIONS = Gauge("mindstream_assigned_partitions",
+                            "Partitions of the interactions topic this worker owns now (moves on a rebalance)",
+                            registry=REGISTRY)
+STORE_DOWN = Gauge("mindstream_store_down", "1 while the vector store cannot be reached (the worker retries)",
+                   registry=REGISTRY)
 MODEL_INFO = Gauge("mindstream_model_info", "The artifact the worker serves (value 1)", ["model_version"],
                    registry=REGISTRY)
 
