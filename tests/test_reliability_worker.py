@@ -164,7 +164,8 @@ def release_lite(store) -> None:
     from milvus_lite.server_manager import server_manager_instance
 
     store.close()
-    server_manager_instance.release_server(store.uri)
+    if store.is_lite:
+        server_manager_instance.release_server(store.uri)
 
 
 def stored_vectors_of(env: dict[str, str], users: list[str], version: str | None = None) -> dict[str, np.ndarray]:
@@ -778,3 +779,60 @@ def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_
         w.stop()
         server.kill()
         cleanup_topics(kafka_bootstrap, env)
+
+
+# --- 1b. two workers sharing a Milvus server: one is killed, the other takes its partitions over ---------
+
+
+def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes_over_losing_nothing(
+        kafka_bootstrap, artifact_dir, runtime, tmp_path):
+    """Scale-out as deployed: one consumer group of two workers on a 4-partition topic, one Milvus server.
+    One worker is killed (-9) mid-stream and not restarted: after the session timeout its partitions and
+    their history-table changelogs move to the survivor, which finishes the stream. Every user right."""
+    server = MilvusTcpServer(tmp_path / "server.db", free_port())
+    server.start()
+    base = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_MILVUS_URI=server.uri, MINDSTREAM_PARTITIONS="4",
+                      MINDSTREAM_BATCH_SIZE="128")
+    workers = []
+    for name in ("a", "b"):
+        env = dict(base, MINDSTREAM_WEB_PORT=str(free_port()), MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{name}"))
+        workers.append(KillableWorker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / f"worker-{name}.log"))
+    victim, survivor = workers
+    stream = make_stream(list(runtime.item_ids()), 1000, 12_000, seed_=13, user_prefix="fo")
+    figures: dict = {"events": 12_000, "messages": len(stream.messages), "users": 1000, "partitions": 4}
+    try:
+        for w in workers:
+            w.start()
+        # Both members own partitions before the stream starts (the group settles after the second join).
+        survivor.wait_for(lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
+                          WAIT_S, "both workers assigned partitions", interval=0.3)
+        produce(kafka_bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages)
+        victim.wait_for(lambda: victim.metric_or_zero("mindstream_events_in_total") >= 1000, WAIT_S,
+                        "the victim read 1,000 events", interval=0.05)
+        figures["victim_read_at_kill"] = int(victim.metric_or_zero("mindstream_events_in_total"))
+        figures["survivor_read_at_kill"] = int(survivor.metric_or_zero("mindstream_events_in_total"))
+        victim.kill9()
+        killed = time.monotonic()
+        figures["lag_right_after_kill"] = committed_lag(survivor)
+        survivor.wait_for(lambda: committed_lag(survivor) == 0, WAIT_S, "lag 0 on the survivor")
+        figures["lag_0_after_kill_s"] = round(time.monotonic() - killed, 1)
+        figures["survivor_partitions_at_end"] = int(survivor.metric("mindstream_assigned_partitions"))
+        assert survivor.proc.poll() is None
+    finally:
+        for w in workers:
+            w.stop()
+    try:
+        repeated, wrong_history = check_histories(base, stream, runtime.manifest.max_history_length)
+        users = sorted(stream.events_of)
+        wrong = count_mismatches(stored_vectors_of(base, users), expected_vectors(runtime, stream, users))
+        figures.update(users_with_repeated_event=repeated, users_with_wrong_history=wrong_history,
+                       users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(base)))
+        print(f"\ntwo workers, one killed: {figures}")
+        assert figures["lag_right_after_kill"] > 0, "the stream was over before the kill: not mid-stream"
+        assert figures["survivor_partitions_at_end"] == 4
+        assert repeated == 0 and wrong_history == 0
+        assert wrong == [], f"{len(wrong)} users' vectors differ from the offline recompute, e.g. {wrong[:5]}"
+        assert figures["dlq"] == 0
+    finally:
+        server.kill()
+        cleanup_topics(kafka_bootstrap, base)
