@@ -12,7 +12,7 @@ A user without vectors gets a cold-start answer from a fallback (e.g. popular it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 MAX_N = 1000
+MAX_SEARCH_LIMIT = 16384  # Milvus' top-k ceiling: n + excluded items are searched per interest, at most this
 
 # A fallback gives popular items for a user with no vectors yet: a list, or a callable n -> list. Entries
 # are raw item ids, (item_id, score) pairs, or RecalledItem.
@@ -108,33 +109,41 @@ def recall(
     *,
     fallback: Fallback | None = None,
     model_version: str | None = None,
+    exclude: Collection[str] = (),
 ) -> RecallResult:
     """Top-n items for a user by f_score, from the active model version (resolved once for the request).
 
     Searching n items per interest is enough for an exact merged top-n: an item whose max score comes from
     interest k and that is not in k's top-n is beaten by n distinct items, so it is not in the top-n either.
+    `exclude` (item ids, e.g. the user's history) are left out of the answer, still exactly: each interest
+    then searches n + len(exclude) items, of which at least n are not excluded.
     A user with no stored vectors gets `fallback` (cold_start=True), or an empty list without a fallback.
     Raises ValueError for a bad user id or n, StoreError when the store cannot answer.
     """
     user_id = validate_user_id(user_id)
     n = validate_n(n)
+    excluded = frozenset(exclude)
     version = model_version or store.current_version()
     interests = store.get_user_interests(user_id, model_version=version)[user_id]
     if not interests:
-        return RecallResult(user_id, cold_start_items(fallback, n), version, cold_start=True, interests_used=0)
+        return RecallResult(user_id, cold_start_items(fallback, n, excluded), version, cold_start=True,
+                            interests_used=0)
     vectors = np.stack([interest.vector for interest in interests])  # (K'u, d)
-    per_interest_hits = store.search_items(vectors, n, model_version=version)
+    limit = min(n + len(excluded), MAX_SEARCH_LIMIT)
+    per_interest_hits = store.search_items(vectors, limit, model_version=version)
+    if excluded:
+        per_interest_hits = [[hit for hit in hits if hit.item_id not in excluded] for hits in per_interest_hits]
     items = merge_by_max(per_interest_hits, n, [interest.slot for interest in interests])
     return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests))
 
 
-def cold_start_items(fallback: Fallback | None, n: int) -> list[RecalledItem]:
-    """The fallback's first n entries as RecalledItems (slot None), duplicates dropped."""
+def cold_start_items(fallback: Fallback | None, n: int, exclude: Collection[str] = ()) -> list[RecalledItem]:
+    """The fallback's first n entries not in `exclude` as RecalledItems (slot None), duplicates dropped."""
     if fallback is None:
         return []
-    entries = fallback(n) if callable(fallback) else fallback
+    entries = fallback(n + len(exclude)) if callable(fallback) else fallback
     items: list[RecalledItem] = []
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     for entry in entries:
         if isinstance(entry, RecalledItem):
             item = dataclasses.replace(entry, slot=None)

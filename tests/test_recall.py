@@ -107,6 +107,29 @@ def test_recall_equals_a_numpy_f_score_over_the_users_valid_interests(store: Vec
     assert {item.slot for item in result.items} <= {0, 1, 3}
 
 
+def test_recall_excluding_items_equals_the_numpy_f_score_top_n_of_the_items_left(store: VectorStore) -> None:
+    rng = np.random.default_rng(3)
+    interest_vectors = rng.standard_normal((3, 16)).astype(np.float32)
+    store.write_user_interests(*interest_rows("ex", interest_vectors, np.ones(3, bool), model_version="v1",
+                                              event_ts_ms=10))
+    unfiltered = numpy_f_score_top_n(store.item_vectors, interest_vectors, [0, 1, 2], 200)
+    # The hardest case for the search depth: the excluded items are exactly the best ones of every interest.
+    excluded = {item_id for item_id, _ in unfiltered[:40]} | {"not-an-item"}
+
+    result = recall(store, "ex", 30, exclude=excluded)
+
+    assert [(item.item_id, item.slot) for item in result.items] == unfiltered[40:70]
+    assert not excluded & {item.item_id for item in result.items}
+    assert [(i.item_id, i.slot) for i in recall(store, "ex", 30).items] == unfiltered[:30]  # default: nothing left out
+
+
+def test_a_cold_start_answer_leaves_excluded_items_out_too(store: VectorStore) -> None:
+    asked = []
+    result = recall(store, "newcomer2", 2, exclude={"m1", "m3"},
+                    fallback=lambda n: asked.append(n) or ["m1", "m2", "m3", "m4", "m5"])
+    assert asked == [4] and [item.item_id for item in result.items] == ["m2", "m4"]
+
+
 def test_one_interest_recall_is_that_interests_search(store: VectorStore) -> None:
     vector = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
     store.write_user_interests(*interest_rows("42", vector, np.array([True]), model_version="v1", event_ts_ms=1))
