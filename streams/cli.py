@@ -44,7 +44,7 @@ _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-si
                  "--batch-window": "batch_window_s", "--table-store": "table_store", "--web-host": "web_host",
                  "--web-port": "web_port", "--data-dir": "data_dir", "--max-history": "max_history",
                  "--max-seen": "max_seen", "--max-attempts": "max_attempts",
-                 "--session-timeout": "session_timeout_s"}
+                 "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s"}
 _HELP = {
     "kafka_bootstrap": "Kafka broker list host:port[,host:port]",
     "milvus_uri": "Milvus Lite file or Milvus server URI (http://host:19530)",
@@ -66,6 +66,7 @@ _HELP = {
     "max_seen": "recent event ids kept per user to drop duplicate deliveries",
     "max_attempts": "tries of a failing batch before its events are dead-lettered",
     "session_timeout_s": "Kafka group session timeout, seconds: how soon a crashed worker's partitions move",
+    "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from its commit",
 }
 
 
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("user", help="user id")
     recall.add_argument("--n", type=int, default=50, help="number of items (default 50)")
     recall.add_argument("--url", default=None, help="worker base URL (default http://WEB_HOST:WEB_PORT from settings)")
+    recall.add_argument("--exclude-seen", action="store_true",
+                        help="leave out the items already in the user's history (needs the running worker)")
     recall.add_argument("--json", action="store_true", help="print the raw JSON answer")
     _add_setting_flags(recall, {"--milvus-uri": "milvus_uri", "--milvus-prefix": "milvus_prefix", "--web-host": "web_host", "--web-port": "web_port"})
 
@@ -332,9 +335,12 @@ def _user_of(record: dict[str, Any] | bytes) -> str | None:
 # --- recall / index-items ------------------------------------------------------------------------------
 
 
-def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0) -> dict[str, Any] | None:
+def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
+                      exclude_seen: bool = False) -> dict[str, Any] | None:
     """The worker's answer, or None when no worker listens there. A 400 becomes a UserError."""
     url = f"{base_url.rstrip('/')}/recall/{urllib.parse.quote(user, safe='')}?n={n}"
+    if exclude_seen:
+        url += "&exclude_seen=true"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.loads(response.read())
@@ -358,13 +364,23 @@ def cmd_recall(args: argparse.Namespace) -> int:
         n = validate_n(args.n)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    answer = fetch_recall_http(args.url or settings.web_url, user_id, n)
+    answer = fetch_recall_http(args.url or settings.web_url, user_id, n, exclude_seen=args.exclude_seen)
     source = f"worker at {args.url or settings.web_url}"
     if answer is None:
         from streams.recall import recall
+        from streams.store import StoreError
+
+        if args.exclude_seen:  # the histories live in the worker's table, not in the store
+            raise UserError(f"--exclude-seen needs the running worker (none answers at {args.url or settings.web_url})")
         source = f"store {settings.milvus_uri}"
-        store = settings.open_store()
-        answer = recall(store, user_id, n).to_dict()
+        try:
+            store = settings.open_store()
+            try:
+                answer = recall(store, user_id, n).to_dict()
+            finally:
+                store.close()
+        except (StoreError, ValueError) as exc:
+            raise UserError(f"no worker answers at {args.url or settings.web_url}, and the store: {exc}") from None
     if args.json:
         print(json.dumps(answer, indent=2))
     else:

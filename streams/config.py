@@ -30,11 +30,13 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 | `MINDSTREAM_TABLE_STORE`         | `memory://`            | `memory://` or `rocksdb://` (needs `pip install mindstream[rocksdb]`) |
 | `MINDSTREAM_WEB_HOST`            | `127.0.0.1`            | address the worker's web server binds to |
 | `MINDSTREAM_WEB_PORT`            | `6066`                 | port of the worker's web server |
+| `MINDSTREAM_WEB_URL`             | `http://HOST:PORT`     | where other workers reach this one (a request for a user another worker owns is passed there); set it when several hosts run workers |
 | `MINDSTREAM_DATA_DIR`            | `./mindstream-data`    | faust's local state (RocksDB tables, worker state) |
 | `MINDSTREAM_MAX_HISTORY`         | `0`                    | behaviours kept per user; `0` = the artifact's `max_history_length` |
 | `MINDSTREAM_MAX_SEEN`            | `512`                  | recent event ids kept per user to drop duplicate deliveries |
 | `MINDSTREAM_MAX_ATTEMPTS`        | `5`                    | tries of a batch's tower+store step (backoff 0.5 s doubling) before dead-lettering |
 | `MINDSTREAM_MAX_FUTURE_S`        | `86400`                | events stamped further than this in the future are rejected |
+| `MINDSTREAM_STALL_TIMEOUT_S`     | `30`                   | a worker whose partitions have a lag but that read nothing this long re-reads them from their committed offsets |
 | `MINDSTREAM_SESSION_TIMEOUT_S`   | `10`                   | Kafka consumer-group session timeout: how long a crashed worker's partitions wait before another worker (or its restart) gets them |
 """
 
@@ -50,6 +52,9 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TABLE_STORES = ("memory://", "rocksdb://")
 # A Kafka broker refuses a session timeout outside group.min/max.session.timeout.ms (defaults 6 s and 30 min).
 MIN_SESSION_TIMEOUT_S, MAX_SESSION_TIMEOUT_S = 6.0, 1800.0
+# A worker whose partitions stay stalled after seeks back to the commit exits with this code (EX_TEMPFAIL),
+# for its supervisor to restart it (streams/app.py, watch_for_stalled_partitions).
+EXIT_STALLED = 75
 HEARTBEAT_INTERVAL_S = 2.0  # well under a third of the shortest session timeout, as Kafka advises
 
 
@@ -81,12 +86,14 @@ _ENV: dict[str, tuple[str, str]] = {
     "table_store": ("MINDSTREAM_TABLE_STORE", "memory://"),
     "web_host": ("MINDSTREAM_WEB_HOST", "127.0.0.1"),
     "web_port": ("MINDSTREAM_WEB_PORT", "6066"),
+    "advertised_url": ("MINDSTREAM_WEB_URL", ""),
     "data_dir": ("MINDSTREAM_DATA_DIR", "./mindstream-data"),
     "max_history": ("MINDSTREAM_MAX_HISTORY", "0"),
     "max_seen": ("MINDSTREAM_MAX_SEEN", "512"),
     "max_attempts": ("MINDSTREAM_MAX_ATTEMPTS", "5"),
     "max_future_s": ("MINDSTREAM_MAX_FUTURE_S", "86400"),
     "session_timeout_s": ("MINDSTREAM_SESSION_TIMEOUT_S", "10"),
+    "stall_timeout_s": ("MINDSTREAM_STALL_TIMEOUT_S", "30"),
 }
 
 # Secrets are read from the environment only: never from flags (they would show in `ps`).
@@ -119,12 +126,14 @@ class Settings:
     table_store: str
     web_host: str
     web_port: int
+    advertised_url: str
     data_dir: str
     max_history: int
     max_seen: int
     max_attempts: int
     max_future_s: float
     session_timeout_s: float
+    stall_timeout_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -155,8 +164,12 @@ class Settings:
             raise ConfigError(f"MINDSTREAM_SESSION_TIMEOUT_S={self.session_timeout_s:g}: must be between "
                               f"{MIN_SESSION_TIMEOUT_S:g} and {MAX_SESSION_TIMEOUT_S:g} seconds (the broker's "
                               f"group.min/max.session.timeout.ms defaults)")
+        if not self.stall_timeout_s >= 5:
+            raise ConfigError(f"MINDSTREAM_STALL_TIMEOUT_S={self.stall_timeout_s:g}: must be at least 5 seconds")
         if not self.batch_window_s > 0:
             raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 (a batch must close)")
+        if self.advertised_url and not self.advertised_url.startswith(("http://", "https://")):
+            raise ConfigError(f"MINDSTREAM_WEB_URL={self.advertised_url!r}: give http://host:port")
         if not self.kafka_bootstrap.strip():
             raise ConfigError("KAFKA_BOOTSTRAP is empty: give host:port of a Kafka broker")
 
@@ -170,6 +183,9 @@ class Settings:
 
     @property
     def web_url(self) -> str:
+        """The worker's base URL: MINDSTREAM_WEB_URL, else its web host and port (127.0.0.1 for 0.0.0.0)."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
         host = "127.0.0.1" if self.web_host in ("0.0.0.0", "") else self.web_host
         return f"http://{host}:{self.web_port}"
 

@@ -39,6 +39,9 @@ RECALL_SECONDS = Histogram("mindstream_recall_seconds", "Wall time of one recall
 ASSIGNED_PARTITIONS = Gauge("mindstream_assigned_partitions",
                             "Partitions of the interactions topic this worker owns now (moves on a rebalance)",
                             registry=REGISTRY)
+STALL_RECOVERIES = Counter("mindstream_stall_recoveries",
+                           "Seeks back to the committed offsets after partitions stopped moving with a lag",
+                           registry=REGISTRY)
 STORE_DOWN = Gauge("mindstream_store_down", "1 while the vector store cannot be reached (the worker retries)",
                    registry=REGISTRY)
 MODEL_INFO = Gauge("mindstream_model_info", "The artifact the worker serves (value 1)", ["model_version"],

@@ -357,6 +357,8 @@ def _command(name: str, step: Callable[[Settings, Any], str]) -> Callable[[argpa
                 raise RebuildError(f"{artifact}: not a directory; give an artifact directory written by mind-export")
             try:
                 store = settings.open_store()
+            except ValueError as exc:  # a setting the store refuses (e.g. the collection prefix)
+                raise RebuildError(str(exc)) from None
             except StoreError as exc:
                 raise RebuildError(f"{exc} (a Milvus Lite file is one process's: stop the worker first)") from None
             try:

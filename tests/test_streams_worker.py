@@ -156,8 +156,8 @@ def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, by
     return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts_s, **extra}).encode()
 
 
-def cli_recall(worker: Worker, user: str, n: int) -> dict:
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json"],
+def cli_recall(worker: Worker, user: str, n: int, *flags: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json", *flags],
                             env=worker.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -415,6 +415,16 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
 
     over_http = get_json(f"{worker.url}/recall/restart?n=10")
     assert cli_recall(worker, "restart", 10) == over_http  # the CLI asks the running worker
+    # exclude_seen: the same ranking with the user's history items left out, still 10 items.
+    seen = {item for item, _ in history}
+    deeper = get_json(f"{worker.url}/recall/restart?n={10 + len(seen)}")
+    excluding = get_json(f"{worker.url}/recall/restart?n=10&exclude_seen=true")
+    assert excluding["items"] == [i for i in deeper["items"] if i["item_id"] not in seen][:10]
+    assert len(excluding["items"]) == 10 and seen & {i["item_id"] for i in deeper["items"]}  # something to leave out
+    assert cli_recall(worker, "restart", 10, "--exclude-seen") == excluding
+    with pytest.raises(urllib.error.HTTPError) as refused_flag:
+        urllib.request.urlopen(f"{worker.url}/recall/restart?n=5&exclude_seen=maybe", timeout=5)
+    assert refused_flag.value.code == 400
     worker.stop()
     # No worker up: the CLI opens the Milvus Lite file itself (a Lite file is one process's at a time).
     from_cli_store = cli_recall(worker, "restart", 10)
