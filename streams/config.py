@@ -30,7 +30,7 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 | `MINDSTREAM_TABLE_STORE`         | `memory://`            | `memory://` or `rocksdb://` (needs `pip install mindstream[rocksdb]`) |
 | `MINDSTREAM_WEB_HOST`            | `127.0.0.1`            | address the worker's web server binds to |
 | `MINDSTREAM_WEB_PORT`            | `6066`                 | port of the worker's web server |
-| `MINDSTREAM_WEB_URL`             | `http://HOST:PORT`     | where other workers reach this one (a request for a user another worker owns is passed there); set it when several hosts run workers |
+| `MINDSTREAM_WEB_URL`             | `http://WEB_HOST:WEB_PORT` | where other workers reach this one (a request for a user another worker owns is passed there); set it when several hosts run workers |
 | `MINDSTREAM_DATA_DIR`            | `./mindstream-data`    | faust's local state (RocksDB tables, worker state) |
 | `MINDSTREAM_MAX_HISTORY`         | `0`                    | behaviours kept per user; `0` = the artifact's `max_history_length` |
 | `MINDSTREAM_MAX_SEEN`            | `512`                  | recent event ids kept per user to drop duplicate deliveries |
