@@ -187,6 +187,15 @@ def count_mismatches(stored: dict[str, np.ndarray], expected: dict[str, np.ndarr
     return wrong
 
 
+def wrong_over_http(worker, expected: dict[str, np.ndarray]) -> list[str]:
+    """Users whose vectors, read from the running worker over HTTP, differ from `expected`."""
+    stored = {}
+    for user in expected:
+        rows = sorted(worker.interests(user)["interests"], key=lambda r: r["slot"])
+        stored[user] = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+    return count_mismatches(stored, expected)
+
+
 def check_histories(env: dict[str, str], stream: Stream, max_len: int) -> tuple[int, int]:
     """The table from its changelog: (users with a repeated event, users whose history is not the expected one)."""
     from streams.rebuild import histories_from_changelog
@@ -600,12 +609,7 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
     assert retries >= 2
     # Every user's vectors: read over HTTP (the worker owns the Lite file).
     expected = expected_vectors(runtime, stream, sorted(stream.events_of))
-    wrong = []
-    for user, want in expected.items():
-        rows = sorted(live.interests(user)["interests"], key=lambda r: r["slot"])
-        got = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
-            wrong.append(user)
+    wrong = wrong_over_http(live, expected)
     print(f"store outage: users with wrong vectors {len(wrong)} of {len(expected)}")
     assert wrong == []
 
@@ -636,12 +640,7 @@ def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_appl
         catch_up_s = time.monotonic() - released
         wait_until(lambda: (h := w.health()) and h[1].get("status") == "ok", 30, what="healthy again")
         expected = expected_vectors(runtime, stream, sorted(stream.events_of))
-        wrong = []
-        for user, want in expected.items():
-            rows = sorted(w.interests(user)["interests"], key=lambda r: r["slot"])
-            got = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
-            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
-                wrong.append(user)
+        wrong = wrong_over_http(w, expected)
         dead = dlq_messages(env)
         print(f"\nlocked store at start: {len(stream.messages)} messages over 60 users; health while locked {seen}; "
               f"lag while locked {lag_while_locked}; caught up {catch_up_s:.1f}s after the lock was released; "
@@ -762,12 +761,7 @@ def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_
         figures["catch_up_after_restart_s"] = round(time.monotonic() - back, 1)
         figures["retries"] = w.metric("mindstream_batch_retries_total")
         expected = expected_vectors(runtime, stream, sorted(stream.events_of))
-        wrong = []
-        for user, want in expected.items():
-            rows = sorted(w.interests(user)["interests"], key=lambda r: r["slot"])
-            got = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
-            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
-                wrong.append(user)
+        wrong = wrong_over_http(w, expected)
         figures.update(users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(env)), health_seen=sorted(statuses))
         print(f"\nMilvus server outages: {figures}; health at start {down_at_start}")
         assert down_at_start[0] == 503 and server.uri in down_at_start[1]["error"]
