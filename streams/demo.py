@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
               f"in the top 50: {count(wide_before)} -> {count(wide_after)}")
         print(f"  top {args.n} items still there after the burst: {len(ids(recall_before) & ids(recall_after))} of {args.n}")
         print(f"  interests K'u: {len(before['interests'])} -> {len(after['interests'])}")
+        unseen = http_json(f"{url}/recall/{user}?n={args.n}&exclude_seen=true")
+        fresh = [titles.get(i["item_id"], i["item_id"]) for i in unseen["items"] if genre in genres_of.get(i["item_id"], [])]
+        print(f"  with exclude_seen=true (nothing already in the history): {len(fresh)} {genre} movies in the top "
+              f"{args.n}, e.g. {', '.join(t[:30] for t in fresh[:4]) or '-'}")
         written_ms = max(row["updated_at_ms"] for row in after["interests"]) - latest_ms
         print(f"  last burst event -> its vectors written in Milvus: {written_ms} ms; "
               f"burst sent -> new recall seen over HTTP: {visible_after:.2f} s (includes the demo's 0.1 s polling)")
