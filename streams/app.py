@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import faust
 from faust.streams import _current_event
 
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.config import EXIT_STALLED, HEARTBEAT_INTERVAL_S, Settings
 from streams.events import USER_ID_PATTERN, Interaction, Rejection, parse_event
 from streams.store import StoreError
@@ -50,6 +50,7 @@ from streams.updater import Recompute, plan_batch, recompute
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
+faust_fixes.install()  # faust-streaming consumer workarounds (streams/faust_fixes.py)
 
 app = faust.App(
     settings.app_id,
