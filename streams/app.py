@@ -75,15 +75,20 @@ app = faust.App(
 )
 
 # value_serializer="raw": the agent decodes, so a value that is not JSON goes to the DLQ instead of crashing it.
-interactions_topic = app.topic(settings.topic_interactions, value_serializer="raw", partitions=settings.partitions)
-profiles_topic = app.topic(settings.topic_profiles, value_serializer="raw", partitions=settings.partitions)
-updates_topic = app.topic(settings.topic_updates, value_serializer="json")
-dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw")
+# Every topic and changelog: MINDSTREAM_REPLICATION replicas, min.insync.replicas from settings.topic_configs.
+interactions_topic = app.topic(settings.topic_interactions, value_serializer="raw", partitions=settings.partitions,
+                               config=settings.topic_configs)
+profiles_topic = app.topic(settings.topic_profiles, value_serializer="raw", partitions=settings.partitions,
+                           config=settings.topic_configs)
+updates_topic = app.topic(settings.topic_updates, value_serializer="json", config=settings.topic_configs)
+dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", config=settings.topic_configs)
 
 # Values are re-assigned (never mutated in place): only `table[key] = value` reaches the changelog.
 histories = app.Table("histories", default=None, partitions=settings.partitions,
+                      extra_topic_configs=settings.topic_configs,
                       help="user id -> {items: [[item_id, ts_ms, event_id], ...], seen: [event_id, ...]}")
-profiles = app.Table("profiles", default=None, partitions=settings.partitions, help="user id -> profile fields")
+profiles = app.Table("profiles", default=None, partitions=settings.partitions,
+                     extra_topic_configs=settings.topic_configs, help="user id -> profile fields")
 
 
 @app.agent(interactions_topic)

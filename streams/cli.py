@@ -178,11 +178,13 @@ def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(settings.topic_interactions, settings.partitions, settings.replication),
+            NewTopic(settings.topic_interactions, settings.partitions, settings.replication,
+                     topic_configs=settings.topic_configs),
             NewTopic(settings.topic_profiles, settings.partitions, settings.replication,
-                     topic_configs={"cleanup.policy": "compact"}),
-            NewTopic(settings.topic_updates, settings.partitions, settings.replication),
-            NewTopic(settings.topic_dlq, 1, settings.replication),
+                     topic_configs={"cleanup.policy": "compact", **settings.topic_configs}),
+            NewTopic(settings.topic_updates, settings.partitions, settings.replication,
+                     topic_configs=settings.topic_configs),
+            NewTopic(settings.topic_dlq, 1, settings.replication, topic_configs=settings.topic_configs),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
@@ -300,7 +302,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     ensure_topics(settings)
     try:
-        producer = KafkaProducer(acks="all", linger_ms=5, **settings.kafka_python_kwargs())
+        producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                                 **settings.kafka_python_kwargs())
     except KafkaError:
         raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}") from None
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
