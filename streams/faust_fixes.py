@@ -67,11 +67,14 @@ def _install_stale_batch_fix() -> None:
         finally:
             await records.aclose()
         if undelivered:
-            await perform_seek(self)
-            for tp, first in undelivered.items():
-                read = self._read_offset[tp]
-                if read is None or read > first:  # not moved by the seek (no commit yet): never skip a record
-                    await self.seek(tp, first)
+            try:
+                await perform_seek(self)
+                for tp, first in undelivered.items():
+                    read = self._read_offset[tp]
+                    if read is None or read > first:  # not moved by the seek (no commit yet): skip no record
+                        await self.seek(tp, first)
+            except Exception as exc:  # noqa: BLE001 - as faust's own getmany: a rebalance began; it seeks anew
+                self.log.warning("seek after a stale batch failed (a rebalance will seek again): %r", exc)
 
     original_revoked = Consumer.on_partitions_revoked
 
