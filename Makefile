@@ -36,10 +36,11 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every scenario on a 3-broker cluster (kafka.sh cluster, replication 3, min.insync.replicas 2): broker
-# leader killed, broker killed and restarted, rolling restart (~10 min); `make test` runs the first only.
+# leader killed, broker killed and restarted, rolling restart; and workers added, stopped, killed (~15 min).
+# `make test` runs the first only.
 test-cluster: $(STAMP)
 	@$(KAFKA) fetch
-	MINDSTREAM_CLUSTER=1 $(PY) -m pytest tests/test_cluster_failover.py -s $(PYTEST_ARGS)
+	MINDSTREAM_CLUSTER=1 $(PY) -m pytest tests/test_cluster_failover.py tests/test_cluster_workers.py -s $(PYTEST_ARGS)
 
 # The soak run: 200k events through a worker killed -9 three times, every user checked (~15-25 min).
 soak: $(STAMP)

@@ -178,20 +178,26 @@ def run_scenario(cluster, artifact_dir: Path, runtime, tmp_path: Path, name: str
         for w in workers:
             w.stop()
     try:
-        repeated, wrong_history = check_histories(base, stream, runtime.manifest.max_history_length)
-        users = sorted(stream.events_of)
-        wrong = count_mismatches(stored_vectors_of(base, users), expected_vectors(runtime, stream, users))
-        figures.update(users_with_repeated_event=repeated, users_with_wrong_history=wrong_history,
-                       users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(base)))
-        print(f"\ncluster scenario: {figures}")
+        check_every_user(base, stream, runtime, figures, "cluster scenario")
         assert figures["changelog_replicas"] == 3 and figures["changelog_min_isr"] == "2"
-        assert repeated == 0 and wrong_history == 0
-        assert wrong == [], f"{len(wrong)} users' vectors differ from the offline recompute, e.g. {wrong[:5]}"
-        assert figures["dlq"] == 0
         return figures
     finally:
         server.kill()
         cleanup_topics(bootstrap, base)
+
+
+def check_every_user(env: dict[str, str], stream, runtime, figures: dict, title: str) -> None:
+    """With the workers stopped: every history from the changelog and every user's stored vectors against the
+    offline recompute of `stream`; nothing in the DLQ. Adds the counts to `figures` and prints them."""
+    repeated, wrong_history = check_histories(env, stream, runtime.manifest.max_history_length)
+    users = sorted(stream.events_of)
+    wrong = count_mismatches(stored_vectors_of(env, users), expected_vectors(runtime, stream, users))
+    figures.update(users_with_repeated_event=repeated, users_with_wrong_history=wrong_history,
+                   users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(env)))
+    print(f"\n{title}: {figures}")
+    assert repeated == 0 and wrong_history == 0
+    assert wrong == [], f"{len(wrong)} users' vectors differ from the offline recompute, e.g. {wrong[:5]}"
+    assert figures["dlq"] == 0
 
 
 def busiest_leader(bootstrap: str, topic: str) -> tuple[int, int]:
