@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -142,3 +143,37 @@ def test_summary_skips_undefined_and_infinite_values():
     assert summary["all"] == {"users": 3, "x": 0.2, "y": 0.5}
     assert summary["K=4"] == {"users": 2, "x": 0.2, "y": 0.75}
     assert summary["K=1"] == {"users": 1, "x": None, "y": 0.0}
+
+
+# --- in `mind-model evaluate` and `compare` (synthetic data, one epoch) ----------------------------------
+
+SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4", "--num-negatives", "50",
+         "--epochs", "1", "--max-history-length", "20", "--no-progress"]
+
+
+def test_evaluate_and_compare_report_the_diagnostics_on_the_test_users(tmp_path, capsys):
+    from model.cli import main
+    from model.data import user_split
+    from model.datasets import prepare_dataset
+    from model.evaluate import user_split_cases
+
+    assert main(["compare", "--data", "synthetic", "--out", str(tmp_path), "--models", "mind,popular", *SMALL]) == 0
+    compared = json.loads((tmp_path / "compare.json").read_text())
+    assert set(compared["diagnostics"]) == {"mind"}
+    assert main(["evaluate", str(tmp_path / "mind")]) == 0
+    printed = capsys.readouterr().out
+    assert "same-slot cos" in printed and "dominant share" in printed
+    diagnosed = json.loads((tmp_path / "mind" / "evaluation.json").read_text())["diagnostics"]["mind K=4"]
+    assert diagnosed == compared["diagnostics"]["mind"]       # same model, same users, deterministic
+
+    data = prepare_dataset("synthetic", tmp_path / "data")
+    test_users = user_split(data, valid_fraction=0.1, test_fraction=0.1, seed=0).test_users
+    cases = user_split_cases(data.sequences, test_users)
+    full_window = sum(len(case.history) >= 20 for case in cases)
+    interests, stability_ = diagnosed["interests"], diagnosed["stability"]
+    assert interests["all"]["users"] == len(cases) and stability_["all"]["users"] == full_window > 0
+    assert sum(group["users"] for name, group in interests.items() if name != "all") == len(cases)
+    assert 1 <= interests["K=4"]["interests_contributing"] <= 4
+    assert 0.25 <= interests["K=4"]["dominant_share"] <= 1
+    assert 0 < stability_["all"]["same_slot_cosine"] <= stability_["all"]["matched_slot_cosine"] + 1e-9
+    assert 0 <= stability_["all"]["top_n_survival"] <= 1
