@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="heatmap of one user's coupling coefficients",
                                   description="Write a PNG heatmap of which behaviours formed which interest "
-                                              "(behaviours labelled with their genres) for one user.")
+                                              "(behaviours labelled with their genres) for one user, next to "
+                                              "each interest's own top items and the merged top list; print "
+                                              "them too.")
     explain.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
     explain.add_argument("user", metavar="USER", help="raw user id from the run's dataset (e.g. 42)")
     explain.add_argument("--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)")
@@ -303,8 +305,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"user {args.user}: {len(explanation.behaviour_labels)} behaviours -> "
           f"{explanation.coupling.shape[1]} interests; behaviours per interest: "
           f"{np.bincount(strongest, minlength=explanation.coupling.shape[1]).tolist()}")
-    for j, items in enumerate(explanation.interest_top_items):
-        print(f"  interest {j + 1}: {'; '.join(items[:3])}")
+    print(f"mean pairwise cosine of the interests: {explanation.pairwise_cosine:.3f}")
+    for j, (items, scores) in enumerate(zip(explanation.interest_top_items, explanation.interest_top_scores,
+                                            strict=True)):
+        print(f"  interest {j + 1} retrieves:")
+        for label, score in zip(items, scores, strict=True):
+            print(f"    {score:7.3f}  {label}")
+    print(f"  merged top {len(explanation.merged_top)} (max over interests; [interest]):")
+    for label, k in explanation.merged_top:
+        print(f"    [{k + 1}] {label}")
     print(f"wrote {path}")
     return 0
 

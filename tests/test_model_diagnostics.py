@@ -151,13 +151,22 @@ SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim"
          "--epochs", "1", "--max-history-length", "20", "--no-progress"]
 
 
-def test_evaluate_and_compare_report_the_diagnostics_on_the_test_users(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    from model.cli import main
+
+    out = tmp_path_factory.mktemp("compare")
+    assert main(["compare", "--data", "synthetic", "--out", str(out), "--models", "mind,popular", *SMALL]) == 0
+    return out
+
+
+def test_evaluate_and_compare_report_the_diagnostics_on_the_test_users(compared, tmp_path, capsys):
     from model.cli import main
     from model.data import user_split
     from model.datasets import prepare_dataset
     from model.evaluate import user_split_cases
 
-    assert main(["compare", "--data", "synthetic", "--out", str(tmp_path), "--models", "mind,popular", *SMALL]) == 0
+    tmp_path, data_dir = compared, tmp_path
     compared = json.loads((tmp_path / "compare.json").read_text())
     assert set(compared["diagnostics"]) == {"mind"}
     assert main(["evaluate", str(tmp_path / "mind")]) == 0
@@ -166,7 +175,7 @@ def test_evaluate_and_compare_report_the_diagnostics_on_the_test_users(tmp_path,
     diagnosed = json.loads((tmp_path / "mind" / "evaluation.json").read_text())["diagnostics"]["mind K=4"]
     assert diagnosed == compared["diagnostics"]["mind"]       # same model, same users, deterministic
 
-    data = prepare_dataset("synthetic", tmp_path / "data")
+    data = prepare_dataset("synthetic", data_dir / "data")
     test_users = user_split(data, valid_fraction=0.1, test_fraction=0.1, seed=0).test_users
     cases = user_split_cases(data.sequences, test_users)
     full_window = sum(len(case.history) >= 20 for case in cases)
@@ -177,3 +186,24 @@ def test_evaluate_and_compare_report_the_diagnostics_on_the_test_users(tmp_path,
     assert 0.25 <= interests["K=4"]["dominant_share"] <= 1
     assert 0 < stability_["all"]["same_slot_cosine"] <= stability_["all"]["matched_slot_cosine"] + 1e-9
     assert 0 <= stability_["all"]["top_n_survival"] <= 1
+
+
+def test_explain_lists_each_interests_top_items_and_the_merged_list_with_its_interests(compared, tmp_path, capsys):
+    from model.checkpoint import load_checkpoint
+    from model.cli import main
+    from model.datasets import prepare_dataset
+    from model.explain import explain_user
+
+    checkpoint = load_checkpoint(compared / "mind")
+    explanation = explain_user(checkpoint.model, prepare_dataset("synthetic", tmp_path), "u3", merged_items=10)
+    k = explanation.coupling.shape[1]
+    assert len(explanation.interest_top_items) == len(explanation.interest_top_scores) == k
+    assert all(scores == sorted(scores, reverse=True) for scores in explanation.interest_top_scores)
+    # the merged list's first item is the best first item of any interest, and names that interest
+    best = max(range(k), key=lambda j: explanation.interest_top_scores[j][0])
+    assert explanation.merged_top[0] == (explanation.interest_top_items[best][0], best)
+    assert len(explanation.merged_top) == 10 and {j for _, j in explanation.merged_top} <= set(range(k))
+    assert main(["explain", str(compared / "mind"), "u3", "--out", str(tmp_path / "h.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "interest 1 retrieves:" in printed and "merged top 10" in printed
+    assert explanation.merged_top[0][0] in printed
