@@ -173,7 +173,8 @@ def model_interests(model: RetrievalModel, histories: Sequence[np.ndarray], prof
         vectors.append(output.interest_vectors.numpy())
         masks.append(output.valid_interest_mask.numpy())
     if not vectors:
-        return np.zeros((0, model.num_interests, model.config.embedding_dim), np.float32), np.zeros((0, 0), bool)
+        k = model.num_interests
+        return np.zeros((0, k, model.config.embedding_dim), np.float32), np.zeros((0, k), bool)
     return np.concatenate(vectors), np.concatenate(masks)
 
 
