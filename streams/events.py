@@ -29,16 +29,13 @@ import re
 import time
 from dataclasses import dataclass
 
-from streams.store import MAX_USER_ID_LENGTH, USER_ID_PATTERN
+from streams.ids import MAX_EVENT_ID_LENGTH, MAX_ITEM_ID_LENGTH, MAX_USER_ID_LENGTH, USER_ID_PATTERN
 
-MAX_ITEM_ID_LENGTH = 128
-MAX_EVENT_ID_LENGTH = 128
 MAX_BEHAVIOR_LENGTH = 32
 # Below this a timestamp is read as seconds, from it up as milliseconds (see the module docstring).
 SECONDS_MS_THRESHOLD = 10**11
 DEFAULT_MAX_FUTURE_S = 86_400.0
 
-# User ids end up in Milvus primary keys ("{user}#{slot}") and filter expressions: the store's rule is the one.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from streams.store import ItemHit, VectorStore, validate_user_id
+from streams.ids import validate_user_id
+from streams.store import ItemHit, VectorStore
 
 __all__ = [
     "MAX_N",

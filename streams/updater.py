@@ -16,6 +16,7 @@ History table value (docs/ARCHITECTURE.md), JSON-able so it travels through the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streams.events import Interaction
+from streams.ids import interest_key
 
 History = dict[str, list]
 
@@ -148,11 +150,6 @@ def compute_interests(runtime: TowerRuntime, histories: Mapping[str, Mapping[str
     return result
 
 
-def interest_key(user_id: str, slot: int) -> str:
-    """Primary key of one interest vector in `user_interests` (docs/ARCHITECTURE.md)."""
-    return f"{user_id}#{slot}"
-
-
 @dataclass
 class Recompute:
     """Everything one batch writes: store rows + keys to delete, and the `interest-updates` messages."""
@@ -179,6 +176,26 @@ def store_operations(interests: Sequence[UserInterests], *, num_interests: int, 
         valid = set(ui.slots)
         delete_keys.extend(interest_key(ui.user_id, s) for s in range(num_interests) if s not in valid)
     return rows, delete_keys
+
+
+def interest_rows(user_id: str, interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, *,
+                  model_version: str, event_ts_ms: int,
+                  updated_at_ms: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """One user's tower output → `store_operations` (rows to write, keys to delete), without a runtime.
+
+    interest_vectors (K, d), valid_interest_mask (K,) bool: valid slots become rows, the others delete keys.
+    """
+    vectors = np.asarray(interest_vectors, dtype=np.float32)
+    mask = np.asarray(valid_interest_mask, dtype=bool)
+    if vectors.ndim != 2 or mask.shape != (vectors.shape[0],):
+        raise ValueError(f"expected interest_vectors (K, d) and valid_interest_mask (K,), got {vectors.shape} "
+                         f"and {mask.shape}")
+    slots = [int(s) for s in np.flatnonzero(mask)]
+    interests = UserInterests(user_id=user_id, slots=slots, interest_vectors=vectors[slots],
+                              event_ts_ms=int(event_ts_ms), known_items=0)
+    updated = int(updated_at_ms if updated_at_ms is not None else time.time() * 1000)
+    return store_operations([interests], num_interests=vectors.shape[0], model_version=model_version,
+                            updated_at_ms=updated)
 
 
 def recompute(runtime: TowerRuntime, histories: Mapping[str, Mapping[str, list]],

@@ -11,7 +11,8 @@ import pytest
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
     from streams.recall import MAX_N, RecalledItem, merge_by_max, recall, validate_n
-    from streams.store import ItemHit, StoreError, VectorStore, interest_rows
+    from streams.store import ItemHit, StoreError, VectorStore
+    from streams.updater import interest_rows
 
 
 def hit(item_index: int, score: float) -> ItemHit:
