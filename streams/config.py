@@ -53,12 +53,18 @@ TABLE_STORES = ("memory://", "rocksdb://")
 # A Kafka broker refuses a session timeout outside group.min/max.session.timeout.ms (defaults 6 s and 30 min).
 MIN_SESSION_TIMEOUT_S, MAX_SESSION_TIMEOUT_S = 6.0, 1800.0
 # A worker whose partitions stay stalled after seeks back to the commit exits with this code (EX_TEMPFAIL),
-# for its supervisor to restart it (streams/app.py, watch_for_stalled_partitions).
+# for its supervisor to restart it (streams/worker/watchdog.py).
 EXIT_STALLED = 75
+EXIT_BAD_INPUT = 2  # a UserError: bad input or setting, said in one line
 HEARTBEAT_INTERVAL_S = 2.0  # well under a third of the shortest session timeout, as Kafka advises
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (bad file, unreachable broker, bad setting): the CLI prints it as one line
+    and exits with EXIT_BAD_INPUT."""
+
+
+class ConfigError(UserError, ValueError):
     """A setting has a value the worker cannot use; the message names the env var and what to do."""
 
 
@@ -190,7 +196,7 @@ class Settings:
         return f"http://{host}:{self.web_port}"
 
     def open_store(self) -> Any:
-        """The vector store these settings name (streams/store.py owns every Milvus call)."""
+        """The vector store these settings name (streams/store/ owns every Milvus call)."""
         from streams.store import VectorStore
 
         return VectorStore(self.milvus_uri, token=self.milvus_token or None, collection_prefix=self.milvus_prefix)
