@@ -73,7 +73,8 @@ _HELP = {
 def _add_setting_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
     for flag, field in flags.items():
         parser.add_argument(flag, dest=field, default=None, metavar=field.split("_")[-1].upper(),
-                            help=f"{_HELP[field]} (env {env_name(field)}, default {default_of(field) or 'unset'})")
+                            help=f"{_HELP[field]} (env {env_name(field)}, "
+                                 f"default {default_of(field) or 'unset'})")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -86,14 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Run the real-time interest updater and recall.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="run the faust worker: interactions -> tower -> Milvus, with HTTP recall",
+    worker = sub.add_parser("worker",
+                            help="run the faust worker: interactions -> tower -> Milvus, with HTTP recall",
                             description="Run the faust worker (wraps `faust -A streams.worker.app worker`).")
     _add_setting_flags(worker, {**_CONNECTION_FLAGS, **_TOPIC_FLAGS, **_WORKER_FLAGS})
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                         help="worker log level (default info)")
 
     produce = sub.add_parser("produce", help="replay an interaction log (CSV, TSV or JSONL) into Kafka",
-                             description="Replay an interaction log into the interactions topic, keyed by user id.")
+                             description="Replay an interaction log into the interactions topic, "
+                                         "keyed by user id.")
     produce.add_argument("file", type=Path,
                          help="CSV/TSV with a header (user_id,item_id,ts[,event_id,behavior]) or JSONL")
     produce.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
@@ -102,17 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "user_id,item_id,-,ts for MovieLens u.data")
     produce.add_argument("--rate", type=float, default=0.0,
                          help="events per second, 0 = as fast as possible (default 0)")
-    produce.add_argument("--limit", type=int, default=0, help="send at most this many events (default 0 = all)")
+    produce.add_argument("--limit", type=int, default=0,
+                         help="send at most this many events (default 0 = all)")
     produce.add_argument("--user", default=None, help="send only this user's events")
     produce.add_argument("--now", action="store_true",
-                         help="stamp each event with the time it is sent (replaying an old log as live traffic)")
+                         help="stamp each event with the time it is sent "
+                              "(replaying an old log as live traffic)")
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_setting_flags(produce, {"--bootstrap": "kafka_bootstrap", "--topic": "topic_interactions",
                                  "--partitions": "partitions"})
 
-    recall = sub.add_parser("recall", help="a user's top-N items (asks the running worker, else opens the store)",
-                            description="Print a user's recall: from the worker's HTTP API when it is up, else "
-                                        "straight from the vector store (a Milvus Lite file is one process's).")
+    recall = sub.add_parser("recall",
+                            help="a user's top-N items (asks the running worker, else opens the store)",
+                            description="Print a user's recall: from the worker's HTTP API when it is up, "
+                                        "else straight from the vector store (a Milvus Lite file is one "
+                                        "process's).")
     recall.add_argument("user", help="user id")
     recall.add_argument("--n", type=int, default=50, help="number of items (default 50)")
     recall.add_argument("--url", default=None,
@@ -123,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(recall, {**_STORE_FLAGS, "--web-host": "web_host", "--web-port": "web_port"})
 
     index = sub.add_parser("index-items", help="load an artifact's item vectors into the vector store",
-                           description="Load the artifact's item vectors (batched) and build the items index.")
+                           description="Load the artifact's item vectors (batched) and build the items "
+                                       "index.")
     index.add_argument("artifact", type=Path, help="artifact directory written by mind-export")
     _add_setting_flags(index, _STORE_FLAGS)
     _add_ops_parsers(sub)
@@ -131,25 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_ops_parsers(sub: Any) -> None:
-    rebuild = sub.add_parser("rebuild", help="recreate every user's vectors from the Kafka log into an empty store",
+    rebuild = sub.add_parser("rebuild",
+                             help="recreate every user's vectors from the Kafka log into an empty store",
                              description="Read the interactions topic from the beginning, apply the worker's "
                                          "history rule and write every user's vectors (stop the worker first "
                                          "when the store is a Milvus Lite file).")
-    rebuild.add_argument("--artifact", type=Path, required=True, help="artifact directory written by mind-export")
+    rebuild.add_argument("--artifact", type=Path, required=True,
+                         help="artifact directory written by mind-export")
     rebuild.add_argument("--source", choices=["log", "changelog"], default="log",
                          help="the interactions log (default) or the worker's table changelog")
     rebuild.add_argument("--drop", action="store_true", help="drop every collection of the store first")
     _add_setting_flags(rebuild, _OPS_FLAGS)
 
     rollout = sub.add_parser("rollout", help="write a new model version's vectors, then switch readers to it",
-                             description="Index the new artifact's items, replay the histories table into its "
-                                         "own collections, then activate it (one pointer row).")
+                             description="Index the new artifact's items, replay the histories table into "
+                                         "its own collections, then activate it (one pointer row).")
     rollout.add_argument("--artifact", type=Path, required=True, help="the NEW artifact directory")
     rollout.add_argument("--source", choices=["log", "changelog"], default="changelog",
                          help="the worker's table changelog (default) or the interactions log")
     _add_setting_flags(rollout, _OPS_FLAGS)
 
-    rollback = sub.add_parser("rollback", help="switch readers back to the model version the current one replaced")
+    rollback = sub.add_parser("rollback",
+                              help="switch readers back to the model version the current one replaced")
     rollback.add_argument("--artifact", type=Path, default=None,
                           help="the previous version's artifact: refresh its vectors from the table first")
     rollback.add_argument("--source", choices=["log", "changelog"], default="changelog",
@@ -182,7 +193,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     os.environ.update(settings.to_env())
     loglevel = {"warning": "warn"}.get(args.loglevel, args.loglevel)  # faust's own spelling
-    argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--loglevel", loglevel]
+    argv = [sys.executable, "-m", "faust", "-A", "streams.worker.app", "worker", "--loglevel", loglevel]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached
@@ -296,7 +307,10 @@ def cmd_index_items(args: argparse.Namespace) -> int:
 # --- rebuild / rollout / rollback (streams/ops.py) ----------------------------------------------------
 
 
-def _ops_command(step: Callable[[Settings, Any, argparse.Namespace], str]) -> Callable[[argparse.Namespace], int]:
+Command = Callable[[argparse.Namespace], int]
+
+
+def _ops_command(step: Callable[[Settings, Any, argparse.Namespace], str]) -> Command:
     """Open the store the flags name, run `step(settings, store, args)`, print its line, close the store."""
     from streams.store import StoreError
 
@@ -346,7 +360,7 @@ def _rollback(settings: Settings, store: Any, args: argparse.Namespace) -> str:
     return f"rolled back from model {current} to {previous}; restart the worker with that version's artifact"
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+COMMANDS: dict[str, Command] = {
     "worker": cmd_worker, "produce": cmd_produce, "recall": cmd_recall, "index-items": cmd_index_items,
     "rebuild": _ops_command(_rebuild), "rollout": _ops_command(_rollout), "rollback": _ops_command(_rollback),
 }

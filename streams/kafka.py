@@ -76,8 +76,8 @@ def _check_partitions(settings: Settings, topics: list[str]) -> None:
             count = len(consumer.partitions_for_topic(topic) or ())
             if count and count != settings.partitions:
                 raise UserError(f"topic {topic} has {count} partitions but MINDSTREAM_PARTITIONS is "
-                                f"{settings.partitions}; pass --partitions {count} (the table changelogs must "
-                                f"match the input topics)")
+                                f"{settings.partitions}; pass --partitions {count} "
+                                f"(the table changelogs must match the input topics)")
     finally:
         consumer.close()
 

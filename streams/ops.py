@@ -70,8 +70,8 @@ def load_runtime(artifact_dir: str | Path) -> Any:
     except ArtifactError as exc:
         raise UserError(str(exc)) from None
     except FileNotFoundError as exc:
-        raise UserError(f"{exc.filename}: not found; point --artifact at a directory written by mind-export") \
-            from None
+        raise UserError(f"{exc.filename}: not found; "
+                        f"point --artifact at a directory written by mind-export") from None
 
 
 # --- reading histories ---------------------------------------------------------------------------------
@@ -139,7 +139,8 @@ def read_sources(settings: Settings, source: str,
 def write_vectors(store: VectorStore, runtime: TowerRuntime, histories: Mapping[str, History],
                   profiles: Mapping[str, Any], *, batch_users: int = 256, stats: ReplayStats | None = None,
                   progress: Callable[[int], None] | None = None) -> ReplayStats:
-    """Recompute every user's interests (one tower call per `batch_users` users) into the runtime's version."""
+    """Recompute every user's interests (one tower call per `batch_users` users) into the runtime's
+    version, then run the store's pending clean-up."""
     stats = stats or ReplayStats()
     version = str(runtime.manifest.model_version)
     users = sorted(u for u, h in histories.items() if h and h.get("items"))

@@ -17,6 +17,8 @@ from typing import Any
 from streams.config import Settings, UserError
 from streams.kafka import ensure_topics, producer
 
+EVENT_FIELDS = ("user_id", "item_id", "ts", "event_id", "behavior")
+
 
 def read_events(path: Path, fmt: str | None = None,
                 columns: str | None = None) -> Iterator[dict[str, Any] | bytes]:
@@ -43,8 +45,8 @@ def read_events(path: Path, fmt: str | None = None,
             header = [c.strip() for c in first]
             rows = reader
         else:
-            raise UserError(f"{path}: first line {delimiter.join(first)[:60]!r} is not a header with user_id, "
-                            f"item_id, ts; pass --columns, e.g. --columns user_id,item_id,-,ts")
+            raise UserError(f"{path}: first line {delimiter.join(first)[:60]!r} is not a header with "
+                            f"user_id, item_id, ts; pass --columns, e.g. --columns user_id,item_id,-,ts")
         missing = {"user_id", "item_id", "ts"} - set(header)
         if missing:
             raise UserError(f"--columns {','.join(header)}: missing {', '.join(sorted(missing))}")
@@ -55,7 +57,7 @@ def read_events(path: Path, fmt: str | None = None,
                 raise UserError(f"{path}:{line_no}: {len(row)} columns, expected {len(header)} "
                                 f"({','.join(header)})")
             record = dict(zip(header, row, strict=False))
-            yield {k: record[k] for k in ("user_id", "item_id", "ts", "event_id", "behavior") if record.get(k)}
+            yield {k: record[k] for k in EVENT_FIELDS if record.get(k)}
 
 
 

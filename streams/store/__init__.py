@@ -110,7 +110,7 @@ class VectorStore:
         return self._db.versions_name
 
     def ensure_collections(self, dim: int, model_version: str) -> None:
-        """Create (if absent) the items and user_interests collections of `model_version`, with dimension `dim`.
+        """Create (if absent) the items and user_interests collections of `model_version`, dimension `dim`.
 
         Idempotent; a collection that exists with another dimension is an error. The first version ever
         created in this store becomes the active one.
@@ -150,29 +150,30 @@ class VectorStore:
         return self._registry.replaced()
 
     def activate_version(self, version: str) -> None:
-        """Point readers at `version` (one single-row write: atomic for every reader). Its items must be in."""
+        """Point readers at `version` (one single-row write, atomic for every reader); its items must be
+        in."""
         self._registry.activate(version, self._items.count)
 
     def rollback(self) -> str:
-        """Re-activate the version the current one replaced; returns it. Its collections were kept as they were."""
+        """Re-activate the version the current one replaced (its collections were kept); returns it."""
         return self._registry.rollback()
 
     def drop_version(self, version: str) -> None:
-        """Drop a version's collections (e.g. an old model after a rollout has settled). Not the active one."""
+        """Drop a version's collections (an old model after a rollout has settled); not the active one."""
         self._registry.drop(version)
         self._interests.cleanup.forget(version)
 
     # --- items ---------------------------------------------------------------------------------------
 
     def upsert_items(self, item_ids: Sequence[str], vectors: np.ndarray, *, model_version: str,
-                     side: Sequence[Mapping[str, Any]] | None = None, first_index: int = 1, batch_size: int = 5000,
-                     progress: bool = True) -> int:
+                     side: Sequence[Mapping[str, Any]] | None = None, first_index: int = 1,
+                     batch_size: int = 5000, progress: bool = True) -> int:
         """Write items (vectors float32 (N, d)); item j gets item_index `first_index + j`. Returns N.
 
         `side`: per item a JSON-able mapping of side-feature values. Batched, with a tqdm progress bar.
         """
-        return self._items.upsert(item_ids, vectors, version=model_version, side=side, first_index=first_index,
-                                  batch_size=batch_size, progress=progress)
+        return self._items.upsert(item_ids, vectors, version=model_version, side=side,
+                                  first_index=first_index, batch_size=batch_size, progress=progress)
 
     def create_item_index(self, index_type: str = "FLAT", params: Mapping[str, Any] | None = None, *,
                           model_version: str, search_params: Mapping[str, Any] | None = None) -> None:
@@ -187,12 +188,13 @@ class VectorStore:
     def count_items(self, model_version: str | None = None) -> int:
         return self._items.count(self._registry.resolve(model_version))
 
-    def get_items(self, item_indices: Sequence[int], *, model_version: str | None = None) -> list[dict[str, Any]]:
+    def get_items(self, item_indices: Sequence[int], *,
+                  model_version: str | None = None) -> list[dict[str, Any]]:
         """Rows (item_index, item_id, side as a dict) of the given item indices, in the order asked."""
         return self._items.get(item_indices, version=self._registry.resolve(model_version))
 
-    def search_items(self, vectors: np.ndarray, top_n: int, *, model_version: str | None = None, filter: str = "",
-                     search_params: Mapping[str, Any] | None = None) -> list[list[ItemHit]]:
+    def search_items(self, vectors: np.ndarray, top_n: int, *, model_version: str | None = None,
+                     filter: str = "", search_params: Mapping[str, Any] | None = None) -> list[list[ItemHit]]:
         """Top-`top_n` items by inner product for each query; ONE batched search call.
 
         vectors float32 (Q, d) -> Q lists of ItemHit, best first. `filter` is a Milvus boolean expression
@@ -217,7 +219,8 @@ class VectorStore:
         target version is `model_version`, else the rows' version, else the active one. A user's rows must
         all be in one call (they become the user's whole set), each (user, slot) once; `delete_keys` are
         ``"{user_id}#{slot}"`` keys, never also written in the same call. The rows become the users' new
-        generation; readers see the old set or the new one. Writing the same rows again leaves the same content.
+        generation; readers see the old set or the new one. Writing the same rows again leaves the same
+        content.
         """
         self._interests.write(rows, delete_keys, model_version=model_version)
 

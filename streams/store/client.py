@@ -79,7 +79,8 @@ class Connection:
             raise StoreError(f"cannot {verb} the vector store at {self.uri}: {first_line(exc)}") from None
 
     def reopen(self) -> None:
-        """Drop the connection and open a new one (a dead Lite server is replaced); StoreError if still down."""
+        """Drop the connection and open a new one (a dead Lite server is replaced); StoreError if still
+        down."""
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - the broken connection is being thrown away
@@ -161,7 +162,8 @@ class Connection:
         """
         schema = self._schemas.get(name)
         if schema is None:
-            schema = self._schemas[name] = self.call("describe " + name, self.client.describe_collection, name)
+            schema = self.call("describe " + name, self.client.describe_collection, name)
+            self._schemas[name] = schema
         entities = [{"name": field["name"], "type": field["type"], "values": columns[field["name"]]}
                     for field in schema["fields"]]
         self.call(what, lite.column_insert(self.client), name, entities, schema=schema)

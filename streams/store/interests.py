@@ -48,7 +48,8 @@ class StoredInterest:
 
 @dataclass
 class PlannedWrite:
-    """One write as columns (row i at index i of each list) plus the slots deleted outside the written users."""
+    """One write as columns (row i at index i of each list), and the slots it deletes of users it does not
+    write."""
 
     columns: dict[str, list] = field(default_factory=dict)
     deleted_slots: dict[str, set[int]] = field(default_factory=dict)
@@ -62,8 +63,8 @@ class PlannedWrite:
         return slots
 
 
-def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *, version: str, generation: int,
-               now: int) -> PlannedWrite:
+def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *, version: str,
+               generation: int, now: int) -> PlannedWrite:
     """Validate a write and lay it out column-wise (pure); ValueError names a bad row or key."""
     keys: set[str] = set()
     row_keys, user_ids, slots, vectors, event_ts_ms, updated_at_ms = [], [], [], [], [], []
@@ -75,7 +76,8 @@ def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *,
             raise ValueError(f"row key {given!r} does not match user {user_id!r} slot {row['slot']}; "
                              f"expected {key!r}")
         if key in keys:
-            raise ValueError(f"interest key {key} appears twice in one write; collapse a user's updates first")
+            raise ValueError(f"interest key {key} appears twice in one write; "
+                             f"collapse a user's updates first")
         keys.add(key)
         row_keys.append(f"{key}#{generation}")
         user_ids.append(user_id)
@@ -94,7 +96,8 @@ def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *,
             plan.deleted_slots.setdefault(user_id, set()).add(slot)
     if row_keys:
         count = len(row_keys)
-        plan.columns = {"key": row_keys, "user_id": user_ids, "slot": slots, "generation": [generation] * count,
+        plan.columns = {"key": row_keys, "user_id": user_ids, "slot": slots,
+                        "generation": [generation] * count,
                         "vector": np.asarray(vectors, dtype=np.float32).reshape(count, -1).tolist(),
                         "model_version": [version] * count, "event_ts_ms": event_ts_ms,
                         "updated_at_ms": updated_at_ms}
@@ -275,19 +278,21 @@ class Interests:
         fields = ["user_id", "slot", "generation", "vector", "model_version", "event_ts_ms", "updated_at_ms"]
         for start in range(0, len(distinct), READ_USERS_PER_QUERY):
             chunk = distinct[start : start + READ_USERS_PER_QUERY]
-            # `user_id == "u"` is about twice as fast as `user_id in ["u"]` on Lite, and recall reads one user.
+            # `user_id == "u"` is about twice as fast as `user_id in ["u"]` on Lite; recall reads one user.
             condition = (f"user_id == {json.dumps(chunk[0])}" if len(chunk) == 1
                          else f"user_id in {_quoted_list(chunk)}")
-            rows += self._db.call("read user interests", self._db.client.query, self._db.interests_name(version),
-                                  filter=condition, output_fields=fields, limit=MAX_QUERY_ROWS)
+            rows += self._db.call("read user interests", self._db.client.query,
+                                  self._db.interests_name(version), filter=condition, output_fields=fields,
+                                  limit=MAX_QUERY_ROWS)
         # Between a write's insert and its cleanup a user has two generations: keep the newest only.
-        newest = {user_id: row["generation"] for user_id, row in latest_by(rows, "user_id", "generation").items()}
+        newest = {user: row["generation"] for user, row in latest_by(rows, "user_id", "generation").items()}
         by_slot: dict[tuple[str, int], StoredInterest] = {}
         for row in rows:
             if row["generation"] != newest[row["user_id"]]:
                 continue
             by_slot[(row["user_id"], int(row["slot"]))] = StoredInterest(
-                user_id=row["user_id"], slot=int(row["slot"]), vector=np.asarray(row["vector"], dtype=np.float32),
+                user_id=row["user_id"], slot=int(row["slot"]),
+                vector=np.asarray(row["vector"], dtype=np.float32),
                 model_version=row["model_version"], event_ts_ms=int(row["event_ts_ms"]),
                 updated_at_ms=int(row["updated_at_ms"]))
         for (user_id, _), interest in sorted(by_slot.items()):

@@ -90,7 +90,7 @@ class Items:
 
     def create_index(self, index_type: str, params: Mapping[str, Any] | None, *, version: str,
                      search_params: Mapping[str, Any] | None) -> None:
-        """(Re)build the vector index of `version`'s items and load it; see `VectorStore.create_item_index`."""
+        """(Re)build the vector index of `version`'s items and load it (`VectorStore.create_item_index`)."""
         index_type = index_type.upper()
         allowed = LITE_INDEX_TYPES if self._db.is_lite else SERVER_INDEX_TYPES
         if index_type not in allowed:
@@ -100,8 +100,8 @@ class Items:
                              f"(use {', '.join(allowed)}){hint}")
         if self._db.is_lite and index_type != "FLAT":
             _log.warning("Milvus Lite searches its growing segments with an interim index that ignores %s "
-                         "parameters (recall@50 was 0.285 on random vectors); FLAT is exact at similar latency",
-                         index_type)
+                         "parameters (recall@50 was 0.285 on random vectors); FLAT is exact at similar "
+                         "latency", index_type)
         name = self._db.items_name(version)
         params = dict(params or {})
         search = dict(search_params or {})
@@ -117,8 +117,8 @@ class Items:
             call("release " + name, client.release_collection, name)
             for index_name in call("list indexes", client.list_indexes, name):
                 call("drop index", client.drop_index, name, index_name)
-            call("build index on " + name, client.create_index, name, self._db.vector_index(index_type, params),
-                 timeout_s=build_s)
+            call("build index on " + name, client.create_index, name,
+                 self._db.vector_index(index_type, params), timeout_s=build_s)
         call("load " + name, client.load_collection, name, timeout_s=build_s)
         self._registry.set_index(version, index_type, params, search)
 
@@ -150,13 +150,13 @@ class Items:
         results = self._db.call("search items", self._db.client.search, self._db.items_name(version),
                                 data=queries, limit=int(top_n), filter=filter, output_fields=["item_id"],
                                 search_params=params)
-        return [[ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"])) for hit in hits]
-                for hits in results]
+        return [[ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"]))
+                 for hit in hits] for hits in results]
 
 
-def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = "FLAT", batch_size: int = 5000,
-                *, index_params: Mapping[str, Any] | None = None, search_params: Mapping[str, Any] | None = None,
-                progress: bool = True) -> str:
+def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = "FLAT",
+                batch_size: int = 5000, *, index_params: Mapping[str, Any] | None = None,
+                search_params: Mapping[str, Any] | None = None, progress: bool = True) -> str:
     """Fill the `items` collection of the artifact's model version from the artifact, build its index.
 
     Loads item ids, vectors and side features through `export.runtime`, creates the version's collections

@@ -39,8 +39,8 @@ def refuse_if_locked_elsewhere(uri: str, error: type[Exception]) -> None:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise error(
-                f"Milvus Lite file {uri} is open in another process (lock {lock} is held); a Lite file is one "
-                f"process's at a time: stop that process, or use a Milvus server URI"
+                f"Milvus Lite file {uri} is open in another process (lock {lock} is held); a Lite file is "
+                f"one process's at a time: stop that process, or use a Milvus server URI"
             ) from None
         fcntl.lockf(handle, fcntl.LOCK_UN)
 
@@ -61,8 +61,9 @@ def index_primary_keys(uri: str, collection: str) -> None:
 
     Works around: Milvus Lite 2.5.1 keeps a collection's rows in a table ``"{name}"(id, milvus_id, data)`` and
     runs every delete (an upsert's too) as ``DELETE ... WHERE milvus_id IN (...)`` with no index on
-    ``milvus_id``, a scan of the whole table per call (no upstream report found). The running server picks the
-    index up by itself (SQLite re-prepares statements after a schema change); dropping the collection drops it.
+    ``milvus_id``, a scan of the whole table per call (no upstream report found). The running server picks
+    the index up by itself (SQLite re-prepares statements after a schema change); dropping the collection
+    drops it.
     A file of another layout is left as it is, and a failure only costs speed, so it is logged.
     """
     import sqlite3
@@ -85,10 +86,10 @@ def index_primary_keys(uri: str, collection: str) -> None:
 def column_insert(client: Any) -> Any:
     """A callable ``(collection, entities, schema=..., timeout=...)`` inserting rows given column by column.
 
-    Works around: `MilvusClient.insert(rows)` packs row dicts field by field in Python (the row path added in
-    milvus-io/pymilvus PR 1434), several times slower than the column path the ORM's `Collection.insert` takes,
-    which `MilvusClient` does not expose: this reaches it through the private `_get_connection()`. Called inside
-    the store's error translation: on a dead connection `_get_connection()` itself raises.
+    Works around: `MilvusClient.insert(rows)` packs row dicts field by field in Python (the row path added
+    in milvus-io/pymilvus PR 1434), several times slower than the column path the ORM's `Collection.insert`
+    takes, which `MilvusClient` does not expose: this reaches it through the private `_get_connection()`.
+    Called inside the store's error translation: on a dead connection `_get_connection()` itself raises.
     """
 
     def batch_insert(*args: Any, **kwargs: Any) -> Any:

@@ -117,11 +117,13 @@ class VersionRegistry:
                              filter='name like "version:%"', output_fields=["name", "seq", "value"])
         metas = {name.split(":", 1)[1]: json.loads(row["value"])
                  for name, row in latest_by(rows, "name", "seq").items()}
-        alive = [(meta["created_at_ms"], version) for version, meta in metas.items() if not meta.get("dropped")]
-        return [version for _, version in sorted(alive)]
+        alive = sorted((meta["created_at_ms"], version) for version, meta in metas.items()
+                       if not meta.get("dropped"))
+        return [version for _, version in alive]
 
     def activate(self, version: str, count_items: Callable[[str], int]) -> None:
-        """Point readers at `version` (one single-row write: atomic for every reader). Its items must be in."""
+        """Point readers at `version` (one single-row write, atomic for every reader); its items must be
+        in."""
         validate_version(version)
         if self.get(f"version:{version}") is None:
             raise StoreError(f"model version {version} has no collections here; "
@@ -152,7 +154,8 @@ class VersionRegistry:
         validate_version(version)
         pointer = self.get(CURRENT_KEY)
         if pointer is not None and pointer["version"] == version:
-            raise StoreError(f"model version {version} is active; activate another version before dropping it")
+            raise StoreError(f"model version {version} is active; "
+                             f"activate another version before dropping it")
         for name in (self._db.items_name(version), self._db.interests_name(version)):
             if self._db.has(name):
                 self._db.drop(name)
