@@ -7,39 +7,24 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-import numpy as np
-
 from streams.config import Settings
 from streams.events import encode_event
+from streams.updater import Recompute
 from streams.worker.batches import BatchProcessor, Popularity
 from streams.worker.service import Resources, WorkerService
 
 
-class CountingTower:
-    """One valid slot per user, whose vector is (history length, 0)."""
+class RecordingResources(Resources):
+    """Skips the tower and the store: each write is recorded as user -> history length."""
 
-    manifest = SimpleNamespace(model_version="v1", num_interests=1, max_history_length=8)
-
-    def encode_histories(self, histories):
-        length = max(1, *(len(h) for h in histories))
-        mask = np.array([[j < len(h) for j in range(length)] for h in histories])
-        return mask.astype(np.int64), mask
-
-    def encode_profiles(self, profiles):
-        return np.zeros((len(profiles), 1), np.int64)
-
-    def infer(self, history, history_mask, profile):
-        n = history_mask.sum(axis=1).astype(np.float32)
-        return SimpleNamespace(interest_vectors=np.stack([n, 0 * n], 1)[:, None, :],
-                               valid_interest_mask=(n >= 1)[:, None])
-
-
-class RecordingStore:
     def __init__(self) -> None:
-        self.writes: list[list[dict]] = []
+        super().__init__(SimpleNamespace(manifest=SimpleNamespace(model_version="v1")), None, max_len=8)
+        self.writes: list[dict[str, int]] = []
 
-    def write_user_interests(self, rows, delete_keys=()):
-        self.writes.append(list(rows))
+    def recompute_and_write(self, users, user_profiles):
+        self.writes.append({user: len(history["items"]) for user, history in users.items()})
+        updates = [{"user_id": user, "model_version": "v1", "num_interests": 1} for user in users]
+        return Recompute(rows=[], delete_keys=[], updates=updates, interests=[])
 
 
 class Event:
@@ -53,10 +38,10 @@ def message(key: bytes | None, value: bytes | None, offset: int, topic: str = "i
     return Event(key, value, offset, topic)
 
 
-def processor() -> tuple[BatchProcessor, dict, dict, RecordingStore]:
-    store = RecordingStore()
+def processor() -> tuple[BatchProcessor, dict, dict, RecordingResources]:
+    store = RecordingResources()
     settings = Settings.from_env({})
-    service = WorkerService(settings, open_resources=lambda: Resources(CountingTower(), store, max_len=8))
+    service = WorkerService(settings, open_resources=lambda: store)
     sent: dict[str, list] = {"updates": [], "dlq": []}
 
     async def send_update(**kwargs):
@@ -78,7 +63,7 @@ def test_a_duplicate_delivery_in_a_batch_and_across_batches_is_applied_once():
     asyncio.run(batch.interactions([message(b"u1", first, 2)]))
 
     assert [item[0] for item in tables["histories"]["u1"]["items"]] == ["i1"]
-    assert len(store.writes) == 1 and [u["key"] for u in sent["updates"]] == ["u1"]
+    assert store.writes == [{"u1": 1}] and [u["key"] for u in sent["updates"]] == ["u1"]
     assert sent["dlq"] == []
 
 
@@ -106,7 +91,8 @@ def test_a_profile_change_is_stored_and_refreshes_a_user_with_a_history_and_a_to
                                        message(b"bad key!", profile, 2, "user-profiles")]))
 
     assert tables["profiles"] == {"u1": {"cohort": "a"}, "nobody": {"cohort": "a"}}
-    assert len(store.writes) == 2 and [u["key"] for u in sent["updates"]] == ["u1", "u1"]  # nobody: no history
+    assert store.writes == [{"u1": 1}, {"u1": 1}]  # nobody: no history, nothing to recompute
+    assert [u["key"] for u in sent["updates"]] == ["u1", "u1"]
     assert [dict(d["headers"])["mindstream-reason"].decode()[:15] for d in sent["dlq"]] == ["user_id format:"]
 
     asyncio.run(batch.profile_changes([message(b"u1", None, 3, "user-profiles")]))

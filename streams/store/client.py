@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ ITEMS = "items"
 USER_INTERESTS = "user_interests"
 VERSIONS = "mindstream_versions"
 PREFIX_PATTERN = re.compile(r"(|[A-Za-z_][A-Za-z0-9_]{0,63})")
+Field = tuple[str, str, dict[str, Any]]  # (name, pymilvus DataType member, add_field options)
 
 
 class StoreError(Exception):
@@ -126,6 +127,19 @@ class Connection:
 
     def has(self, name: str) -> bool:
         return bool(self.call("look up " + name, self.client.has_collection, name))
+
+    def ensure_collection(self, name: str, fields: Sequence[Field], dim: int | None = None) -> None:
+        """Create `name` with `fields` unless it exists; an existing one must have vectors of `dim`."""
+        from pymilvus import DataType, MilvusClient
+
+        if self.has(name):
+            if dim is not None:
+                self.check_dim(name, dim)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        for field, kind, options in fields:
+            schema.add_field(field, getattr(DataType, kind), **options)
+        self.create(name, schema)
 
     def vector_index(self, index_type: str, params: Mapping[str, Any]) -> Any:
         index_params = self.client.prepare_index_params()

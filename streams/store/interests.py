@@ -187,23 +187,15 @@ class Interests:
         self.cleanup = cleanup
 
     def ensure_collection(self, version: str, dim: int) -> str:
-        from pymilvus import DataType, MilvusClient
-
+        """Create `version`'s user_interests collection if absent. Users are read by key, never searched;
+        Milvus still wants a vector index to load a collection (FLAT)."""
         name = self._db.interests_name(version)
-        if self._db.has(name):
-            self._db.check_dim(name, dim)
-            return name
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=KEY_COLUMN_LENGTH)
-        schema.add_field("user_id", DataType.VARCHAR, max_length=MAX_USER_ID_LENGTH)
-        schema.add_field("slot", DataType.INT32)
-        schema.add_field("generation", DataType.INT64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("model_version", DataType.VARCHAR, max_length=64)
-        schema.add_field("event_ts_ms", DataType.INT64)
-        schema.add_field("updated_at_ms", DataType.INT64)
-        # Users are read by key, never searched; Milvus still wants a vector index to load a collection.
-        self._db.create(name, schema)
+        fields = [("key", "VARCHAR", {"is_primary": True, "max_length": KEY_COLUMN_LENGTH}),
+                  ("user_id", "VARCHAR", {"max_length": MAX_USER_ID_LENGTH}),
+                  ("slot", "INT32", {}), ("generation", "INT64", {}), ("vector", "FLOAT_VECTOR", {"dim": dim}),
+                  ("model_version", "VARCHAR", {"max_length": 64}),
+                  ("event_ts_ms", "INT64", {}), ("updated_at_ms", "INT64", {})]
+        self._db.ensure_collection(name, fields, dim)
         return name
 
     def write(self, rows: Sequence[Mapping[str, Any]], delete_keys: Iterable[str], *,

@@ -51,18 +51,13 @@ class Items:
         self._registry = registry
 
     def ensure_collection(self, version: str, dim: int) -> str:
-        from pymilvus import DataType, MilvusClient
-
+        """Create `version`'s items collection if absent (FLAT until `create_index` says otherwise)."""
         name = self._db.items_name(version)
-        if self._db.has(name):
-            self._db.check_dim(name, dim)
-            return name
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("item_index", DataType.INT64, is_primary=True)
-        schema.add_field("item_id", DataType.VARCHAR, max_length=ITEM_ID_COLUMN_LENGTH)
-        schema.add_field("side", DataType.VARCHAR, max_length=SIDE_COLUMN_LENGTH)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        self._db.create(name, schema)  # FLAT until create_index says otherwise
+        fields = [("item_index", "INT64", {"is_primary": True}),
+                  ("item_id", "VARCHAR", {"max_length": ITEM_ID_COLUMN_LENGTH}),
+                  ("side", "VARCHAR", {"max_length": SIDE_COLUMN_LENGTH}),
+                  ("vector", "FLOAT_VECTOR", {"dim": dim})]
+        self._db.ensure_collection(name, fields, dim)
         return name
 
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, *, version: str,

@@ -48,17 +48,13 @@ class VersionRegistry:
     def ensure_collection(self) -> None:
         if self._ready:
             return
-        from pymilvus import DataType, MilvusClient
-
-        name = self._db.versions_name
-        if not self._db.has(name):
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=160)
-            schema.add_field("name", DataType.VARCHAR, max_length=128)
-            schema.add_field("seq", DataType.INT64)
-            schema.add_field("value", DataType.VARCHAR, max_length=VALUE_MAX_LENGTH)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=_DUMMY_DIM)
-            self._db.create(name, schema)
+        self._db.ensure_collection(self._db.versions_name, [
+            ("key", "VARCHAR", {"is_primary": True, "max_length": 160}),
+            ("name", "VARCHAR", {"max_length": 128}),
+            ("seq", "INT64", {}),
+            ("value", "VARCHAR", {"max_length": VALUE_MAX_LENGTH}),
+            ("vector", "FLOAT_VECTOR", {"dim": _DUMMY_DIM}),
+        ])
         self._ready = True
 
     def register(self, version: str, dim: int) -> None:
