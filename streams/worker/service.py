@@ -113,6 +113,11 @@ class Resources:
             metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
             return result
 
+    def close(self) -> None:
+        """Blocking: run the store's pending clean-up and close it, after any write in progress."""
+        with self.write_lock:
+            self.store.close()
+
     def reconnect_store(self) -> None:
         """Blocking: a fresh store connection (a dead Lite server is replaced); StoreError if still down."""
         with self.write_lock:
@@ -151,7 +156,7 @@ class WorkerService(faust.Service):
     async def on_stop(self) -> None:
         if self.resources is not None and not self.outage.is_down:
             try:
-                await asyncio.to_thread(self.resources.store.close)
+                await asyncio.to_thread(self.resources.close)
             except StoreError as exc:
                 log.warning("closing the vector store: %s", exc)
 
