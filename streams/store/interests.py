@@ -192,7 +192,8 @@ class Interests:
         name = self._db.interests_name(version)
         fields = [("key", "VARCHAR", {"is_primary": True, "max_length": KEY_COLUMN_LENGTH}),
                   ("user_id", "VARCHAR", {"max_length": MAX_USER_ID_LENGTH}),
-                  ("slot", "INT32", {}), ("generation", "INT64", {}), ("vector", "FLOAT_VECTOR", {"dim": dim}),
+                  ("slot", "INT32", {}), ("generation", "INT64", {}),
+                  ("vector", "FLOAT_VECTOR", {"dim": dim}),
                   ("model_version", "VARCHAR", {"max_length": 64}),
                   ("event_ts_ms", "INT64", {}), ("updated_at_ms", "INT64", {})]
         self._db.ensure_collection(name, fields, dim)
