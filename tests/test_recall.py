@@ -12,7 +12,8 @@ with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which 
     warnings.simplefilter("ignore")
     from export.merge import InterestList, merge_interests
     from streams.recall import MAX_N, RecalledItem, recall, validate_n
-    from streams.store import StoreError, VectorStore, interest_rows
+    from streams.store import StoreError, VectorStore
+    from streams.updater import interest_rows
 
 
 @pytest.mark.parametrize(("given", "expected"), [(1, 1), ("50", 50), (" 7 ", 7), (MAX_N, MAX_N), (np.int64(3), 3)])

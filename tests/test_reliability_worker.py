@@ -198,7 +198,7 @@ def wrong_over_http(worker, expected: dict[str, np.ndarray]) -> list[str]:
 
 def check_histories(env: dict[str, str], stream: Stream, max_len: int) -> tuple[int, int]:
     """The table from its changelog: (users with a repeated event, users whose history is not the expected one)."""
-    from streams.rebuild import histories_from_changelog
+    from streams.ops import histories_from_changelog
 
     table = histories_from_changelog(Settings.from_env(env))
     repeated = wrong = 0
@@ -333,7 +333,7 @@ def test_a_rollout_never_shows_an_empty_or_mixed_recall_and_can_be_rolled_back(
         crashed, artifact_dir, runtime, tmp_path):
     """Roll a second model (other weights, same items) out over the crashed-and-recovered store while a
     reader recalls in a loop; then roll back and forward again with the CLI."""
-    from streams.rebuild import rollout
+    from streams.ops import rollout
     from streams.recall import recall
 
     env = crashed["env"]

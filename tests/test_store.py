@@ -15,7 +15,9 @@ import pytest
 
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
-    from streams.store import StoreError, VectorStore, interest_key, interest_rows, validate_user_id
+    from streams.ids import interest_key
+    from streams.store import StoreError, VectorStore, validate_user_id
+    from streams.updater import interest_rows
 
 _prefixes = itertools.count()
 

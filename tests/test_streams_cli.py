@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import UserError, build_parser, format_recall, read_events, to_message
+from streams.cli import UserError, build_parser, format_recall
 from streams.config import ConfigError, Settings
 from streams.events import Interaction, parse_event
+from streams.produce import read_events, to_message
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

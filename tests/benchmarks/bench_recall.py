@@ -40,7 +40,8 @@ if not _had_blas_threads:
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
     from streams.recall import recall  # noqa: E402
-    from streams.store import VectorStore, interest_rows  # noqa: E402
+    from streams.store import VectorStore  # noqa: E402
+    from streams.updater import interest_rows  # noqa: E402
 
 DIM = 64
 NUM_INTERESTS = 4
