@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from artifact_fixture import build_tiny_artifact, build_tiny_run
+from support.artifact import build_tiny_artifact, build_tiny_run
 
 from export.artifact import MANIFEST_FILE, ArtifactError, sha256_file
 from export.cli import main as export_main

@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import delete_topics, die_with_parent, unique_name
 from kafka import KafkaConsumer, KafkaProducer
+from support.basics import die_with_parent, unique_name
+from support.topics import delete_topics
 
 # A ceiling against hanging forever, not a performance assertion.
 RECEIVE_TIMEOUT_S = 60.0

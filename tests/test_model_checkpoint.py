@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model_mind import NUM_ITEMS, batch, tiny_features, tiny_model
+from support.tiny_model import NUM_ITEMS, batch, tiny_features, tiny_model
 
 from model.checkpoint import CHECKPOINT_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 

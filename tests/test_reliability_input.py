@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_reliability_worker import payloads
+from support.payloads import labelled_payloads, payloads
 
 from export.artifact import ArtifactError
 from export.runtime import UserTowerRuntime
@@ -68,6 +68,16 @@ def test_every_payload_is_either_a_valid_interaction_or_a_rejection_with_a_docum
     again = parse_event(encode_event(result.user_id, result.item_id, result.ts_ms / 1000, event_id=result.event_id,
                                      behavior=result.behavior), now_ms=NOW_MS)
     assert again == result
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=labelled_payloads())
+def test_a_payload_breaking_one_rule_is_rejected_for_that_rule_and_an_intact_one_is_accepted(payload):
+    result = parse_event(payload.raw)  # the generator's timestamps are relative to the real clock
+    if payload.expected is None:
+        assert isinstance(result, Interaction), result
+    else:
+        assert isinstance(result, Rejection) and result.reason.startswith(payload.expected), (payload, result)
 
 
 @settings(max_examples=300, deadline=None)

@@ -37,7 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import BIN, REPO_ROOT, Worker, http_json, path_size_mb, summary_ms
+from common import BIN, http_json, path_size_mb, summary_ms
+from support.basics import free_port
+from support.milvus import release_all_lite_servers
+from support.topics import create_topics, delete_topics
+from support.worker import Worker, index_items
 
 ZIPF_USERS = 1.1
 ZIPF_ITEMS = 0.8
@@ -70,31 +74,18 @@ def make_histories(rng: np.random.Generator, item_ids: list[str], users: int, ma
 
 
 def kafka_kwargs() -> dict[str, Any]:
-    return {"bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092").split(",")}
+    return {"bootstrap_servers": bootstrap().split(",")}
 
 
-def create_topics(topics: dict[str, int], compact: set[str] = frozenset()) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(**kafka_kwargs())
-    try:
-        admin.create_topics([NewTopic(name, parts, 1, topic_configs={"cleanup.policy": "compact"} if name in compact else {})
-                             for name, parts in topics.items()])
-    finally:
-        admin.close()
+def bootstrap() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092")
 
 
-def delete_topics(topics: list[str]) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(**kafka_kwargs())
-    try:
-        admin.delete_topics(topics)
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
-    finally:
-        admin.close()
+def bench_worker(name: str, artifact: Path, workdir: Path, env: dict[str, str]) -> Worker:
+    """A worker of this benchmark with its own Milvus Lite file, data dir and web port under `workdir`."""
+    env = {**os.environ, **env, "MINDSTREAM_MILVUS_URI": str(workdir / f"{name}.db"),
+           "MINDSTREAM_WEB_PORT": str(free_port()), "MINDSTREAM_DATA_DIR": str(workdir / f"{name}-data")}
+    return Worker(env=env, artifact_dir=artifact, log_path=workdir / f"{name}.log", loglevel="warning")
 
 
 def seed_changelog(topic: str, histories: dict[str, dict], partitions: int) -> float:
@@ -339,8 +330,8 @@ def drain_rate(workers: list[Worker], topic: str, source: EventSource, backlog: 
     while series[-1][1] < backlog and time.perf_counter() - started < timeout:
         time.sleep(0.25)
         series.append((time.perf_counter() - started, applied() - base))
-        if any(w.process.poll() is not None for w in workers):
-            raise RuntimeError("a worker died while draining; see " + ", ".join(str(w.log_path) for w in workers))
+        if any(w.proc.poll() is not None for w in workers):
+            raise RuntimeError("a worker died while draining; see " + ", ".join(str(w.started_logs[-1]) for w in workers))
     after = [w.metrics() for w in workers]
     t0 = next(t for t, n in series if n >= 0.1 * backlog and t >= produce_s)
     n0 = next(n for t, n in series if t == t0)
@@ -404,19 +395,11 @@ def naive_peer(run_dir: Path, topic: str, histories: dict[str, dict], count: int
     elapsed = time.perf_counter() - started
     consumer.close()
     client.close()
-    release_lite_servers()
+    release_all_lite_servers()
     return {"events": done, "events_per_s": done / elapsed, "seconds": elapsed}
 
 
 # --- the whole streaming benchmark ------------------------------------------------------------------------
-
-
-def release_lite_servers() -> None:
-    """Stop the Milvus Lite server processes this process started (closing a client leaves them running,
-    and an idle Lite server still burns CPU that the next benchmark would then lose)."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_all()
 
 
 def read_artifact(artifact: Path) -> tuple[list[str], int]:
@@ -430,20 +413,13 @@ def new_deployment(tag: str, partitions: int, histories: dict[str, dict], workdi
     app_id = f"bench-{tag}-{os.getpid()}-{int(time.time())}"
     topics = {"interactions": f"{app_id}-interactions", "profiles": f"{app_id}-profiles", "updates": f"{app_id}-updates",
               "dlq": f"{app_id}-dlq", "changelog": f"{app_id}-histories-changelog"}
-    create_topics({topics["interactions"]: partitions, topics["profiles"]: partitions, topics["updates"]: 1,
+    create_topics(bootstrap(), {topics["interactions"]: partitions, topics["profiles"]: partitions, topics["updates"]: 1,
                    topics["dlq"]: 1, topics["changelog"]: partitions}, compact={topics["profiles"], topics["changelog"]})
     seed_s = seed_changelog(topics["changelog"], histories, partitions)
     env = {"MINDSTREAM_APP_ID": app_id, "MINDSTREAM_TOPIC_INTERACTIONS": topics["interactions"],
            "MINDSTREAM_TOPIC_PROFILES": topics["profiles"], "MINDSTREAM_TOPIC_UPDATES": topics["updates"],
            "MINDSTREAM_TOPIC_DLQ": topics["dlq"], "MINDSTREAM_PARTITIONS": str(partitions)}
     return topics, env, seed_s
-
-
-def index_items(artifact: Path, db: Path) -> None:
-    import subprocess
-
-    subprocess.run([str(BIN / "mind-stream"), "index-items", str(artifact), "--milvus-uri", str(db)], cwd=REPO_ROOT,
-                   check=True, capture_output=True)
 
 
 def wait_restored(worker: Worker, user: str, length: int, timeout: float = 600.0) -> float:
@@ -454,7 +430,7 @@ def wait_restored(worker: Worker, user: str, length: int, timeout: float = 600.0
         if answer and answer.get("history_length") == length:
             return time.monotonic() - started
         time.sleep(0.25)
-    raise RuntimeError(f"worker {worker.name}: table not restored after {timeout:.0f} s (log {worker.log_path})")
+    raise RuntimeError(f"worker {worker.url}: table not restored after {timeout:.0f} s (log {worker.started_logs[-1]})")
 
 
 def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None = None,
@@ -486,11 +462,10 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
         topics, env, seed_s = new_deployment("w1", 1, histories, workdir)
         all_topics += topics.values()
         result["setup"]["seed_changelog_s"] = seed_s
-        worker = Worker("w1", artifact, workdir, {**env, **worker_env})
+        worker = bench_worker("w1", artifact, workdir, {**env, **worker_env})
         workers.append(worker)
-        index_items(artifact, worker.db)
-        worker.start()
-        ready_s = worker.wait_ready()
+        index_items(worker.env, artifact)
+        ready_s = worker.start(timeout=180)
         restore_s = wait_restored(worker, "u0", len(histories["u0"]["items"]))
         result["setup"]["worker_ready_s"], result["setup"]["table_restored_s"] = ready_s, ready_s + restore_s
         result["memory_after_restore"] = worker.memory_mb()
@@ -534,13 +509,13 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
         # 3) two workers, two partitions, each with its own Lite file
         topics2, env2, _ = new_deployment("w2", 2, histories, workdir)
         all_topics += topics2.values()
-        pair = [Worker(f"w2-{i}", artifact, workdir, {**env2, **worker_env}) for i in range(2)]
+        pair = [bench_worker(f"w2-{i}", artifact, workdir, {**env2, **worker_env}) for i in range(2)]
         workers += pair
         for w in pair:
-            index_items(artifact, w.db)
-            w.start()
+            index_items(w.env, artifact)
+            w.spawn()
         for w in pair:
-            w.wait_ready()
+            w.wait_ready(timeout=180)
         wait_restored_any(pair, {u: len(histories[u]["items"]) for u in ("u0", "u1", "u2", "u3", "u4", "u5")})
         result["throughput_2_workers"] = drain_rate(pair, topics2["interactions"], EventSource(rng, users, item_ids), backlog)
         result["throughput_2_workers"]["vs_1_worker"] = result["throughput_2_workers"]["events_per_s"] / max_rate
@@ -548,7 +523,7 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
     finally:
         for w in workers:
             w.stop()
-        delete_topics(all_topics)
+        delete_topics(bootstrap(), all_topics)
         result["seconds"] = time.perf_counter() - started
         if tmp is not None:
             tmp.cleanup()
@@ -561,7 +536,7 @@ def start_profiler(worker: Worker, out: Path) -> Any:
     import subprocess
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.process.pid), "--rate", "200",
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.proc.pid), "--rate", "200",
                              "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

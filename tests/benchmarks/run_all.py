@@ -31,6 +31,7 @@ import bench_quality
 import bench_stream
 import bench_tower
 from common import BIN, REPO_ROOT
+from support.milvus import release_all_lite_servers
 
 RUN_DIR = REPO_ROOT / "runs" / "bench-ml100k"
 ARTIFACT = REPO_ROOT / "artifacts" / "bench-ml100k"
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if "recall" in only:
         step(results, "recall", "recall latency: Milvus Lite vs numpy brute force",
              lambda: bench_recall.run(sizes=(100_000,) if quick else (100_000, 1_000_000), repeats=60 if quick else 200))
-        bench_stream.release_lite_servers()
+        release_all_lite_servers()
     if "quality" in only:
         epochs = 1 if quick else 4
         step(results, "quality_ml100k", f"quality on ml-100k ({epochs} epochs each)",
