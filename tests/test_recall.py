@@ -130,12 +130,14 @@ def test_a_cold_start_answer_leaves_excluded_items_out_too(store: VectorStore) -
     assert asked == [4] and [item.item_id for item in result.items] == ["m2", "m4"]
 
 
-def test_one_interest_recall_is_that_interests_search(store: VectorStore) -> None:
+def test_one_interest_recall_is_the_numpy_top_n_of_that_interest(store: VectorStore) -> None:
     vector = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
     store.write_user_interests(*interest_rows("42", vector, np.array([True]), model_version="v1", event_ts_ms=1))
     result = recall(store, 42, 5)
-    assert [item.item_index for item in result.items] == [h.item_index for h in store.search_items(vector, 5)[0]]
-    assert {item.slot for item in result.items} == {0}
+    best = np.argsort(-(store.item_vectors @ vector[0]), kind="stable")[:5]
+    assert [(item.item_id, item.slot) for item in result.items] == [(f"m{j + 1}", 0) for j in best]
+    np.testing.assert_allclose([item.score for item in result.items], (store.item_vectors @ vector[0])[best],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_user_without_vectors_gets_the_fallback_as_a_cold_start(store: VectorStore) -> None:
@@ -150,11 +152,18 @@ def test_a_user_without_vectors_gets_the_fallback_as_a_cold_start(store: VectorS
     assert recall(store, "newcomer", 3).items == []
 
 
-def test_recall_validates_user_and_n_before_touching_the_store(store: VectorStore) -> None:
+class UntouchableStore:
+    """A store any use of which fails the test."""
+
+    def __getattr__(self, name: str) -> None:
+        raise AssertionError(f"recall used the store ({name}) before validating its input")
+
+
+def test_recall_validates_user_and_n_before_touching_the_store() -> None:
     with pytest.raises(ValueError, match="user id"):
-        recall(store, "a#b", 5)
+        recall(UntouchableStore(), "a#b", 5)
     with pytest.raises(ValueError, match="between 1 and"):
-        recall(store, "u1", 0)
+        recall(UntouchableStore(), "u1", 0)
 
 
 def test_recall_on_a_store_without_a_model_says_what_to_run(tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -29,7 +30,10 @@ def test_csv_with_header_becomes_events_the_worker_accepts(tmp_path):
                        {"user_id": "u2", "item_id": "i9", "ts": "978300761.5"}]
     key, value = to_message(records[0], stamp_now=False)
     assert key == b"7"
-    assert parse_event(value) == Interaction("7", "1193", 978_300_760_000, parse_event(value).event_id, "rating")
+    # Sent without an event id: the id is derived from (user, item, time, behavior), so a re-send is recognised.
+    derived = "h:" + hashlib.sha256("\x1f".join(("7", "1193", "978300760000", "rating")).encode()).hexdigest()[:24]
+    assert parse_event(value) == Interaction("7", "1193", 978_300_760_000, derived, "rating")
+    assert "event_id" not in json.loads(value)
 
 
 def test_headerless_tsv_needs_columns_and_reads_movielens_u_data(tmp_path):

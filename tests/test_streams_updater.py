@@ -7,7 +7,6 @@ tests/test_streams_worker.py.
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,8 +25,12 @@ from streams.updater import (
 K = 4
 
 
+# Valid slots the fake tower reports for n known items (a table, so no test re-derives it from a formula).
+VALID_SLOTS_BY_LENGTH = {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2}
+
+
 class FakeTower:
-    """Knows items i1..i50; K'u = max(1, min(K, floor(log2 n))); vectors encode (row sum, slot)."""
+    """Knows items i1..i50; valid slots from VALID_SLOTS_BY_LENGTH; vectors encode (row sum, slot, profile)."""
 
     def __init__(self) -> None:
         self.manifest = SimpleNamespace(model_version="v1", num_interests=K, max_history_length=6)
@@ -50,8 +53,7 @@ class FakeTower:
     def infer(self, history, history_mask, profile):
         self.infer_calls += 1
         self.batch_sizes.append(history.shape[0])
-        n = history_mask.sum(axis=1)
-        k = np.maximum(1, np.minimum(K, np.floor(np.log2(np.maximum(n, 1))))).astype(int)
+        k = np.array([VALID_SLOTS_BY_LENGTH[int(n)] for n in history_mask.sum(axis=1)])
         valid = np.arange(K)[None, :] < k[:, None]
         vectors = np.zeros((history.shape[0], K, 3), np.float32)
         vectors[:, :, 0] = history.sum(axis=1)[:, None]
@@ -132,14 +134,14 @@ def test_user_whose_items_are_all_unknown_gets_no_vector_and_all_slots_deleted()
     assert rows == [] and deletes == [interest_key("cold", s) for s in range(K)]
 
 
-def test_interest_count_grows_with_history_length():
+def test_a_growing_history_keeps_exactly_the_slots_the_tower_marks_valid():
     tower = FakeTower()
-    counts = []
+    slots = []
     for n in (1, 2, 4, 6):
         history, _ = apply_events(empty_history(), [ev("u", f"i{j}", j) for j in range(1, n + 1)], max_len=6, max_seen=9)
         (ui,) = compute_interests(tower, {"u": history})
-        counts.append(len(ui.slots))
-    assert counts == [max(1, min(K, math.floor(math.log2(n)))) for n in (1, 2, 4, 6)] == [1, 1, 2, 2]
+        slots.append(ui.slots)
+    assert slots == [[0], [0], [0, 1], [0, 1]]
 
 
 def test_primary_keys_are_unique_within_a_call():
