@@ -43,9 +43,10 @@ WAIT_S = 240  # ceiling against hanging (2 shared cores), not a performance asse
 
 def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_nothing_is_lost(
         kafka_bootstrap, artifact_dir, runtime, tmp_path):
-    """The worker's store is a Milvus server (http:// URI). It is down when the worker starts: the worker stays
-    up, says so, commits nothing. It comes up: everything is applied. It is killed (SIGKILL) while events
-    stream in and stays down a while: nothing is dead-lettered, and once it is back every user is right."""
+    """The worker's store is a Milvus server (http:// URI). It is down when the worker starts: the worker
+    stays up, says so, commits nothing. It comes up: everything is applied. It is killed (SIGKILL) while
+    events stream in and stays down a while: nothing is dead-lettered, and once it is back every user is
+    right."""
     from kafka import KafkaProducer
 
     server = MilvusTcpServer(tmp_path / "server.db", free_port())
@@ -57,8 +58,8 @@ def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_
     figures: dict = {"messages": len(stream.messages), "users": 200}
     try:
         w.spawn()
-        down_at_start = w.wait_for(lambda: (h := w.health()) and h[1].get("status") == "degraded" and h, WAIT_S,
-                                   "worker reporting the server down", interval=0.3)
+        down_at_start = w.wait_for(lambda: (h := w.health()) and h[1].get("status") == "degraded" and h,
+                                   WAIT_S, "worker reporting the server down", interval=0.3)
         produce_stream(kafka_bootstrap, topic, first)
         w.wait_for(lambda: committed_lag(w) == len(first), 30, "the first events on the topic")
         w.wait_for(lambda: w.metric("mindstream_events_in_total") > 0, WAIT_S, "the worker read events")
@@ -69,7 +70,8 @@ def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_
         up = time.monotonic()
         w.wait_for(lambda: committed_lag(w) == 0, WAIT_S, "caught up once the server is up")
         figures["catch_up_after_start_s"] = round(time.monotonic() - up, 1)
-        w.wait_for(lambda: (h := w.health()) and h[1].get("status") == "ok", 30, "healthy once the server is up")
+        w.wait_for(lambda: (h := w.health()) and h[1].get("status") == "ok", 30,
+                   "healthy once the server is up")
 
         # Mid-stream: a paced producer, and the server killed once the worker has read part of it.
         read_before = w.metric("mindstream_events_in_total")
@@ -105,10 +107,12 @@ def test_a_milvus_server_down_at_start_then_killed_mid_stream_is_waited_for_and_
         figures["retries"] = w.metric("mindstream_batch_retries_total")
         expected = expected_vectors(runtime, stream, sorted(stream.events_of))
         wrong = wrong_over_http(w, expected)
-        figures.update(users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(env)), health_seen=sorted(statuses))
+        figures.update(users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(env)),
+                       health_seen=sorted(statuses))
         print(f"\nMilvus server outages: {figures}; health at start {down_at_start}")
         assert down_at_start[0] == 503 and server.uri in down_at_start[1]["error"]
-        assert figures["lags_while_down_at_start"] == [len(first)]  # nothing committed while the server was down
+        # nothing committed while the server was down
+        assert figures["lags_while_down_at_start"] == [len(first)]
         assert "degraded" in statuses and figures["lag_at_end_of_outage"] > 0
         assert figures["retries"] >= 1
         assert wrong == [] and figures["dlq"] == 0
@@ -132,7 +136,8 @@ def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes
                       MINDSTREAM_BATCH_SIZE="128", MINDSTREAM_STALL_TIMEOUT_S="10")
     workers = []
     for name in ("a", "b"):
-        env = dict(base, MINDSTREAM_WEB_PORT=str(free_port()), MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{name}"))
+        env = dict(base, MINDSTREAM_WEB_PORT=str(free_port()),
+                   MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{name}"))
         workers.append(Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / f"worker-{name}.log",
                               own_session=True))
     victim, survivor = workers
@@ -142,11 +147,14 @@ def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes
         for w in workers:
             w.start()
         # Both members own partitions before the stream starts (the group settles after the second join).
-        survivor.wait_for(lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
-                          WAIT_S, "both workers assigned partitions", interval=0.3)
-        # Any worker answers for any user: a request for a user whose history the other worker owns is passed
-        # there (faust's table routing), so both give the same rows and the same history (not 0 on one of them).
-        warm = make_stream(list(runtime.item_ids()), 40, 120, seed_=14, user_prefix="fw", dup_rate=0, late_rate=0)
+        survivor.wait_for(
+            lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
+            WAIT_S, "both workers assigned partitions", interval=0.3)
+        # Any worker answers for any user: a request for a user whose history the other worker owns is
+        # passed there (faust's table routing), so both give the same rows and the same history (not 0 on
+        # one of them).
+        warm = make_stream(list(runtime.item_ids()), 40, 120, seed_=14, user_prefix="fw", dup_rate=0,
+                           late_rate=0)
         produce_stream(kafka_bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], warm.messages)
         survivor.wait_for(lambda: committed_lag(survivor) == 0, WAIT_S, "the warm-up stream committed")
         for user, events in warm.events_of.items():
@@ -155,11 +163,13 @@ def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes
             recalls = [get_json(f"{w.url}/recall/{user}?n=5&exclude_seen=true") for w in workers]
             assert recalls[0] == recalls[1]
             assert not {item for item, _, _ in events} & {r["item_id"] for r in recalls[0]["items"]}
-        before_stream = committed_lag(survivor), {w.url: w.metric_or_zero("mindstream_events_in_total") for w in workers}
+        before_stream = (committed_lag(survivor),
+                         {w.url: w.metric_or_zero("mindstream_events_in_total") for w in workers})
         produce_stream(kafka_bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages)
         victim_read_before = before_stream[1][victim.url]
-        victim.wait_for(lambda: victim.metric_or_zero("mindstream_events_in_total") >= victim_read_before + 1000,
-                        WAIT_S, "the victim read 1,000 events", interval=0.05)
+        victim.wait_for(
+            lambda: victim.metric_or_zero("mindstream_events_in_total") >= victim_read_before + 1000,
+            WAIT_S, "the victim read 1,000 events", interval=0.05)
         figures["victim_read_at_kill"] = int(victim.metric_or_zero("mindstream_events_in_total"))
         figures["survivor_read_at_kill"] = int(survivor.metric_or_zero("mindstream_events_in_total"))
         victim.kill9()
@@ -169,7 +179,8 @@ def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes
 
         def supervised_lag() -> int:
             # The test plays the supervisor a deployment has (compose `restart: on-failure`, Kubernetes): a
-            # worker that exits EXIT_STALLED (its partitions stalled in faust, see streams/app.py) is restarted.
+            # worker that exits EXIT_STALLED (its partitions stalled in faust, see streams/app.py) is
+            # restarted.
             if survivor.proc.poll() == EXIT_STALLED:
                 restarts.append(time.monotonic() - killed)
                 survivor.start()

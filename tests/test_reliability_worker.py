@@ -69,7 +69,8 @@ def test_http_endpoints_bind_to_localhost_and_refuse_bad_input(live, runtime):
                 listening.add(local.split(":")[0])
     assert listening == {"0100007F"}, f"web port {port} listens on {listening}, expected 127.0.0.1 only"
     for path in ("/recall/u1?n=0", "/recall/u1?n=-3", "/recall/u1?n=abc", "/recall/u1?n=1001",
-                 f"/recall/u1?n={10**12}", "/recall/bad%20user", "/recall/" + "x" * 129, "/recall/%F0%9F%98%80",
+                 f"/recall/u1?n={10**12}", "/recall/bad%20user", "/recall/" + "x" * 129,
+                 "/recall/%F0%9F%98%80",
                  "/recall/a%22%29%20or%20%28true", "/users/bad%23user/interests"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(live.url + path, timeout=10)
@@ -77,7 +78,8 @@ def test_http_endpoints_bind_to_localhost_and_refuse_bad_input(live, runtime):
         assert "error" in json.loads(refused.value.read()), path
     # n at its maximum is accepted: with fewer items than that in the catalogue, every item comes back once.
     items = list(runtime.item_ids())
-    live.produce([(b"http-max", json.dumps({"user_id": "http-max", "item_id": items[0], "ts": time.time()}).encode())])
+    value = json.dumps({"user_id": "http-max", "item_id": items[0], "ts": time.time()}).encode()
+    live.produce([(b"http-max", value)])
     wait_until(lambda: live.interests("http-max")["interests"], WAIT_S, what="vectors of http-max")
     answer = get_json(f"{live.url}/recall/http-max?n=1000")
     assert not answer["cold_start"]
@@ -98,19 +100,22 @@ def test_fuzzed_payloads_each_end_in_the_dlq_with_a_reason_or_are_applied_and_go
     for j, payload in enumerate(batch):
         if j % 6 == 0:
             user, item, ts = good[j // 6]
-            messages.append((user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts}).encode()))
+            messages.append((user.encode(),
+                             json.dumps({"user_id": user, "item_id": item, "ts": ts}).encode()))
         messages.append((payload.key, payload.raw))
     for user, item, ts in good[len(batch) // 6 + 1 :]:
         messages.append((user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts}).encode()))
     sent_good = {(u, i, t) for u, i, t in good}
     broken = [p for p in batch if p.expected is not None]
     assert 0 < len(broken) < len(batch), "the batch must mix valid and broken payloads"
-    before = {name: live.metric(name) for name in ("mindstream_events_in_total", "mindstream_events_applied_total",
+    before = {name: live.metric(name) for name in ("mindstream_events_in_total",
+                                                   "mindstream_events_applied_total",
                                                    "mindstream_events_duplicate_total")}
     dlq_before = len(dlq_messages(live.env))
     produce_stream(live.env["KAFKA_BOOTSTRAP"], live.env["MINDSTREAM_TOPIC_INTERACTIONS"], messages)
-    wait_until(lambda: live.metric("mindstream_events_in_total") >= before["mindstream_events_in_total"] + len(messages),
-               WAIT_S, what="every fuzzed message read")
+    read_target = before["mindstream_events_in_total"] + len(messages)
+    wait_until(lambda: live.metric("mindstream_events_in_total") >= read_target, WAIT_S,
+               what="every fuzzed message read")
     live.wait_for(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="fuzz batch committed")
     dead = dlq_messages(live.env)[dlq_before:]
     reason_of = {m.value: dict(m.headers)["mindstream-reason"].decode() for m in dead}
@@ -118,12 +123,13 @@ def test_fuzzed_payloads_each_end_in_the_dlq_with_a_reason_or_are_applied_and_go
           f"{len(dead)} in the DLQ; rules: {sorted({p.expected for p in broken})}")
     # Exactly the broken payloads are in the DLQ, with their original bytes and the rule each one breaks.
     assert sorted(m.value for m in dead) == sorted(p.raw for p in broken)
-    wrong_reason = [(p.expected, reason_of[p.raw]) for p in broken if not reason_of[p.raw].startswith(p.expected)]
+    wrong_reason = [(p.expected, reason_of[p.raw]) for p in broken
+                    if not reason_of[p.raw].startswith(p.expected)]
     assert wrong_reason == []
     # Every valid payload was applied or recognised as a duplicate (the documented event-id rule).
     accepted = len(batch) - len(broken)
-    applied = live.metric("mindstream_events_applied_total") - before["mindstream_events_applied_total"]
-    duplicates = live.metric("mindstream_events_duplicate_total") - before["mindstream_events_duplicate_total"]
+    applied, duplicates = (live.metric(name) - before[name] for name in (
+        "mindstream_events_applied_total", "mindstream_events_duplicate_total"))
     assert applied + duplicates == accepted + len(sent_good)
     # The good users' vectors are exactly what their events give.
     for user in sorted({u for u, _, _ in good}):
@@ -132,7 +138,8 @@ def test_fuzzed_payloads_each_end_in_the_dlq_with_a_reason_or_are_applied_and_go
         tower = runtime.infer(hist, mask, runtime.encode_profiles([None]))
         want = tower.interest_vectors[0][tower.valid_interest_mask[0]]
         got = live.interests(user)
-        vectors = np.array([r["vector"] for r in sorted(got["interests"], key=lambda r: r["slot"])], dtype=np.float32)
+        vectors = np.array([r["vector"] for r in sorted(got["interests"],
+                                                        key=lambda r: r["slot"])], dtype=np.float32)
         np.testing.assert_allclose(vectors, want, rtol=1e-5, atol=1e-5)
     assert live.proc.poll() is None  # never crashed, never restarted
     assert "Traceback" not in live.started_logs[-1].read_text(errors="replace")
@@ -191,8 +198,10 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
     retries = live.metric("mindstream_batch_retries_total") - retries_before
     dead = dlq_messages(live.env)[dlq_before:]
     print(f"\nstore outage: {len(stream.messages)} messages over {n_users} users, {outage_s:.0f}s down "
-          f"({len(set(kills))} server processes killed), {retries:.0f} retries, lag during outage {lag_in_outage} "
-          f"(second half {len(stream.messages) - half}), caught up {catch_up_s:.1f}s after, health seen {sorted(statuses)}")
+          f"({len(set(kills))} server processes killed), {retries:.0f} retries, lag during "
+          f"outage {lag_in_outage} "
+          f"(second half {len(stream.messages) - half}), caught up {catch_up_s:.1f}s after, health "
+          f"seen {sorted(statuses)}")
     assert "degraded" in statuses and live.proc.poll() is None  # alive and saying why
     assert lag_in_outage == len(stream.messages) - half  # nothing of the outage was committed
     assert dead == []  # not one good event dead-lettered for the outage
@@ -217,7 +226,8 @@ def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_appl
     w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log", own_session=True)
     try:
         w.spawn()
-        seen = wait_until(lambda: (h := w.health()) and h[1].get("status") == "degraded" and h, WAIT_S, interval=0.3,
+        seen = wait_until(lambda: (h := w.health()) and h[1].get("status") == "degraded" and h, WAIT_S,
+                          interval=0.3,
                           what="worker reporting the locked store")
         produce_stream(kafka_bootstrap, env["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages)
         wait_until(lambda: committed_lag(w) == len(stream.messages), 30, what="all events on the topic")
@@ -227,14 +237,17 @@ def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_appl
         alive_while_locked = w.proc.poll() is None
         released = time.monotonic()
         release_lite(holder)
-        w.wait_for(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5, what="caught up once the file is free")
+        w.wait_for(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5,
+                   what="caught up once the file is free")
         catch_up_s = time.monotonic() - released
         wait_until(lambda: (h := w.health()) and h[1].get("status") == "ok", 30, what="healthy again")
         expected = expected_vectors(runtime, stream, sorted(stream.events_of))
         wrong = wrong_over_http(w, expected)
         dead = dlq_messages(env)
-        print(f"\nlocked store at start: {len(stream.messages)} messages over 60 users; health while locked {seen}; "
-              f"read {read_while_locked:.0f}, lag while locked {sorted(set(lags_while_locked))}; caught up {catch_up_s:.1f}s after the lock was released; "
+        print(f"\nlocked store at start: {len(stream.messages)} messages over 60 users; "
+              f"health while locked {seen}; "
+              f"read {read_while_locked:.0f}, lag while locked {sorted(set(lags_while_locked))}; caught up "
+              f"{catch_up_s:.1f}s after the lock was released; "
               f"wrong vectors {len(wrong)}, DLQ {len(dead)}")
         assert seen[0] == 503 and "is open in another process" in seen[1]["error"]
         assert alive_while_locked and set(lags_while_locked) == {len(stream.messages)}

@@ -41,7 +41,8 @@ WAIT_S = 60  # ceiling against hanging, not a performance assertion
 
 
 @pytest.fixture(scope="module")
-def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+def worker(kafka_bootstrap: str, artifact_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
     tmp = tmp_path_factory.mktemp("stream-worker")
     env = worker_env(kafka_bootstrap, tmp)
@@ -63,13 +64,15 @@ def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, by
 
 
 def cli_recall(worker: Worker, user: str, n: int, *flags: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json", *flags],
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json",
+                             *flags],
                             env=worker.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]], profile: dict | None = None) -> np.ndarray:
+def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]],
+                       profile: dict | None = None) -> np.ndarray:
     """Offline recompute: (item, ts) pairs → the valid interest vectors (K'u, d), as the worker must store."""
     items = [item for item, _ in sorted(history, key=lambda p: p[1])][-runtime.manifest.max_history_length:]
     hist, mask = runtime.encode_histories([items])
@@ -78,7 +81,8 @@ def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float
 
 
 def stored_vectors(answer: dict) -> np.ndarray:
-    return np.array([row["vector"] for row in sorted(answer["interests"], key=lambda r: r["slot"])], dtype=np.float32)
+    return np.array([row["vector"] for row in sorted(answer["interests"],
+                                                     key=lambda r: r["slot"])], dtype=np.float32)
 
 
 def wait_for_user(worker: Worker, user: str, latest_ts_s: float, history_length: int) -> dict:
@@ -88,12 +92,14 @@ def wait_for_user(worker: Worker, user: str, latest_ts_s: float, history_length:
     def reflected() -> dict | None:
         answer = worker.interests(user)
         rows = answer["interests"]
-        if rows and all(r["event_ts_ms"] == latest_ms for r in rows) and answer["history_length"] == history_length:
+        if (rows and all(r["event_ts_ms"] == latest_ms for r in rows)
+                and answer["history_length"] == history_length):
             return answer
         return None
 
     try:
-        return wait_until(reflected, WAIT_S, interval=0.2, what=f"vectors of {user} reflecting ts {latest_ms}")
+        return wait_until(reflected, WAIT_S, interval=0.2,
+                          what=f"vectors of {user} reflecting ts {latest_ms}")
     except TimeoutError:
         print(worker.log_tail())
         raise
@@ -134,13 +140,16 @@ def test_interest_count_grows_as_one_users_history_grows(worker, runtime):
     history: list[tuple[str, float]] = []
     seen_counts = []
     for n_new in (1, 1, 2, 4):
-        new = [(items[(5 * len(history) + j) % len(items)], now - 50 + len(history) + j) for j in range(n_new)]
+        new = [(items[(5 * len(history) + j) % len(items)],
+                now - 50 + len(history) + j) for j in range(n_new)]
         history += new
         worker.produce([event("grower", item, ts) for item, ts in new])
         answer = wait_for_user(worker, "grower", history[-1][1], len(history))
-        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5,
+                                   atol=1e-6)
         seen_counts.append(len(answer["interests"]))
-    assert seen_counts == sorted(seen_counts) and seen_counts[-1] > seen_counts[0]  # 1, 1, 2, 3 for 1, 2, 4, 8 items
+    # 1, 1, 2, 3 for 1, 2, 4, 8 items
+    assert seen_counts == sorted(seen_counts) and seen_counts[-1] > seen_counts[0]
 
 
 def test_a_duplicate_delivery_changes_nothing(worker, runtime):
@@ -166,7 +175,8 @@ def test_an_event_without_id_sent_twice_is_applied_once(worker, runtime):
     first = wait_for_user(worker, "noid", ts, 1)
     dup_before = worker.metric("mindstream_events_duplicate_total")
     worker.produce([event("noid", item, ts)])
-    wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= dup_before + 1, WAIT_S, what="duplicate")
+    wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= dup_before + 1, WAIT_S,
+               what="duplicate")
     assert worker.interests("noid") == first  # both deliveries derive the same event id
 
 
@@ -179,8 +189,8 @@ def test_a_burst_for_one_user_ends_in_one_consistent_state(worker, runtime, kafk
     worker.produce([event("burst", item, ts) for item, ts in history])
     # The newest ts is the 8th event sent: a batch that ends after it already looks final by ts and length,
     # so wait for all 40 to be applied (the counter moves after the store write) before reading.
-    wait_until(lambda: worker.metric("mindstream_events_applied_total") >= applied_before + len(history), WAIT_S,
-               what="the 40 burst events applied")
+    wait_until(lambda: worker.metric("mindstream_events_applied_total") >= applied_before + len(history),
+               WAIT_S, what="the 40 burst events applied")
     latest = max(ts for _, ts in history)
     answer = wait_for_user(worker, "burst", latest, runtime.manifest.max_history_length)
     expected = expected_interests(runtime, history)
@@ -188,7 +198,8 @@ def test_a_burst_for_one_user_ends_in_one_consistent_state(worker, runtime, kafk
     assert [row["slot"] for row in answer["interests"]] == list(range(len(expected)))  # no stale slot left
 
     # The last interest-update for the user reflects the final state.
-    updates = [json.loads(m.value) for m in read_topic(kafka_bootstrap, worker.env["MINDSTREAM_TOPIC_UPDATES"], 3000)
+    updates = [json.loads(m.value) for m in read_topic(kafka_bootstrap,
+                                                       worker.env["MINDSTREAM_TOPIC_UPDATES"], 3000)
                if m.key == b"burst"]
     assert updates, "no interest-updates message for the burst user"
     assert updates[-1]["event_ts_ms"] == int(round(latest * 1000))
@@ -207,12 +218,16 @@ def test_malformed_events_go_to_the_dlq_with_reasons_and_good_ones_around_them_a
         (b"x", json.dumps({"item_id": items[0], "ts": now}).encode(), "missing field user_id"),
         (b"x", json.dumps({"user_id": "x", "ts": now}).encode(), "missing field item_id"),
         (b"x", json.dumps({"user_id": "x", "item_id": items[0]}).encode(), "missing field ts"),
-        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": "yesterday"}).encode(), "wrong type for ts"),
-        (b"x", json.dumps({"user_id": {"id": 1}, "item_id": items[0], "ts": now}).encode(), "wrong type for user_id"),
-        (b"x", json.dumps({"user_id": "bad user!", "item_id": items[0], "ts": now}).encode(), "user_id format"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": "yesterday"}).encode(),
+         "wrong type for ts"),
+        (b"x", json.dumps({"user_id": {"id": 1}, "item_id": items[0], "ts": now}).encode(),
+         "wrong type for user_id"),
+        (b"x", json.dumps({"user_id": "bad user!", "item_id": items[0], "ts": now}).encode(),
+         "user_id format"),
         (b"x", json.dumps({"user_id": "x", "item_id": "i" * 500, "ts": now}).encode(), "item_id too long"),
         (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": -5}).encode(), "ts negative"),
-        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": now + 10 * 86400}).encode(), "ts too far"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": now + 10 * 86400}).encode(),
+         "ts too far"),
         (None, b"", "bad JSON"),
     ]
     good_before = [(items[1], now - 10), (items[2], now - 9)]
@@ -222,7 +237,8 @@ def test_malformed_events_go_to_the_dlq_with_reasons_and_good_ones_around_them_a
     worker.produce(messages)
     history = good_before + good_after
     answer = wait_for_user(worker, "mixed", history[-1][1], 4)
-    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5,
+                               atol=1e-6)
 
     dead = wait_until(lambda: len(found := dlq_messages(worker.env)) >= len(bad) and found, WAIT_S,
                       what=f"{len(bad)} messages in the DLQ")
@@ -230,7 +246,8 @@ def test_malformed_events_go_to_the_dlq_with_reasons_and_good_ones_around_them_a
     for _key, value, reason in bad:
         assert value in by_value, f"{value[:40]!r} ({reason}) not in the DLQ"
         assert by_value[value]["mindstream-reason"].decode().startswith(reason), by_value[value]
-        assert by_value[value]["mindstream-source"].startswith(worker.env["MINDSTREAM_TOPIC_INTERACTIONS"].encode())
+        source_topic = worker.env["MINDSTREAM_TOPIC_INTERACTIONS"].encode()
+        assert by_value[value]["mindstream-source"].startswith(source_topic)
     assert worker.proc.poll() is None  # the agent (and the worker) survived all of it
 
 
@@ -240,7 +257,8 @@ def test_a_profile_change_refreshes_that_users_vectors(worker, runtime):
     history = [(items[(13 * j) % len(items)], now - 15 + j) for j in range(6)]
     worker.produce([event("profiled", item, ts) for item, ts in history])
     before = wait_for_user(worker, "profiled", history[-1][1], 6)
-    np.testing.assert_allclose(stored_vectors(before), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(before), expected_interests(runtime, history), rtol=1e-5,
+                               atol=1e-6)
     profile = {"cohort": runtime.vocab.profile["cohort"][2]}
     expected = expected_interests(runtime, history, profile)
     assert not np.allclose(stored_vectors(before), expected, atol=1e-4)  # the profile matters to this tower
@@ -253,14 +271,16 @@ def test_a_profile_change_refreshes_that_users_vectors(worker, runtime):
 
     wait_until(refreshed, WAIT_S, interval=0.2, what="vectors recomputed with the new profile")
     # The two bad profile messages are dead-lettered with their reasons, not fatal.
-    wait_until(lambda: worker.metric("mindstream_profiles_in_total") == 3, WAIT_S, what="3 profile messages read")
+    wait_until(lambda: worker.metric("mindstream_profiles_in_total") == 3, WAIT_S,
+               what="3 profile messages read")
     profiles_topic = worker.env["MINDSTREAM_TOPIC_PROFILES"].encode()
 
     def dead_profiles() -> dict[bytes, str]:
         return {m.key: dict(m.headers)["mindstream-reason"].decode() for m in dlq_messages(worker.env)
                 if dict(m.headers)["mindstream-source"].startswith(profiles_topic + b"/")}
 
-    dead = wait_until(lambda: len(found := dead_profiles()) >= 2 and found, WAIT_S, what="2 profiles dead-lettered")
+    dead = wait_until(lambda: len(found := dead_profiles()) >= 2 and found, WAIT_S,
+                      what="2 profiles dead-lettered")
     assert sorted(dead) == [b"bad key!", b"profiled2"]
     assert dead[b"bad key!"].startswith("user_id format: profile key 'bad key!'")
     assert dead[b"profiled2"].startswith("not an object")
@@ -298,7 +318,8 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     worker.produce([event("restart", item, ts) for item, ts in second])
     history = first + second
     answer = wait_for_user(worker, "restart", second[-1][1], len(history))
-    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5,
+                               atol=1e-6)
     # Resumed from committed offsets: this worker read only the 3 new events, none of the earlier ones.
     assert worker.metric("mindstream_events_in_total") == 3
 
@@ -309,7 +330,8 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     deeper = get_json(f"{worker.url}/recall/restart?n={10 + len(seen)}")
     excluding = get_json(f"{worker.url}/recall/restart?n=10&exclude_seen=true")
     assert excluding["items"] == [i for i in deeper["items"] if i["item_id"] not in seen][:10]
-    assert len(excluding["items"]) == 10 and seen & {i["item_id"] for i in deeper["items"]}  # something to leave out
+    # something to leave out
+    assert len(excluding["items"]) == 10 and seen & {i["item_id"] for i in deeper["items"]}
     assert cli_recall(worker, "restart", 10, "--exclude-seen") == excluding
     with pytest.raises(urllib.error.HTTPError) as refused_flag:
         urllib.request.urlopen(f"{worker.url}/recall/restart?n=5&exclude_seen=maybe", timeout=5)
@@ -350,7 +372,8 @@ def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_
         w.start()
         w.produce([event("rocky", item, ts) for item, ts in second])
         answer = wait_for_user(w, "rocky", second[-1][1], 9)
-        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, first + second), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, first + second),
+                                   rtol=1e-5, atol=1e-6)
         assert w.metric("mindstream_events_in_total") == 4
     finally:
         w.stop()
@@ -360,13 +383,15 @@ def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_
 def test_worker_refuses_an_input_topic_whose_partition_count_its_changelogs_would_not_match(
         kafka_bootstrap, artifact_dir, new_topic, tmp_path):
     topic = new_topic(partitions=2, prefix="interactions")
-    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_TOPIC_INTERACTIONS=topic, MINDSTREAM_PARTITIONS="3")
+    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_TOPIC_INTERACTIONS=topic,
+                     MINDSTREAM_PARTITIONS="3")
     result = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--artifact", str(artifact_dir)],
                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     try:
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
-            f"mind-stream worker: topic {topic} has 2 partitions but MINDSTREAM_PARTITIONS is 3; pass --partitions 2 "
+            f"mind-stream worker: topic {topic} has 2 partitions but MINDSTREAM_PARTITIONS is "
+            "3; pass --partitions 2 "
             "(the table changelogs must match the input topics)")
     finally:
         cleanup_topics(kafka_bootstrap, env)
@@ -382,10 +407,12 @@ def test_when_the_vector_stores_server_dies_the_batch_is_retried_on_a_new_connec
     w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
     items = items_of(runtime)
     now = time.time()
-    messages = [event("lost1", items[0], now - 3), event("lost1", items[1], now - 2), event("lost2", items[2], now - 1)]
+    messages = [event("lost1", items[0], now - 3), event("lost1", items[1], now - 2),
+                event("lost2", items[2], now - 1)]
     try:
         w.start()
-        children = subprocess.run(["pgrep", "-P", str(w.proc.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(["pgrep", "-P", str(w.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
         assert children, "no Milvus Lite server process under the worker"
         for pid in children:
             os.kill(int(pid), signal.SIGKILL)
@@ -400,7 +427,8 @@ def test_when_the_vector_stores_server_dies_the_batch_is_retried_on_a_new_connec
 
         wait_until(written, WAIT_S, interval=0.3, what="vectors written after the store came back")
         lost1 = wait_for_user(w, "lost1", now - 2, 2)
-        np.testing.assert_allclose(stored_vectors(lost1), expected_interests(runtime, [(items[0], now - 3), (items[1], now - 2)]),
+        np.testing.assert_allclose(stored_vectors(lost1),
+                                   expected_interests(runtime, [(items[0], now - 3), (items[1], now - 2)]),
                                    rtol=1e-5, atol=1e-6)
         wait_for_user(w, "lost2", now - 1, 1)
         assert w.metric("mindstream_batch_retries_total") >= 1

@@ -30,7 +30,8 @@ def test_a_declared_metric_without_samples_reads_zero(exposition):
     assert metric_value(exposition, "mindstream_profiles_dlq_total") == 0.0
 
 
-@pytest.mark.parametrize("name", ["mindstream_events_in", "mindstream_event_in_total", "mindstream_nothing_count"])
+@pytest.mark.parametrize("name",
+                         ["mindstream_events_in", "mindstream_event_in_total", "mindstream_nothing_count"])
 def test_a_metric_the_exposition_does_not_declare_fails(exposition, name):
     with pytest.raises(KeyError, match=name):
         metric_value(exposition, name)

@@ -32,7 +32,8 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
     """p50 / p99 / mean / max in milliseconds of latencies given in seconds, and their count."""
     ms = np.asarray(seconds, dtype=float) * 1000.0
     if not len(ms):
-        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"), "max_ms": float("nan")}
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"),
+                "max_ms": float("nan")}
     return {"n": int(len(ms)), "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": float(ms.mean()),
             "max_ms": float(ms.max())}
 

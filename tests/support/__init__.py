@@ -13,7 +13,7 @@ no __init__.py in tests/); the benchmarks put tests/ on sys.path in `tests/bench
 import os
 
 # gRPC (pymilvus' transport) >= 1.80 runs its fork handlers in a child made by fork() while this process
-# holds a channel, and that child can abort (SIGABRT, "epoll_wait error: Bad file descriptor") before it execs:
-# grpc/grpc#43055. Tests open Milvus Lite in-process, then spawn workers with a preexec_fn (which forces
-# fork() over vfork()). Set before anything imports grpc: importing `support` first does.
+# holds a channel, and that child can abort (SIGABRT, "epoll_wait error: Bad file descriptor") before it
+# execs: grpc/grpc#43055. Tests open Milvus Lite in-process, then spawn workers with a preexec_fn (which
+# forces fork() over vfork()). Set before anything imports grpc: importing `support` first does.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")

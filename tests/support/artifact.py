@@ -83,7 +83,8 @@ def build_tiny_run(
         model,
         vocabularies=vocabularies_of(data),
         item_feature_matrix=data.item_features,
-        dataset={"name": "synthetic", "description": f"synthetic_planted seed {seed}, random weights (untrained)"},
+        dataset={"name": "synthetic",
+                 "description": f"synthetic_planted seed {seed}, random weights (untrained)"},
     )
     return TinyRun(Path(run_dir), data, model_version)
 

@@ -36,7 +36,8 @@ class MilvusTcpServer:
         env = dict(os.environ, LD_LIBRARY_PATH=f"{self.lib}:{os.environ.get('LD_LIBRARY_PATH', '')}")
         log = self.db.with_name(f"milvus-server-{self.starts}.log").open("wb")
         self.starts += 1
-        self.proc = subprocess.Popen([str(self.lib / "milvus"), str(self.db), f"127.0.0.1:{self.port}", "ERROR"],
+        self.proc = subprocess.Popen([str(self.lib / "milvus"), str(self.db), f"127.0.0.1:{self.port}",
+                                      "ERROR"],
                                      env=env, cwd=self.db.parent, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 

@@ -16,9 +16,12 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 NOW_S = int(time.time())  # strategies must not read the clock while drawing (hypothesis replays draws)
-_IDS = st.one_of(st.text(max_size=140), st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.none(),
-                 st.floats(allow_nan=True), st.lists(st.integers(), max_size=2), st.just("u" * 128), st.just("u" * 129))
-_TS = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True, allow_infinity=True),
+_IDS = st.one_of(st.text(max_size=140), st.integers(min_value=-(2**70), max_value=2**70), st.booleans(),
+                 st.none(),
+                 st.floats(allow_nan=True), st.lists(st.integers(), max_size=2), st.just("u" * 128),
+                 st.just("u" * 129))
+_TS = st.one_of(st.integers(min_value=-(2**70), max_value=2**70),
+                st.floats(allow_nan=True, allow_infinity=True),
                 st.text(max_size=12), st.none(), st.booleans(), st.just(NOW_S + 30 * 86400),
                 st.just(NOW_S * 1000 + 86_400_000 * 2), st.just(-1), st.just(0))
 
@@ -49,7 +52,8 @@ def payloads(draw: st.DrawFn) -> bytes:
     if kind == 2:
         return json.dumps(draw(st.recursive(
             st.none() | st.booleans() | st.floats() | st.text(max_size=8),
-            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+            lambda inner: (st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=3)),
             max_leaves=8))).encode()
     obj = {"user_id": draw(st.one_of(st.from_regex(r"[A-Za-z0-9_.:@\-]{1,20}", fullmatch=True), _IDS)),
            "item_id": draw(st.one_of(st.sampled_from(["c0_1", "c1_2", "nope-item"]), _IDS)),
@@ -78,7 +82,8 @@ _USER_IDS = st.one_of(st.from_regex(r"[A-Za-z0-9_.:@\-]{1,128}", fullmatch=True)
 # Printable text without surrogates (a lone surrogate is not UTF-8) and without control characters.
 _PRINTABLE = st.characters(min_codepoint=32, exclude_characters="\x7f", exclude_categories=("Cs",))
 _ITEM_IDS = st.one_of(st.sampled_from(["c0_1", "c1_2", "c3_9", "nope-item"]),
-                      st.text(_PRINTABLE, min_size=1, max_size=128), st.integers(min_value=0, max_value=2**70))
+                      st.text(_PRINTABLE, min_size=1, max_size=128),
+                      st.integers(min_value=0, max_value=2**70))
 _VALID_TS = st.one_of(st.integers(0, NOW_S), st.floats(0, float(NOW_S)), st.integers(10**11, NOW_S * 1000))
 _NOT_AN_ID = st.one_of(st.booleans(), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
@@ -92,7 +97,8 @@ _BAD_USER_IDS = st.one_of(
 )
 _BROKEN_RULES = (
     None, None, None, "bad JSON (not UTF-8)", "bad JSON (truncated)", "not an object", "missing field",
-    "wrong type for user_id", "user_id format", "wrong type for item_id", "item_id is empty", "item_id too long",
+    "wrong type for user_id", "user_id format", "wrong type for item_id", "item_id is empty",
+    "item_id too long",
     "item_id contains control characters", "wrong type for ts", "ts is not a finite number", "ts negative",
     "ts too far in the future", "wrong type for behavior", "behavior too long", "wrong type for event_id",
     "event_id length",
@@ -135,7 +141,8 @@ def labelled_payloads(draw: st.DrawFn) -> LabelledPayload:
     elif rule == "ts is not a finite number":
         obj["ts"] = draw(st.sampled_from([float("nan"), float("inf")]))
     elif rule == "ts negative":
-        obj["ts"] = draw(st.one_of(st.integers(max_value=-1), st.floats(max_value=-1e-3, allow_infinity=False)))
+        obj["ts"] = draw(st.one_of(st.integers(max_value=-1),
+                                   st.floats(max_value=-1e-3, allow_infinity=False)))
     elif rule == "ts too far in the future":  # more than a day ahead, in seconds or in milliseconds
         ahead_s = draw(st.integers(2 * 86_400, 3650 * 86_400))
         obj["ts"] = draw(st.sampled_from([NOW_S + ahead_s, (NOW_S + ahead_s) * 1000]))
@@ -146,7 +153,8 @@ def labelled_payloads(draw: st.DrawFn) -> LabelledPayload:
     elif rule == "event_id length":
         obj["event_id"] = draw(st.one_of(st.just(""), st.text(_PRINTABLE, min_size=129, max_size=200)))
     if rule == "not an object":
-        raw = json.dumps(draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(), st.text(max_size=8),
+        raw = json.dumps(draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(),
+                                        st.text(max_size=8),
                                         st.booleans(), st.just([obj])))).encode()
     else:
         raw = json.dumps(obj, ensure_ascii=draw(st.booleans())).encode()
@@ -163,7 +171,8 @@ def labelled_payloads(draw: st.DrawFn) -> LabelledPayload:
 
 
 def examples(strategy: st.SearchStrategy, n: int, seed_: int = 20261129) -> list:
-    """`n` values drawn as hypothesis draws them for a test (varied: its first example alone is the simplest)."""
+    """`n` values drawn as hypothesis draws them for a test (varied: its first example alone is the
+    simplest)."""
     collected: list = []
 
     @seed(seed_)

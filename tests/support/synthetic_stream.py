@@ -77,8 +77,10 @@ def expected_vectors(runtime, stream: Stream, users: list[str]) -> dict[str, np.
     return out
 
 
-def stored_vectors_of(env: dict[str, str], users: list[str], version: str | None = None) -> dict[str, np.ndarray]:
-    """Every user's stored vectors, read in this process (the worker must be stopped: Lite is one process's)."""
+def stored_vectors_of(env: dict[str, str], users: list[str],
+                      version: str | None = None) -> dict[str, np.ndarray]:
+    """Every user's stored vectors, read in this process (the worker must be stopped: a Lite file is one
+    process's)."""
     from streams.config import Settings
 
     store = Settings.from_env(env).open_store()
@@ -110,7 +112,8 @@ def wrong_over_http(worker: Worker, expected: dict[str, np.ndarray]) -> list[str
 
 
 def check_histories(env: dict[str, str], stream: Stream, max_len: int) -> tuple[int, int]:
-    """The table from its changelog: (users with a repeated event, users whose history is not the expected one)."""
+    """The table from its changelog: (users with a repeated event, users whose history is not the
+    expected one)."""
     from streams.config import Settings
     from streams.rebuild import histories_from_changelog
 

@@ -50,7 +50,8 @@ def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
         admin.close()
 
 
-def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]], **options: Any) -> None:
+def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]],
+            **options: Any) -> None:
     """Send (key, value) pairs to `topic` with acks=all and wait until all are written.
 
     `options` go to KafkaProducer (e.g. linger_ms, batch_size for large streams).
@@ -67,7 +68,8 @@ def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, b
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> list:
-    """Every message of `topic` from the start (kafka-python ConsumerRecords), ending after `idle_ms` of quiet."""
+    """Every message of `topic` from the start (kafka-python ConsumerRecords), ending after `idle_ms` of
+    quiet."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",

@@ -40,7 +40,8 @@ def worker_env(kafka_bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDSTREAM_", "MILVUS_"))}
     env.update({
         "KAFKA_BOOTSTRAP": kafka_bootstrap, "MINDSTREAM_APP_ID": app_id,
-        "MINDSTREAM_TOPIC_INTERACTIONS": f"{app_id}-interactions", "MINDSTREAM_TOPIC_PROFILES": f"{app_id}-profiles",
+        "MINDSTREAM_TOPIC_INTERACTIONS": f"{app_id}-interactions",
+        "MINDSTREAM_TOPIC_PROFILES": f"{app_id}-profiles",
         "MINDSTREAM_TOPIC_UPDATES": f"{app_id}-updates", "MINDSTREAM_TOPIC_DLQ": f"{app_id}-dlq",
         "MINDSTREAM_PARTITIONS": "3", "MINDSTREAM_MILVUS_URI": str(tmp / "milvus.db"),
         "MINDSTREAM_DATA_DIR": str(tmp / "faust-data"), "MINDSTREAM_WEB_PORT": str(free_port()),
@@ -53,7 +54,8 @@ def worker_topics(env: dict[str, str]) -> list[str]:
     """Every topic a worker with settings `env` uses or creates: its own and faust's internal ones."""
     app_id = env["MINDSTREAM_APP_ID"]
     topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
-    return topics + [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog", f"{app_id}-__assignor-__leader"]
+    return topics + [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog",
+                     f"{app_id}-__assignor-__leader"]
 
 
 def cleanup_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
@@ -134,7 +136,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--artifact", str(self.artifact_dir),
              "--loglevel", self.loglevel],
-            env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+            env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
             start_new_session=self.own_session,
         )
 
@@ -243,7 +246,8 @@ def committed_lag(worker: Worker) -> int:
 
     topic = worker.env["MINDSTREAM_TOPIC_INTERACTIONS"]
     # A consumer that never subscribes only reads the group's committed offsets; it does not join the group.
-    consumer = KafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"], group_id=worker.env["MINDSTREAM_APP_ID"],
+    consumer = KafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"],
+                             group_id=worker.env["MINDSTREAM_APP_ID"],
                              enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
@@ -258,7 +262,8 @@ def dlq_messages(env: dict[str, str]) -> list[Any]:
     return read_topic(env["KAFKA_BOOTSTRAP"], env["MINDSTREAM_TOPIC_DLQ"])
 
 
-FAUST_COMMIT_INTERVAL_S = 2.8  # faust's broker_commit_interval default: acked offsets are committed this often
+# faust's broker_commit_interval default: acked offsets are committed this often
+FAUST_COMMIT_INTERVAL_S = 2.8
 
 
 def lags_across_commits(worker: Worker, intervals: int = 2) -> list[int]:
