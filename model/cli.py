@@ -24,9 +24,10 @@ import numpy as np
 from model.baselines import MODEL_CHOICES, resolve_model_choice
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import ConfigError, MindConfig
-from model.data import DataError, InteractionData, load_dataset, summarize, user_split
+from model.data import DataError, InteractionData, load_dataset, user_split
 from model.datasets import DATASET_NAMES, prepare_dataset
 from model.evaluate import diagnose_interests, evaluate_scorer, format_diagnostics, format_table, model_scorer
+from model.summary import summarize
 
 COMPARE_MODELS = ("mind", "mind1", "youtube_dnn", "popular")
 

@@ -41,8 +41,8 @@ from model.data import (
     build_interaction_data,
     load_dataset,
     save_dataset,
-    synthetic_planted,
 )
+from model.synthetic import synthetic_planted
 
 DATASET_NAMES = ("ml-100k", "ml-1m", "synthetic")
 # Bump when the parsing rules change, so stale caches are rebuilt instead of silently reused.

@@ -19,8 +19,6 @@ from model.data import (
     load_dataset,
     load_interactions,
     save_dataset,
-    summarize,
-    synthetic_planted,
     user_split,
 )
 from model.datasets import (
@@ -31,6 +29,8 @@ from model.datasets import (
     fetch_wheel,
     prepare_dataset,
 )
+from model.summary import summarize
+from model.synthetic import synthetic_planted
 
 REPO = Path(__file__).resolve().parents[1]
 
