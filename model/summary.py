@@ -33,5 +33,6 @@ def summarize(data: InteractionData) -> str:
     if data.behavior_vocab is not None:
         lines.append(f"  behaviours: {', '.join(data.behavior_vocab[1:])}")
     if data.num_items:
-        lines.append(f"  e.g. item {data.item_ids[1]!r}: {data.item_side_text(1) or '(no side features)'}")
+        title = f" {data.item_titles[1]!r}" if data.item_titles else ""
+        lines.append(f"  e.g. item {data.item_ids[1]!r}{title}: {data.item_side_text(1) or '(no side features)'}")
     return "\n".join(lines)
