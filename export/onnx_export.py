@@ -335,6 +335,7 @@ def build_vocab(vocabularies: Mapping[str, Any], item_feature_matrix: Mapping[st
         profile={f: [as_raw_id(v) for v in values] for f, values in vocabularies.get("profile", {}).items()},
         item_features={n: [as_raw_id(v) for v in values] for n, values in vocabularies.get("item_features", {}).items()},
         item_feature_matrix={n: [[int(x) for x in row] for row in np.asarray(m).tolist()] for n, m in item_feature_matrix.items()},
+        item_titles=[str(t) for t in vocabularies["item_titles"]] if vocabularies.get("item_titles") else None,
     )
 
 

