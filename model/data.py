@@ -161,6 +161,14 @@ _PARQUET_SUFFIXES = {".parquet", ".pq"}
 _PANDAS_LINE = re.compile(r"line (\d+)")
 
 
+# How `mind-model data` names each file's columns (the Python API: LogColumns / SideColumns).
+_COLUMN_FLAGS = {
+    "interaction log": "mind-model data --user-col, --item-col, --time-col, --behavior-col",
+    "item file": "mind-model data --item-id-col",
+    "user file": "mind-model data --user-id-col",
+}
+
+
 def _file_kind(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst"}:
@@ -175,7 +183,7 @@ def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
     path = Path(path)
     kind = _file_kind(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file ({what})")
+        raise DataError(f"{path}: no such file ({what}); check the path")
     if path.stat().st_size == 0:
         raise DataError(f"{path}:1: empty file; expected a header line with columns {', '.join(required)}")
     if kind in _PARQUET_SUFFIXES:
@@ -202,7 +210,7 @@ def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
             detail = str(exc).split("C error: ")[-1].strip()
             raise DataError(f"{path}:{line}: malformed row ({detail}); check the separator and quoting") from exc
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
         frame.columns = [str(c).strip() for c in frame.columns]
         # Line of each data row: header is line 1 (assumes no newlines inside quoted fields).
         lines = np.arange(2, len(frame) + 2)
@@ -213,9 +221,12 @@ def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
     for column in required:
         if column not in table.frame.columns:
             found = ", ".join(map(str, table.frame.columns)) or "none"
-            raise DataError(f"{path}:1:{column}: missing column {column!r} ({what}); found columns: {found}")
+            raise DataError(
+                f"{path}:1:{column}: missing column {column!r} ({what}); found columns: {found}; name the column "
+                f"that holds it ({_COLUMN_FLAGS.get(what, 'LogColumns / SideColumns')})"
+            )
     if len(table.frame) == 0:
-        raise DataError(f"{path}:2: no rows after the header ({what})")
+        raise DataError(f"{path}:2: no rows after the header ({what}); is it the right file?")
     return table
 
 
@@ -229,7 +240,7 @@ def _id_column(table: _Table, column: str) -> np.ndarray:
     bad = missing | (values == "").to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"{table.where(row, column)}: empty {column}")
+        raise DataError(f"{table.where(row, column)}: empty {column}; every row needs one: fill it or drop the row")
     return values.to_numpy(dtype=object)
 
 
@@ -267,7 +278,7 @@ def _timestamp_column(table: _Table, column: str, time_format: TimeFormat = "aut
     if pd.api.types.is_datetime64_any_dtype(series):
         if series.isna().any():
             row = int(np.argmax(series.isna().to_numpy()))
-            raise DataError(f"{table.where(row, column)}: missing {column}")
+            raise DataError(f"{table.where(row, column)}: missing {column}; every row needs a time")
         if getattr(series.dt, "tz", None) is not None:
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)
         return series.to_numpy(dtype="datetime64[s]").astype(np.int64)
@@ -573,7 +584,10 @@ def _side_table(table: _Table, id_column: str, columns: SideColumns) -> SideTabl
     for column in [*features, *columns.separators]:
         if column not in table.frame.columns:
             found = ", ".join(map(str, table.frame.columns))
-            raise DataError(f"{table.path}:1:{column}: no column {column!r}; found columns: {found}")
+            raise DataError(
+                f"{table.path}:1:{column}: no column {column!r}; found columns: {found}; check the feature columns "
+                "and separators asked for (mind-model data --item-cols, --profile-cols, --separator)"
+            )
     values: dict[str, list[list[str]]] = {}
     vocab_order: dict[str, list[str]] = {}
     for column in features:
@@ -586,7 +600,10 @@ def _side_table(table: _Table, id_column: str, columns: SideColumns) -> SideTabl
     if columns.title is not None:
         if columns.title not in table.frame.columns:
             found = ", ".join(map(str, table.frame.columns))
-            raise DataError(f"{table.path}:1:{columns.title}: no title column {columns.title!r}; found columns: {found}")
+            raise DataError(
+                f"{table.path}:1:{columns.title}: no title column {columns.title!r}; found columns: {found}; "
+                "check --title-col"
+            )
         titles = [v[0] if v else "" for v in _value_lists(table, columns.title, None)]
     return SideTable(ids=ids, values=values, source=table.path, lines=table.lines.tolist(), vocab_order=vocab_order,
                      titles=titles, id_column=id_column)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from test_streams_worker import REPO_ROOT, Worker, cleanup_topics, event, produce, worker_env
+from test_streams_worker import REPO_ROOT, Worker, event, produce
+from test_streams_worker import worker as live_worker  # noqa: F401 - the fixture, under the name used here
 
 pytestmark = pytest.mark.timeout(240)
 DEPLOY = REPO_ROOT / "deploy"
@@ -148,24 +145,14 @@ def test_compose_mounts_the_dashboard_and_scrapes_the_workers_on_localhost_only_
 
 
 @pytest.fixture(scope="module")
-def metrics_text(kafka_bootstrap: str, artifact_dir: Path, runtime, tmp_path_factory) -> Iterator[str]:  # noqa: ANN001
-    """A live worker's /metrics after one good and one malformed event went through it."""
-    tmp = tmp_path_factory.mktemp("grafana-worker")
-    env = worker_env(kafka_bootstrap, tmp)
-    indexed = subprocess.run([sys.executable, "-m", "streams.cli", "index-items", str(artifact_dir)],
-                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert indexed.returncode == 0, indexed.stderr
-    worker = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    worker.start()
-    try:
-        produce(worker, [event("dash-user", runtime.item_ids()[0], 1_700_000_000.0), (b"dash-user", b"not json")])
-        worker.wait_for(lambda: worker.metric("mindstream_users_recomputed_total") >= 1
-                        and worker.metric("mindstream_events_dlq_total") >= 1, WAIT_S, "one update and one DLQ entry")
-        with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as response:
-            yield response.read().decode()
-    finally:
-        worker.stop()
-        cleanup_topics(kafka_bootstrap, env)
+def metrics_text(live_worker: Worker, runtime) -> str:  # noqa: ANN001, F811 - a fixture argument
+    """The live worker's /metrics after one good and one malformed event went through it."""
+    worker = live_worker
+    produce(worker, [event("dash-user", runtime.item_ids()[0], 1_700_000_000.0), (b"dash-user", b"not json")])
+    worker.wait_for(lambda: worker.metric("mindstream_users_recomputed_total") >= 1
+                    and worker.metric("mindstream_events_dlq_total") >= 1, WAIT_S, "one update and one DLQ entry")
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as response:
+        return response.read().decode()
 
 
 def test_every_dashboard_query_names_series_the_live_worker_exports(metrics_text):

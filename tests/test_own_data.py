@@ -121,8 +121,11 @@ def test_side_columns_choose_features_and_single_valued_columns(tmp_path):
      "log.csv:3:time: time '2024-03-01' is not an integer (expected seconds since the epoch"),
     ("log.csv", "customer,product,time\nc1,p1,2024-03-01\nc1,p2,2024-03-02\n", ["--time-format", "milliseconds"],
      "log.csv:2:time: time '2024-03-01' is not an integer (expected milliseconds since the epoch"),
-    ("log.tsv", "customer\tproduct\nc1\tp1\n", [], "log.tsv:1:time: missing column 'time'"),
-    ("log.csv", "customer,product,time\nc1,p1,5\n,p2,6\n", [], "log.csv:3:customer: empty customer"),
+    ("log.tsv", "customer\tproduct\nc1\tp1\n", [],
+     "log.tsv:1:time: missing column 'time' (interaction log); found columns: customer, product; name the column "
+     "that holds it (mind-model data --user-col, --item-col, --time-col, --behavior-col)"),
+    ("log.csv", "customer,product,time\nc1,p1,5\n,p2,6\n", [],
+     "log.csv:3:customer: empty customer; every row needs one: fill it or drop the row"),
     ("log.csv", "customer,product,time\nc1,p1,5\nc1,p2,6,7\n", [], "log.csv:3: malformed row"),
 ])
 def test_bad_file_is_one_line_naming_file_line_and_column(tmp_path, capsys, file_name, text, flags, expected):
