@@ -25,19 +25,10 @@ import numpy as np
 from model.baselines import MODEL_CHOICES, resolve_model_choice
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import ConfigError, MindConfig
-from model.data import (
-    MULTI_VALUE_SEPARATOR,
-    TIME_FORMATS,
-    DataError,
-    InteractionData,
-    LogColumns,
-    SideColumns,
-    load_dataset,
-    load_interactions,
-    user_split,
-)
+from model.data import MULTI_VALUE_SEPARATOR, DataError, InteractionData, load_dataset, user_split
 from model.datasets import DATASET_NAMES, check_own_name, prepare_dataset, save_own_dataset
 from model.evaluate import diagnose_interests, evaluate_scorer, format_diagnostics, format_table, model_scorer
+from model.logfiles import TIME_FORMATS, LogColumns, SideColumns, load_interactions
 from model.summary import summarize
 
 COMPARE_MODELS = ("mind", "mind1", "youtube_dnn", "popular")

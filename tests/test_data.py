@@ -17,7 +17,6 @@ from model.data import (
     DataError,
     InteractionData,
     load_dataset,
-    load_interactions,
     save_dataset,
     user_split,
 )
@@ -29,6 +28,7 @@ from model.datasets import (
     fetch_wheel,
     prepare_dataset,
 )
+from model.logfiles import load_interactions
 from model.summary import summarize
 from model.synthetic import synthetic_planted
 

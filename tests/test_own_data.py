@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from model.cli import main
-from model.data import DataError, LogColumns, SideColumns, load_interactions
+from model.data import DataError
 from model.datasets import prepare_dataset, prepared_path
+from model.logfiles import LogColumns, SideColumns, load_interactions
 
 OWN_LOG = Path(__file__).resolve().parent / "data" / "own_log"
 SHOP_FLAGS = [
