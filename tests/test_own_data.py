@@ -1,5 +1,7 @@
 """Your own log through `mind-model data --interactions`: column mapping, every time format, buckets, titles,
-bad files and flags in one line, and the shipped example through train (1 epoch) and mind-export.
+bad files and flags in one line, and the shipped example through train (1 epoch) and mind-export. The
+example's `mind-model data` flags are read from the README's "Your own data", so the README's command is
+the one tested.
 
 Budget: ~30 s (one tiny training run and one export on the 60-item shop log in tests/data/own_log/).
 """
@@ -7,6 +9,7 @@ Budget: ~30 s (one tiny training run and one export on the 60-item shop log in t
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,13 +22,23 @@ from model.data import DataError
 from model.datasets import prepare_dataset, prepared_path
 from model.logfiles import LogColumns, SideColumns, load_interactions
 
-OWN_LOG = Path(__file__).resolve().parent / "data" / "own_log"
-SHOP_FLAGS = [
-    "--interactions", str(OWN_LOG / "interactions.csv"), "--items", str(OWN_LOG / "products.csv"),
-    "--users", str(OWN_LOG / "customers.csv"), "--user-col", "customer", "--item-col", "product",
-    "--time-col", "time", "--behavior-col", "event", "--title-col", "title", "--separator", "tags=;",
-    "--bucket", "price=4", "--bucket", "age=3",
-]
+REPO = Path(__file__).resolve().parents[1]
+OWN_LOG = REPO / "tests" / "data" / "own_log"
+
+
+def readme_data_flags() -> list[str]:
+    """The flags of the README's `mind-model data --interactions ... --name shop` command, paths made absolute."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Your own data"):]
+    lines = section[section.index(".venv/bin/mind-model data"):].splitlines()
+    end = next(i for i, line in enumerate(lines) if not line.endswith("\\"))  # continuation lines end in \
+    flags = shlex.split(" ".join(line.rstrip("\\") for line in lines[:end + 1]))[2:]  # after `mind-model data`
+    name = flags.index("--name")
+    del flags[name:name + 2]
+    return [str(REPO / f) if f.startswith("tests/") else f for f in flags]
+
+
+SHOP_FLAGS = readme_data_flags()
 SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4", "--num-negatives", "20",
          "--epochs", "1", "--no-progress"]
 
