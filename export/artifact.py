@@ -143,12 +143,15 @@ class Vocabularies:
     item_ids: raw id per item index (length num_items + 1, entry 0 = "<pad>").
     profile: field -> raw value per index. item_features: name -> raw value per index.
     item_feature_matrix: name -> (num_items + 1, max_values) indices into item_features[name], 0-padded.
+    item_titles: what people call each item (a title or name) per item index, entry 0 = ""; None when the
+    training data had no title column. For display only: no model input.
     """
 
     item_ids: list[str]
     profile: dict[str, list[str]]
     item_features: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     item_feature_matrix: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)
+    item_titles: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,7 +167,16 @@ class Vocabularies:
             item_features={n: [as_raw_id(v) for v in values]
                            for n, values in data.get("item_features", {}).items()},
             item_feature_matrix={n: m for n, m in data.get("item_feature_matrix", {}).items()},
+            item_titles=_titles(data.get("item_titles"), len(data["item_ids"]), source),
         )
+
+
+def _titles(titles: object, num_ids: int, source: str) -> list[str] | None:
+    if titles is None:
+        return None
+    if not isinstance(titles, list) or len(titles) != num_ids:
+        raise ArtifactError(f"{source}: item_titles must be a list with one entry per item_ids entry; re-export the artifact")
+    return [str(t) for t in titles]
 
 
 def as_raw_id(value: object) -> str:

@@ -261,6 +261,10 @@ class UserTowerRuntime:
             features[name] = [[values[v] for v in row if v] for row in matrix[1:]]
         return features
 
+    def item_titles(self) -> list[str] | None:
+        """What people call each item (index order 1..num_items), or None when the artifact has no titles."""
+        return None if self.vocab.item_titles is None else self.vocab.item_titles[1:]
+
 
 def _check_signature(session: ort.InferenceSession, manifest: Manifest, onnx_path: Path) -> None:
     inputs = {i.name: i for i in session.get_inputs()}

@@ -150,4 +150,5 @@ def vocabularies_of(data: Any) -> dict[str, Any]:
         "item_ids": [str(i) for i in data.item_ids],
         "item_features": {k: [str(v) for v in vs] for k, vs in data.item_feature_vocabs.items()},
         "profile": {k: [str(v) for v in vs] for k, vs in data.profile_vocabs.items()},
+        **({"item_titles": [str(t) for t in data.item_titles]} if getattr(data, "item_titles", None) else {}),
     }

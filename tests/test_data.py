@@ -17,10 +17,7 @@ from model.data import (
     DataError,
     InteractionData,
     load_dataset,
-    load_interactions,
     save_dataset,
-    summarize,
-    synthetic_planted,
     user_split,
 )
 from model.datasets import (
@@ -31,6 +28,9 @@ from model.datasets import (
     fetch_wheel,
     prepare_dataset,
 )
+from model.logfiles import load_interactions
+from model.summary import summarize
+from model.synthetic import synthetic_planted
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -260,7 +260,7 @@ def test_a_youtube_dnn_checkpoint_is_refused_with_one_line(tmp_path, capsys):
     from model.baselines import build_model
     from model.checkpoint import save_checkpoint
     from model.config import FeatureSpec, MindConfig, vocabularies_of
-    from model.data import synthetic_planted
+    from model.synthetic import synthetic_planted
 
     data, _ = synthetic_planted(num_users=10, num_clusters=2, items_per_cluster=5, max_interests=2)
     model = build_model("youtube_dnn", MindConfig(embedding_dim=8), FeatureSpec.from_data(data),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.config import MindConfig
-from model.data import synthetic_planted, user_split
+from model.data import user_split
 from model.evaluate import (
     evaluate_scorer,
     model_scorer,
@@ -19,6 +19,7 @@ from model.evaluate import (
     top_n_excluding_history,
     user_split_cases,
 )
+from model.synthetic import synthetic_planted
 from model.train import NegativeSampler, build_samples, make_batch, sampled_softmax_loss, train_model
 
 

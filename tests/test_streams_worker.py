@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,8 @@ from support.worker import (
     cleanup_topics,
     committed_lag,
     dlq_messages,
+    event,
     get_json,
-    index_items,
     worker_env,
 )
 
@@ -40,27 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 60  # ceiling against hanging, not a performance assertion
 
 
-@pytest.fixture(scope="module")
-def worker(kafka_bootstrap: str, artifact_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
-    tmp = tmp_path_factory.mktemp("stream-worker")
-    env = worker_env(kafka_bootstrap, tmp)
-    index_items(env, artifact_dir)
-    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    w.start()
-    try:
-        yield w
-    finally:
-        w.stop()
-        cleanup_topics(kafka_bootstrap, env)
-
-
 # --- helpers: produce, expected vectors ----------------------------------------------------------------
-
-
-def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, bytes]:
-    return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts_s, **extra}).encode()
 
 
 def cli_recall(worker: Worker, user: str, n: int, *flags: str) -> dict:

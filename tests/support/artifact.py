@@ -48,8 +48,8 @@ def build_tiny_run(
 
     from model.checkpoint import save_checkpoint
     from model.config import FeatureSpec, MindConfig, vocabularies_of
-    from model.data import synthetic_planted
     from model.mind import MIND
+    from model.synthetic import synthetic_planted
 
     if num_items % num_clusters:
         raise ValueError(f"num_items ({num_items}) must be a multiple of num_clusters ({num_clusters})")

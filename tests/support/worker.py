@@ -104,6 +104,11 @@ def metric_value(text: str, name: str) -> float:
     raise KeyError(f"no metric {name!r} on /metrics; declared: {', '.join(sorted(families))}")
 
 
+def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, bytes]:
+    """One `interactions` message (key, value) for `user` clicking `item` at `ts_s`."""
+    return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts_s, **extra}).encode()
+
+
 @dataclass
 class Worker:
     """One `mind-stream worker` subprocess and the settings it runs with.
