@@ -3,6 +3,8 @@
     mind-export RUN_DIR --out ARTIFACT_DIR        export, check parity, write the artifact
     mind-export verify ARTIFACT_DIR [--run RUN]   validate files and hashes, run the ONNX tower on sample
                                                   histories, and re-run parity when torch and the run exist
+    mind-export evaluate ARTIFACT_DIR             score what is served (ONNX tower + item vectors + the
+                                                  served merge) on the run's held-out users, per diversity
 
 Bad input prints one line on stderr and exits 2 (usage) or 1 (the run, data or artifact is wrong).
 """
@@ -20,14 +22,17 @@ import numpy as np
 from export.artifact import ArtifactError
 
 VERIFY = "verify"
+EVALUATE = "evaluate"
 
 
 def build_export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mind-export",
-        description="Export a trained MIND checkpoint to a serving artifact (or: mind-export verify ARTIFACT_DIR).",
+        description="Export a trained MIND checkpoint to a serving artifact (or: "
+                    "mind-export verify ARTIFACT_DIR).",
     )
-    parser.add_argument("run_dir", type=Path, help="training run directory holding checkpoint.pt (or the .pt file)")
+    parser.add_argument("run_dir", type=Path,
+                        help="training run directory holding checkpoint.pt (or the .pt file)")
     parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest |onnxruntime - torch| accepted by the parity check (default 1e-4)")
@@ -43,10 +48,29 @@ def build_verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mind-export verify", description="Validate a serving artifact.")
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--run", type=Path, default=None,
-                        help="run directory (or checkpoint) to re-run parity against; default: the one in the manifest")
+                        help="run directory (or checkpoint) to re-run parity against; default: "
+                             "the one in the manifest")
     parser.add_argument("--dataset-cache", type=Path, default=None,
                         help="dataset .npz whose user histories join the parity check")
     parser.add_argument("--no-parity", action="store_true", help="skip the PyTorch parity re-run")
+    return parser
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mind-export evaluate",
+        description="Score the served artifact (ONNX tower, item vectors, the served merge) on the validation "
+                    "and test users of the run it was exported from, for each diversity; choose the serving "
+                    "diversity on validation users.")
+    parser.add_argument("artifact_dir", type=Path)
+    parser.add_argument("--diversity", default="0,0.25,0.5,1",
+                        help="comma-separated diversities λ to evaluate (default: %(default)s)")
+    parser.add_argument("--users", default="validation,test",
+                        help="comma-separated groups of held-out users: validation, test (default: %(default)s)")
+    parser.add_argument("--top-n", type=int, default=50, help="length of the merged list (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("data"),
+                        help="where the run's dataset is cached (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
 
@@ -69,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == VERIFY:
         return _verify(build_verify_parser().parse_args(argv[1:]))
+    if argv and argv[0] == EVALUATE:
+        return _evaluate(build_evaluate_parser().parse_args(argv[1:]))
     return _export(build_export_parser().parse_args(argv))
 
 
@@ -84,11 +110,13 @@ def _export(args: argparse.Namespace) -> int:
         checkpoint = load_run(args.run_dir)
         histories, source = real_histories_for(checkpoint, args.dataset_cache)
         manifest, report = export_artifact(
-            checkpoint, args.out, real_histories=histories, tolerance=args.tolerance, with_coupling=args.with_coupling
+            checkpoint, args.out, real_histories=histories, tolerance=args.tolerance,
+            with_coupling=args.with_coupling
         )
     except (ExportError, ArtifactError) as exc:
         return _fail(str(exc))
-    print(f"wrote {args.out}: model {manifest.model_version}, {manifest.num_items:,} items, d={manifest.embedding_dim}, "
+    print(f"wrote {args.out}: model {manifest.model_version}, {manifest.num_items:,} items, "
+          f"d={manifest.embedding_dim}, "
           f"K={manifest.num_interests}, max history {manifest.max_history_length}, opset {manifest.opset}")
     print(f"{report.summary()}; real histories: {source}")
     return 0
@@ -131,6 +159,35 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else _fail(f"{args.artifact_dir}: parity failed; re-export the artifact")
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from export.evaluate import evaluate_artifact, format_evaluation
+    except ImportError as exc:
+        return _fail(f"evaluate needs the training extras (torch, for the dataset and metrics): {exc}; "
+                     "pip install -e '.[train]'")
+    try:
+        diversities = [float(text) for text in args.diversity.split(",") if text.strip()]
+    except ValueError:
+        return _fail(f"--diversity {args.diversity!r}: give comma-separated numbers, e.g. 0,0.25,0.5,1")
+    if not 1 <= args.top_n <= 1000:
+        return _fail(f"--top-n must be between 1 and 1000, got {args.top_n}")
+    try:
+        summary = evaluate_artifact(args.artifact_dir, cache_dir=args.cache_dir, diversities=diversities,
+                                    groups=[g.strip() for g in args.users.split(",") if g.strip()], n=args.top_n)
+    except (ArtifactError, ValueError) as exc:
+        return _fail(str(exc))
+    print(format_evaluation(summary))
+    if "chosen_diversity" in summary:
+        print(f"chosen by validation user-split Recall@{args.top_n}: diversity {summary['chosen_diversity']:g}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _recorded_checkpoint(runtime) -> Path | None:
     recorded = runtime.manifest.source.get("checkpoint")
     return Path(recorded) if recorded and Path(recorded).is_file() else None
@@ -151,7 +208,8 @@ def smoke_check(runtime, seed: int = 0) -> str:
         raise ValueError(f"{runtime.artifact_dir}: interest_vectors shape {output.interest_vectors.shape} ≠ "
                          f"({len(histories)}, {k}, {d}); re-export the artifact")
     if not np.all(np.isfinite(output.interest_vectors)):
-        raise ValueError(f"{runtime.artifact_dir}: the ONNX tower produced non-finite interest vectors; re-export")
+        raise ValueError(f"{runtime.artifact_dir}: the ONNX tower produced non-finite "
+                         "interest vectors; re-export")
     kept = [min(len(h), manifest.max_history_length) for h in histories[:-1]] + [0]
     if manifest.adaptive_interests:
         expected = np.array([[j == 0 or n >= 2 ** (j + 1) for j in range(k)] for n in kept])
@@ -159,7 +217,9 @@ def smoke_check(runtime, seed: int = 0) -> str:
     else:
         expected, rule = np.ones((len(histories), k), dtype=bool), "all K interests valid"
     if not np.array_equal(output.valid_interest_mask, expected):
-        raise ValueError(f"{runtime.artifact_dir}: valid_interest_mask {output.valid_interest_mask.astype(int).tolist()} "
+        raise ValueError(f"{runtime.artifact_dir}: valid_interest_mask "
+                         f"{output.valid_interest_mask.astype(int).tolist()} "
                          f"does not follow {rule} for lengths {kept}; re-export the artifact")
-    return (f"onnx run ok: {len(histories)} sample histories of lengths {kept} -> ({len(histories)}, {k}, {d}); "
+    return (f"onnx run ok: {len(histories)} sample histories of lengths {kept} -> "
+            f"({len(histories)}, {k}, {d}); "
             f"mask follows {rule}")

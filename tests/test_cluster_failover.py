@@ -8,150 +8,82 @@ events lost, 0 wrong vectors (against an offline recompute) and 0 behaviours app
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import free_port, unique_name, wait_until
-from test_reliability_worker import (
-    KillableWorker,
-    MilvusTcpServer,
-    check_histories,
-    count_mismatches,
-    dlq_messages,
-    expected_vectors,
-    make_stream,
-    stored_vectors_of,
+from support.basics import free_port, unique_name, wait_until
+from support.cluster import (
+    PARTITIONS,
+    PRODUCTION,
+    RateProducer,
+    check_every_user,
+    create_production_topics,
+    describe,
+    fully_replicated,
+    lag_or_none,
+    only_with_more_time,
+    topic_config,
 )
-from test_streams_worker import cleanup_topics, committed_lag, worker_env
+from support.milvus import MilvusTcpServer
+from support.synthetic_stream import make_stream
+from support.worker import Worker, cleanup_topics, worker_env
 
 pytestmark = pytest.mark.timeout(900)
 WAIT_S = 300  # ceiling against hanging (2 shared cores, 3 brokers), not a performance assertion
-EVENTS, USERS, PARTITIONS = 12_000, 1_000, 4
+EVENTS, USERS = 12_000, 1_000
 RATE = 600  # events per second: the stream lasts ~20 s, so every disruption lands mid-stream
-PRODUCTION = {"MINDSTREAM_REPLICATION": "3", "MINDSTREAM_MIN_INSYNC_REPLICAS": "2"}
-only_with_more_time = pytest.mark.skipif(os.environ.get("MINDSTREAM_CLUSTER") != "1",
-                                         reason="more cluster scenarios: make test-cluster (MINDSTREAM_CLUSTER=1)")
 
 
-def create_production_topics(bootstrap: str, env: dict[str, str]) -> None:
-    """The worker's topics as `mind-stream` creates them on a cluster: 3 replicas, min.insync.replicas 2."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    configs = {"min.insync.replicas": env["MINDSTREAM_MIN_INSYNC_REPLICAS"]}
-    rf = int(env["MINDSTREAM_REPLICATION"])
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mindstream-tests")
-    try:
-        admin.create_topics([
-            NewTopic(env["MINDSTREAM_TOPIC_INTERACTIONS"], PARTITIONS, rf, topic_configs=configs),
-            NewTopic(env["MINDSTREAM_TOPIC_PROFILES"], PARTITIONS, rf,
-                     topic_configs={"cleanup.policy": "compact", **configs}),
-            NewTopic(env["MINDSTREAM_TOPIC_UPDATES"], PARTITIONS, rf, topic_configs=configs),
-            NewTopic(env["MINDSTREAM_TOPIC_DLQ"], 1, rf, topic_configs=configs),
-        ], wait_for_metadata=True)
-    finally:
-        admin.close()
-
-
-def describe(bootstrap: str, topic: str) -> dict[int, dict]:
-    """partition -> {"leader": broker id, "replicas": [...], "isr": [...]} as the cluster has it now."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mindstream-tests")
-    try:
-        (found,) = admin.describe_topics([topic])
-    finally:
-        admin.close()
-    return {p["partition_index"]: {"leader": p["leader_id"], "replicas": p["replica_nodes"], "isr": p["isr_nodes"]}
-            for p in found["partitions"]}
-
-
-def topic_config(bootstrap: str, topic: str, key: str) -> str:
-    from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mindstream-tests")
-    try:
-        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    finally:
-        admin.close()
-    return found["topic"][topic][key]["value"]
-
-
-def fully_replicated(bootstrap: str, topics: list[str]) -> bool:
-    """Every partition of `topics` has all 3 replicas in sync again."""
-    try:
-        return all(len(p["isr"]) == 3 for t in topics for p in describe(bootstrap, t).values())
-    except Exception:  # noqa: BLE001 - metadata while a broker restarts: not yet
-        return False
-
-
-def lag_or_none(worker: KillableWorker) -> int | None:
-    try:
-        return committed_lag(worker)
-    except Exception:  # noqa: BLE001 - the group coordinator is moving to another broker: ask again
-        return None
-
-
-class RateProducer(threading.Thread):
-    """Sends `messages` at `rate` per second with acks=all and idempotence, riding out broker failures."""
-
-    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: int) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, messages, rate
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        from kafka import KafkaProducer
-
-        try:
-            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                     linger_ms=20, retries=2_147_483_647, delivery_timeout_ms=300_000,
-                                     request_timeout_ms=10_000)
-            started = time.monotonic()
-            for i, (key, value) in enumerate(self.messages):
-                producer.send(self.topic, key=key, value=value)
-                self.sent = i + 1
-                ahead = started + self.sent / self.rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-            producer.flush(timeout=300)
-            producer.close()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-
-def run_scenario(cluster, artifact_dir: Path, runtime, tmp_path: Path, name: str,
-                 disrupt: Callable[[dict[str, str]], dict]) -> dict:
+def run_scenario(
+    cluster, artifact_dir: Path, runtime, tmp_path: Path, name: str, disrupt: Callable[[dict[str, str]], dict]
+) -> dict:
     """Two workers, a rate-limited stream, `disrupt(env)` once the workers have read 2,000 events; then lag 0
     and the checks. Returns the figures (printed too)."""
     bootstrap = cluster.bootstrap
     server = MilvusTcpServer(tmp_path / "server.db", free_port())
     server.start()
-    base = worker_env(bootstrap, tmp_path, MINDSTREAM_MILVUS_URI=server.uri, MINDSTREAM_PARTITIONS=str(PARTITIONS),
-                      MINDSTREAM_BATCH_SIZE="128", MINDSTREAM_STALL_TIMEOUT_S="10",
-                      MINDSTREAM_APP_ID=unique_name(f"cl{name}"), **PRODUCTION)
+    base = worker_env(
+        bootstrap,
+        tmp_path,
+        MINDSTREAM_MILVUS_URI=server.uri,
+        MINDSTREAM_PARTITIONS=str(PARTITIONS),
+        MINDSTREAM_BATCH_SIZE="128",
+        MINDSTREAM_STALL_TIMEOUT_S="10",
+        MINDSTREAM_APP_ID=unique_name(f"cl{name}"),
+        **PRODUCTION,
+    )
     app_id = base["MINDSTREAM_APP_ID"]
-    for key, topic in (("INTERACTIONS", "interactions"), ("PROFILES", "profiles"), ("UPDATES", "updates"),
-                       ("DLQ", "dlq")):
+    for key, topic in (
+        ("INTERACTIONS", "interactions"),
+        ("PROFILES", "profiles"),
+        ("UPDATES", "updates"),
+        ("DLQ", "dlq"),
+    ):
         base[f"MINDSTREAM_TOPIC_{key}"] = f"{app_id}-{topic}"
     create_production_topics(bootstrap, base)
     workers = []
     for w in ("a", "b"):
-        env = dict(base, MINDSTREAM_WEB_PORT=str(free_port()), MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{w}"))
-        workers.append(KillableWorker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / f"worker-{w}.log"))
+        env = dict(
+            base, MINDSTREAM_WEB_PORT=str(free_port()), MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{w}")
+        )
+        workers.append(
+            Worker(
+                env=env, artifact_dir=artifact_dir, log_path=tmp_path / f"worker-{w}.log", own_session=True
+            )
+        )
     stream = make_stream(list(runtime.item_ids()), USERS, EVENTS, seed_=31, user_prefix=f"c{name}")
     figures: dict = {"scenario": name, "events": EVENTS, "messages": len(stream.messages), "brokers": 3}
     try:
         for w in workers:
             w.start()
-        workers[0].wait_for(lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
-                            WAIT_S, "both workers assigned partitions", interval=0.3)
+        workers[0].wait_for(
+            lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
+            WAIT_S,
+            "both workers assigned partitions",
+            interval=0.3,
+        )
         changelog = f"{app_id}-histories-changelog"
         # The production settings reached the topics faust declares itself, not only the ones created here.
         figures["changelog_replicas"] = len(describe(bootstrap, changelog)[0]["replicas"])
@@ -162,7 +94,9 @@ def run_scenario(cluster, artifact_dir: Path, runtime, tmp_path: Path, name: str
         def read_total() -> float:
             return sum(w.metric_or_zero("mindstream_events_in_total") for w in workers)
 
-        workers[0].wait_for(lambda: read_total() >= 2000, WAIT_S, "the workers read 2,000 events", interval=0.1)
+        workers[0].wait_for(
+            lambda: read_total() >= 2000, WAIT_S, "the workers read 2,000 events", interval=0.1
+        )
         figures["read_at_disruption"] = int(read_total())
         started = time.monotonic()
         figures.update(disrupt(base))
@@ -186,20 +120,6 @@ def run_scenario(cluster, artifact_dir: Path, runtime, tmp_path: Path, name: str
         cleanup_topics(bootstrap, base)
 
 
-def check_every_user(env: dict[str, str], stream, runtime, figures: dict, title: str) -> None:
-    """With the workers stopped: every history from the changelog and every user's stored vectors against the
-    offline recompute of `stream`; nothing in the DLQ. Adds the counts to `figures` and prints them."""
-    repeated, wrong_history = check_histories(env, stream, runtime.manifest.max_history_length)
-    users = sorted(stream.events_of)
-    wrong = count_mismatches(stored_vectors_of(env, users), expected_vectors(runtime, stream, users))
-    figures.update(users_with_repeated_event=repeated, users_with_wrong_history=wrong_history,
-                   users_with_wrong_vectors=len(wrong), dlq=len(dlq_messages(env)))
-    print(f"\n{title}: {figures}")
-    assert repeated == 0 and wrong_history == 0
-    assert wrong == [], f"{len(wrong)} users' vectors differ from the offline recompute, e.g. {wrong[:5]}"
-    assert figures["dlq"] == 0
-
-
 def busiest_leader(bootstrap: str, topic: str) -> tuple[int, int]:
     """(partition, leader broker id) of the partition of `topic` with the most messages."""
     from kafka import KafkaConsumer, TopicPartition
@@ -214,7 +134,8 @@ def busiest_leader(bootstrap: str, topic: str) -> tuple[int, int]:
 
 
 def test_the_leader_of_a_busy_partition_is_killed_mid_stream_and_nothing_is_lost_or_applied_twice(
-        kafka_cluster, artifact_dir, runtime, tmp_path):
+    kafka_cluster, artifact_dir, runtime, tmp_path
+):
     killed: list[int] = []
 
     def kill_the_leader(env: dict[str, str]) -> dict:
@@ -223,18 +144,30 @@ def test_the_leader_of_a_busy_partition_is_killed_mid_stream_and_nothing_is_lost
         kafka_cluster.kill(leader)
         killed.append(leader)
         started = time.monotonic()
-        new_leader = wait_until(lambda: _leader_other_than(kafka_cluster.bootstrap, topic, partition, leader), 60,
-                                interval=0.2, what=f"a new leader for {topic}[{partition}]")
-        return {"killed_broker": leader, "partition": partition, "new_leader": new_leader,
-                "new_leader_after_s": round(time.monotonic() - started, 1)}
+        new_leader = wait_until(
+            lambda: _leader_other_than(kafka_cluster.bootstrap, topic, partition, leader),
+            60,
+            interval=0.2,
+            what=f"a new leader for {topic}[{partition}]",
+        )
+        return {
+            "killed_broker": leader,
+            "partition": partition,
+            "new_leader": new_leader,
+            "new_leader_after_s": round(time.monotonic() - started, 1),
+        }
 
     try:
         run_scenario(kafka_cluster, artifact_dir, runtime, tmp_path, "a", kill_the_leader)
     finally:
         for node in killed:  # back, in sync, for the next test
             kafka_cluster.start(node)
-            wait_until(lambda: fully_replicated(kafka_cluster.bootstrap, ["__consumer_offsets"]), WAIT_S,
-                       interval=1, what=f"broker {node} back in sync")
+            wait_until(
+                lambda: fully_replicated(kafka_cluster.bootstrap, ["__consumer_offsets"]),
+                WAIT_S,
+                interval=1,
+                what=f"broker {node} back in sync",
+            )
 
 
 def _leader_other_than(bootstrap: str, topic: str, partition: int, old: int) -> int | None:
@@ -254,9 +187,17 @@ def test_a_broker_killed_and_restarted_later_loses_nothing(kafka_cluster, artifa
         restarted = time.monotonic()
         kafka_cluster.start(2)
         topics = [env["MINDSTREAM_TOPIC_INTERACTIONS"], f"{env['MINDSTREAM_APP_ID']}-histories-changelog"]
-        wait_until(lambda: fully_replicated(kafka_cluster.bootstrap, topics), WAIT_S, interval=1,
-                   what="broker 2 back in every ISR")
-        return {"killed_broker": 2, "down_s": 15, "back_in_sync_after_restart_s": round(time.monotonic() - restarted, 1)}
+        wait_until(
+            lambda: fully_replicated(kafka_cluster.bootstrap, topics),
+            WAIT_S,
+            interval=1,
+            what="broker 2 back in every ISR",
+        )
+        return {
+            "killed_broker": 2,
+            "down_s": 15,
+            "back_in_sync_after_restart_s": round(time.monotonic() - restarted, 1),
+        }
 
     run_scenario(kafka_cluster, artifact_dir, runtime, tmp_path, "b", kill_then_restart)
 
@@ -272,8 +213,12 @@ def test_a_rolling_restart_of_all_three_brokers_loses_nothing(kafka_cluster, art
             kafka_cluster.stop(node)  # controlled shutdown: leadership moves first
             kafka_cluster.start(node)
             # The next broker goes only once this one is back in every ISR, as an operator would do it.
-            wait_until(lambda: fully_replicated(kafka_cluster.bootstrap, topics), WAIT_S, interval=1,
-                       what=f"broker {node} back in every ISR")
+            wait_until(
+                lambda: fully_replicated(kafka_cluster.bootstrap, topics),
+                WAIT_S,
+                interval=1,
+                what=f"broker {node} back in every ISR",
+            )
             each.append(round(time.monotonic() - started, 1))
         return {"restart_s_per_broker": each}
 
@@ -286,5 +231,7 @@ def test_cluster_settings_reach_the_topic_configs_and_an_impossible_min_isr_is_r
     settings = Settings.from_env({"KAFKA_BOOTSTRAP": "b1:9092,b2:9092,b3:9092", **PRODUCTION})
     assert settings.replication == 3 and settings.topic_configs == {"min.insync.replicas": "2"}
     assert Settings.from_env({}).topic_configs == {"min.insync.replicas": "1"}  # what one dev broker accepts
-    with pytest.raises(ConfigError, match="MINDSTREAM_MIN_INSYNC_REPLICAS=3 is above MINDSTREAM_REPLICATION=2"):
+    with pytest.raises(
+        ConfigError, match="MINDSTREAM_MIN_INSYNC_REPLICAS=3 is above MINDSTREAM_REPLICATION=2"
+    ):
         Settings.from_env({"MINDSTREAM_REPLICATION": "2", "MINDSTREAM_MIN_INSYNC_REPLICAS": "3"})

@@ -15,10 +15,12 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from helpers import create_topics, free_port
-from test_cluster_failover import RateProducer, check_every_user, lag_or_none, only_with_more_time
-from test_reliability_worker import KillableWorker, MilvusTcpServer, make_stream
-from test_streams_worker import cleanup_topics, worker_env
+from support.basics import free_port
+from support.cluster import RateProducer, check_every_user, lag_or_none, only_with_more_time
+from support.milvus import MilvusTcpServer
+from support.synthetic_stream import make_stream
+from support.topics import create_topics
+from support.worker import Worker, cleanup_topics, worker_env
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.cluster, only_with_more_time]
 WAIT_S = 300  # ceiling against hanging, not a performance assertion
@@ -26,7 +28,7 @@ EVENTS, USERS, PARTITIONS, RATE = 12_000, 1_000, 8, 300
 
 
 class RecallProber(threading.Thread):
-    """Asks `GET /recall/{user}` of one worker every 50 ms (users in turn) until stopped; counts the answers."""
+    """Asks one worker `GET /recall/{user}` every 50 ms (users in turn) until stopped; counts the answers."""
 
     def __init__(self, url: str, users: list[str]) -> None:
         super().__init__(daemon=True)
@@ -62,18 +64,30 @@ class RecallProber(threading.Thread):
 
 
 def test_workers_added_stopped_and_killed_mid_stream_lose_nothing_and_recall_keeps_answering(
-        kafka_bootstrap, artifact_dir, runtime, tmp_path):
+    kafka_bootstrap, artifact_dir, runtime, tmp_path
+):
     server = MilvusTcpServer(tmp_path / "server.db", free_port())
     server.start()
-    base = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_MILVUS_URI=server.uri,
-                      MINDSTREAM_PARTITIONS=str(PARTITIONS), MINDSTREAM_BATCH_SIZE="128",
-                      MINDSTREAM_STALL_TIMEOUT_S="10")
-    create_topics(kafka_bootstrap, {base["MINDSTREAM_TOPIC_INTERACTIONS"]: PARTITIONS,
-                                    base["MINDSTREAM_TOPIC_PROFILES"]: PARTITIONS})
+    base = worker_env(
+        kafka_bootstrap,
+        tmp_path,
+        MINDSTREAM_MILVUS_URI=server.uri,
+        MINDSTREAM_PARTITIONS=str(PARTITIONS),
+        MINDSTREAM_BATCH_SIZE="128",
+        MINDSTREAM_STALL_TIMEOUT_S="10",
+    )
+    create_topics(
+        kafka_bootstrap,
+        {base["MINDSTREAM_TOPIC_INTERACTIONS"]: PARTITIONS, base["MINDSTREAM_TOPIC_PROFILES"]: PARTITIONS},
+    )
 
-    def new_worker(name: str) -> KillableWorker:
-        env = dict(base, MINDSTREAM_WEB_PORT=str(free_port()), MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{name}"))
-        return KillableWorker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / f"worker-{name}.log")
+    def new_worker(name: str) -> Worker:
+        env = dict(
+            base, MINDSTREAM_WEB_PORT=str(free_port()), MINDSTREAM_DATA_DIR=str(tmp_path / f"faust-{name}")
+        )
+        return Worker(
+            env=env, artifact_dir=artifact_dir, log_path=tmp_path / f"worker-{name}.log", own_session=True
+        )
 
     a, b, c, d = (new_worker(n) for n in "abcd")
     stream = make_stream(list(runtime.item_ids()), USERS, EVENTS, seed_=41, user_prefix="wc")
@@ -82,8 +96,12 @@ def test_workers_added_stopped_and_killed_mid_stream_lose_nothing_and_recall_kee
     try:
         for w in (a, b, c):
             w.start()
-        a.wait_for(lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in (a, b, c)),
-                   WAIT_S, "3 workers assigned partitions", interval=0.3)
+        a.wait_for(
+            lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in (a, b, c)),
+            WAIT_S,
+            "3 workers assigned partitions",
+            interval=0.3,
+        )
         prober.start()
         producer = RateProducer(kafka_bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages, RATE)
         producer.start()
@@ -94,7 +112,9 @@ def test_workers_added_stopped_and_killed_mid_stream_lose_nothing_and_recall_kee
 
         a.wait_for(lambda: read() >= 1500, WAIT_S, "1,500 events read", interval=0.1)
         d.start()  # joins: a rebalance hands it partitions
-        a.wait_for(lambda: d.metric_or_zero("mindstream_assigned_partitions") > 0, WAIT_S, "d assigned", interval=0.3)
+        a.wait_for(
+            lambda: d.metric_or_zero("mindstream_assigned_partitions") > 0, WAIT_S, "d assigned", interval=0.3
+        )
         figures["added_at_s"] = round(time.monotonic() - started, 1)
         b.stop()  # SIGTERM: faust commits and leaves the group
         figures["stopped_at_s"] = round(time.monotonic() - started, 1)
@@ -112,9 +132,12 @@ def test_workers_added_stopped_and_killed_mid_stream_lose_nothing_and_recall_kee
             w.stop()
     try:
         prober.join(60)
-        figures.update(recall_2xx=prober.ok, recall_not_2xx=prober.not_ok,
-                       recall_not_2xx_by_status=dict(prober.not_ok_by_status),
-                       recall_longest_gap_s=round(prober.longest_gap_s, 1))
+        figures.update(
+            recall_2xx=prober.ok,
+            recall_not_2xx=prober.not_ok,
+            recall_not_2xx_by_status=dict(prober.not_ok_by_status),
+            recall_longest_gap_s=round(prober.longest_gap_s, 1),
+        )
         check_every_user(base, stream, runtime, figures, "workers coming and going")
         assert prober.ok > 0
     finally:

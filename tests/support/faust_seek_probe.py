@@ -2,8 +2,9 @@
 back to the committed offsets while the fetched batch is still being delivered (what faust's recovery does
 after a rebalance: `perform_seek` with the flow already resumed).
 
-Run as `python -m faust -A faust_seek_probe worker` with PROBE_BOOTSTRAP, PROBE_TOPIC, PROBE_GROUP,
-PROBE_OUT (a file: one processed offset per line, `seeked` after the seek, `gap:A-B` for every gap faust books) and PROBE_FIX (1: streams.faust_fixes installed).
+Run as `python -m faust -A support.faust_seek_probe worker` (PYTHONPATH: tests/ and the repository) with
+PROBE_BOOTSTRAP, PROBE_TOPIC, PROBE_GROUP, PROBE_FIX (1: streams.faust_fixes installed) and PROBE_OUT (a
+file: one processed offset per line, `seeked` after the seek, `gap:A-B` for every gap faust books).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ processed = 0
 seeked = asyncio.Event()
 
 
-
 # A plain topic has consecutive offsets: any gap faust books on it is the bug this probe looks for.
 _original_add_gap = BaseConsumer._add_gap
 
@@ -60,7 +60,7 @@ async def slow(stream: faust.StreamT) -> None:
 
 @app.task
 async def seek_back_once() -> None:
-    """Commit at offset ~1000, seek back there when ~1250 are processed (mid-batch), then commit every 0.2 s."""
+    """Commit at ~1000, seek back there when ~1250 are processed (mid-batch), then commit every 0.2 s."""
     while processed < 1000:
         await asyncio.sleep(0.01)
     await app.consumer.commit()
