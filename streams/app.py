@@ -261,6 +261,7 @@ async def apply_interactions(svc: Services, parsed: list[_Parsed]) -> None:
         await updates_topic.send(key=user_id, value=result)
         with acting_for(last_event_of[user_id]):
             histories[user_id] = plan.histories[user_id]  # re-assign: this is what the changelog records
+        recent_users.touch(user_id, now_ms())  # interests inspector (/ui)
         for interaction in plan.applied[user_id]:
             metrics.FRESHNESS_SECONDS.observe(max(0.0, now - interaction.ts_ms / 1000))
         metrics.EVENTS_APPLIED.inc(len(plan.applied[user_id]))
@@ -314,6 +315,7 @@ async def process_profiles(events: Sequence[Any]) -> None:
         written = await write_with_retry(svc, refresh, {u: changed[u] for u in refresh}, accepted)
         for user_id, result in written.items():
             await updates_topic.send(key=user_id, value=result)
+            recent_users.touch(user_id, now_ms())  # interests inspector (/ui)
 
 
 async def write_with_retry(svc: Services, users: dict[str, dict], user_profiles: dict[str, Any],
@@ -504,6 +506,15 @@ async def interests_view(self: Any, request: Any, user: str) -> Any:
         return self.json({"error": str(exc)}, status=503)
     history = histories.get(user_id) or {"items": []}
     return self.json({"user_id": user_id, "interests": _jsonable(rows), "history_length": len(history["items"])})
+
+
+# --- interests inspector: /ui pages and their JSON (streams/inspector_web.py) --- BEGIN inspector
+from streams.inspector_web import register_inspector  # noqa: E402
+
+recent_users = register_inspector(app, store=lambda: services().store, vocabulary=lambda: services().runtime.vocab,
+                                  history_of=histories.get, popular=popular_items,
+                                  answer_from_the_owner=answer_from_the_owner)
+# --- END inspector
 
 
 def assigned_input_partitions() -> int:
