@@ -1,0 +1,180 @@
+"""The interests inspector in a real headless Chromium, against a real worker (real Kafka broker, Milvus Lite,
+onnxruntime tower from a tiny exported artifact): events streamed for a user show up on the open page,
+without a reload, as a new interest and a new merged recall; the λ control re-merges; a bad user id gets a
+400 page. With MINDSTREAM_SCREENSHOT=1 the test writes docs/inspector.png (the README's screenshot).
+
+Chromium is Debian's `chromium`; `support.chromium.ensure_chromium` installs it with apt-get when missing
+(and fails, never skips, when it cannot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+from support.chromium import Chromium, Page, ensure_chromium
+from test_streams_worker import (
+    Worker,
+    cleanup_topics,
+    event,
+    expected_interests,
+    get_json,
+    produce,
+    worker_env,
+)
+
+pytestmark = pytest.mark.timeout(300)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WAIT_S = 60  # ceiling against hanging, not a performance assertion
+SCREENSHOT = REPO_ROOT / "docs" / "inspector.png"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    path = ensure_chromium()
+    with Chromium.start(path, tmp_path_factory.mktemp("chromium") / "profile") as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="module")
+def inspector_worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A running worker on its own topics and Milvus Lite file, the artifact's items indexed."""
+    tmp = tmp_path_factory.mktemp("inspector-worker")
+    env = worker_env(kafka_bootstrap, tmp)
+    indexed = subprocess.run([sys.executable, "-m", "streams.cli", "index-items", str(artifact_dir)],
+                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert indexed.returncode == 0, indexed.stderr
+    worker = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        cleanup_topics(kafka_bootstrap, env)
+
+
+# What the page shows, read from its DOM: interest cards and merged rows with the slot of each.
+READ_PAGE = """(() => ({
+  cards: [...document.querySelectorAll('#interests .card')].map(c => ({
+      slot: Number(c.dataset.slot), share: c.querySelector('.share-value').textContent,
+      top: [...c.querySelectorAll('.top-items li')].map(li => li.dataset.item)})),
+  merged: [...document.querySelectorAll('#merged tbody tr')].map(r => [r.dataset.item, r.dataset.slot,
+      r.querySelector('.label').textContent]),
+  history: [...document.querySelectorAll('#history tbody tr')].map(r => r.dataset.item),
+  noInterests: !document.getElementById('no-interests').hidden,
+  error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+  marker: window.__sameDocument || null,
+}))()"""
+
+
+def page_state(page: Page) -> dict:
+    return page.evaluate(READ_PAGE)
+
+
+def shown(view: dict) -> list[list[str]]:
+    """The merged list of a JSON answer as the page's rows carry it: [item, slot, label]."""
+    return [[m["item_id"], "" if m["slot"] is None else str(m["slot"]), m["label"]] for m in view["merged"]]
+
+
+def wait_for_page(worker: Worker, page: Page, predicate, what: str) -> dict:
+    try:
+        return wait_until(lambda: (lambda s: s if predicate(s) else None)(page_state(page)), WAIT_S, interval=0.3,
+                          what=what)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; page: {page_state(page)}; worker log:\n{worker.log_tail()}") from None
+
+
+def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(inspector_worker, browser, runtime):
+    worker, user = inspector_worker, "viewer-1"
+    items = list(runtime.item_ids())
+    page = browser.new_page(width=1280, height=1250)  # tall enough for the screenshot to show every part
+    page.navigate(f"{worker.url}/ui/users/{user}")
+    page.evaluate("window.__sameDocument = 'still the first load'")  # gone if the page ever reloads
+
+    # No vectors yet: the "no interests yet" state, with the cold-start list.
+    state = wait_for_page(worker, page, lambda s: s["noInterests"], "the no-interests state")
+    assert state["cards"] == [] and state["error"] is None
+
+    # Two events: one interest (K'u = max(1, min(K, floor(log2 2))) = 1, confirmed offline below).
+    now = time.time()
+    first = [(items[0], now - 20), (items[1], now - 19)]
+    produce(worker, [event(user, item, ts) for item, ts in first])
+    assert len(expected_interests(runtime, first)) == 1
+    state = wait_for_page(worker, page, lambda s: len(s["cards"]) == 1 and len(s["history"]) == 2,
+                          "one interest on the page")
+    assert not state["noInterests"]
+    assert state["history"] == [items[1], items[0]]  # newest first
+    one_slot = {card["slot"] for card in state["cards"]}
+    assert {row[1] for row in state["merged"]} == {str(s) for s in one_slot}
+    assert state["cards"][0]["share"] == "100%"
+
+    # Two more events from other items: four in the history, and a second interest opens.
+    second = [(items[len(items) // 2], now - 10), (items[len(items) // 2 + 1], now - 9)]
+    history = first + second
+    produce(worker, [event(user, item, ts) for item, ts in second])
+    expected_count = len(expected_interests(runtime, history))
+    assert expected_count == 2
+    state = wait_for_page(worker, page, lambda s: len(s["cards"]) == expected_count and len(s["history"]) == 4,
+                          "the new interest on the page")
+    assert state["marker"] == "still the first load"  # updated in place: no reload happened
+    new_slots = {card["slot"] for card in state["cards"]} - one_slot
+    assert len(new_slots) == 1
+
+    # The page's merged list is what the worker serves: the same items, in the same order, as /recall, each
+    # labelled with the interest that gave it its score; and the page's JSON agrees row for row.
+    served = get_json(f"{worker.url}/recall/{user}?n=20")
+    view = get_json(f"{worker.url}/ui/api/users/{user}?diversity=0")
+    state = wait_for_page(worker, page, lambda s: s["merged"] == shown(view), "the served recall on the page")
+    assert [row[0] for row in state["merged"]] == [item["item_id"] for item in served["items"]]
+    assert [row[1] for row in state["merged"]] == [str(item["slot"]) for item in served["items"]]
+    assert {card["slot"] for card in state["cards"]} == {interest["slot"] for interest in view["interests"]}
+    for card, interest in zip(state["cards"], view["interests"], strict=True):
+        assert card["top"] == [item["item_id"] for item in interest["top_items"]]
+
+    if os.environ.get("MINDSTREAM_SCREENSHOT") == "1":
+        page.screenshot(SCREENSHOT)
+
+    # The λ control: the page re-merges at the new diversity, as the JSON endpoint does.
+    page.evaluate("(() => { const s = document.getElementById('diversity'); s.value = '1';"
+                  " s.dispatchEvent(new Event('input')); })()")
+    diverse = get_json(f"{worker.url}/ui/api/users/{user}?diversity=1")
+    assert diverse["diversity"] == 1.0
+    wait_for_page(worker, page, lambda s: s["merged"] == shown(diverse), "the λ = 1 merge on the page")
+    assert page.evaluate("location.search") == "?diversity=1"
+    assert page_state(page)["marker"] == "still the first load"
+
+
+def test_the_index_lists_the_users_the_worker_wrote(inspector_worker, browser, runtime):
+    worker, user = inspector_worker, "listed-1"
+    produce(worker, [event(user, runtime.item_ids()[3], time.time() - 5)])
+    page = browser.new_page()
+    page.navigate(f"{worker.url}/ui")
+    listed = "[...document.querySelectorAll('#recent tbody tr')].map(r => r.dataset.user)"
+    rows = wait_until(lambda: (lambda r: r if user in r else None)(page.evaluate(listed)), WAIT_S, interval=0.3,
+                      what=f"{user} in the recent users")
+    assert rows[0] == user  # the newest write first
+
+
+def test_a_bad_user_id_gets_a_400_page(inspector_worker, browser):
+    worker = inspector_worker
+    page = browser.new_page()
+    url = f"{worker.url}/ui/users/not%20valid"
+    page.navigate(url)
+    assert page.evaluate("performance.getEntriesByType('navigation')[0].responseStatus") == 400
+    message = page.evaluate("document.getElementById('error').textContent")
+    assert "user id 'not valid' is not valid" in message and "letters, digits" in message
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"{worker.url}/ui/api/users/not%20valid", timeout=10)
+    assert raised.value.code == 400 and "is not valid" in json.loads(raised.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"{worker.url}/ui/api/users/ok?diversity=-1", timeout=10)
+    assert raised.value.code == 400 and "diversity must be a number" in json.loads(raised.value.read())["error"]
