@@ -162,6 +162,13 @@ def test_the_index_lists_the_users_the_worker_wrote(inspector_worker, browser, r
     rows = wait_until(lambda: (lambda r: r if user in r else None)(page.evaluate(listed)), WAIT_S, interval=0.3,
                       what=f"{user} in the recent users")
     assert rows[0] == user  # the newest write first
+    # The search box opens a user's page.
+    page.evaluate(f"(() => {{ document.getElementById('search-user').value = '{user}';"
+                  " document.querySelector('#search button').click(); })()")
+    wait_until(lambda: page.evaluate("location.pathname + ' ' + document.readyState") == f"/ui/users/{user} complete",
+               WAIT_S, interval=0.2, what="the searched user's page")
+    wait_until(lambda: page_state(page)["history"] == [runtime.item_ids()[3]], WAIT_S, interval=0.3,
+               what=f"{user}'s history on the searched page")
 
 
 def test_a_bad_user_id_gets_a_400_page(inspector_worker, browser):

@@ -35,11 +35,17 @@ function itemCell(item) {
     features ? el("span", {class: "features"}, features) : null);
 }
 
-function wireSearch() {
-  const form = document.getElementById("search");
+// The header of every page: the inspector's name (a link to /ui) and the search box (a user id -> its page).
+function renderHeader() {
+  const input = el("input", {id: "search-user", name: "user", placeholder: "user id", "aria-label": "user id",
+                             required: ""});
+  const form = el("form", {id: "search", class: "search", autocomplete: "off"}, input,
+                  el("button", {type: "submit"}, "Inspect"));
+  document.querySelector("header").replaceChildren(
+    el("a", {class: "brand", href: "/ui"}, "mindstream · interests inspector"), form);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const user = document.getElementById("search-user").value.trim();
+    const user = input.value.trim();
     if (user) window.location.href = "/ui/users/" + encodeURIComponent(user);
   });
 }

@@ -23,5 +23,5 @@ async function refreshRecent() {
   setTimeout(refreshRecent, RECENT_POLL_MS);
 }
 
-wireSearch();
+renderHeader();
 refreshRecent();

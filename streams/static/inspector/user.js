@@ -89,5 +89,5 @@ document.getElementById("diversity-value").textContent = slider.value;
 document.getElementById("user-id").textContent = userId;
 document.title = `mindstream · ${userId} · interests inspector`;
 slider.addEventListener("input", onDiversity);
-wireSearch();
+renderHeader();
 poll();
