@@ -141,7 +141,7 @@ def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(
         assert card["top"] == [item["item_id"] for item in interest["top_items"]]
 
     if os.environ.get("MINDSTREAM_SCREENSHOT") == "1":
-        page.screenshot(SCREENSHOT)
+        page.screenshot(SCREENSHOT, colours=64)
 
     # The λ control: the page re-merges at the new diversity, as the JSON endpoint does.
     page.evaluate("(() => { const s = document.getElementById('diversity'); s.value = '1';"

@@ -157,10 +157,20 @@ class Page:
             raise ChromiumError(f"{expression[:80]!r} threw: {details.get('exception', {}).get('description', details)}")
         return result["result"].get("value")
 
-    def screenshot(self, path: Path, full_page: bool = False) -> None:
-        """The viewport (or the whole page) as a PNG at `path`."""
-        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)["data"]
-        path.write_bytes(base64.b64decode(data))
+    def screenshot(self, path: Path, full_page: bool = False, colours: int | None = None) -> None:
+        """The viewport (or the whole page) as a PNG at `path`; with `colours`, a palette PNG of that many
+        colours (Pillow, from the train extra): a page of flat colours loses nothing visible, and a third
+        of the bytes."""
+        data = base64.b64decode(self.send("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)["data"])
+        if colours is None:
+            path.write_bytes(data)
+            return
+        import io
+
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        image.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
     def close(self) -> None:
         if self._loop.is_closed():
