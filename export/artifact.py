@@ -84,7 +84,8 @@ class Manifest:
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
-    created_at: str = dataclasses.field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    created_at: str = dataclasses.field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,19 +107,23 @@ class Manifest:
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
         if missing:
-            raise ArtifactError(f"{source}: missing field(s) {', '.join(missing)}; re-export the artifact with mind-export")
+            raise ArtifactError(f"{source}: missing field(s) {', '.join(missing)}; re-export the "
+                                "artifact with mind-export")
         manifest = cls(**{k: v for k, v in data.items() if k in names})
         manifest._check_types(source)
         return manifest
 
     def _check_types(self, source: str) -> None:
-        for name in ("embedding_dim", "num_interests", "routing_iterations", "max_history_length", "num_items", "opset"):
+        for name in ("embedding_dim", "num_interests", "routing_iterations", "max_history_length",
+                     "num_items", "opset"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ArtifactError(f"{source}: {name} must be a positive integer, got {value!r}; re-export the artifact")
+                raise ArtifactError(f"{source}: {name} must be a positive integer, got "
+                                    f"{value!r}; re-export the artifact")
         if not isinstance(self.model_version, str) or not self.model_version:
             raise ArtifactError(f"{source}: model_version must be a non-empty string; re-export the artifact")
-        if not isinstance(self.profile_fields, list) or not all(isinstance(f, str) for f in self.profile_fields):
+        if not isinstance(self.profile_fields,
+                          list) or not all(isinstance(f, str) for f in self.profile_fields):
             raise ArtifactError(f"{source}: profile_fields must be a list of names; re-export the artifact")
         if list(self.onnx_inputs) != list(INPUT_NAMES) or list(self.onnx_outputs)[:2] != list(OUTPUT_NAMES):
             raise ArtifactError(
@@ -127,7 +132,8 @@ class Manifest:
             )
         missing_hashes = [f for f in HASHED_FILES if f not in self.files]
         if missing_hashes:
-            raise ArtifactError(f"{source}: no sha256 for {', '.join(missing_hashes)}; re-export the artifact")
+            raise ArtifactError(f"{source}: no sha256 for {', '.join(missing_hashes)}; "
+                                "re-export the artifact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +143,15 @@ class Vocabularies:
     item_ids: raw id per item index (length num_items + 1, entry 0 = "<pad>").
     profile: field -> raw value per index. item_features: name -> raw value per index.
     item_feature_matrix: name -> (num_items + 1, max_values) indices into item_features[name], 0-padded.
+    item_titles: what people call each item (a title or name) per item index, entry 0 = ""; None when the
+    training data had no title column. For display only: no model input.
     """
 
     item_ids: list[str]
     profile: dict[str, list[str]]
     item_features: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     item_feature_matrix: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)
+    item_titles: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,13 +159,24 @@ class Vocabularies:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = VOCAB_FILE) -> Vocabularies:
         if not isinstance(data, Mapping) or "item_ids" not in data or "profile" not in data:
-            raise ArtifactError(f"{source}: expected an object with item_ids and profile; re-export the artifact")
+            raise ArtifactError(f"{source}: expected an object with item_ids and "
+                                "profile; re-export the artifact")
         return cls(
             item_ids=[as_raw_id(v) for v in data["item_ids"]],
             profile={f: [as_raw_id(v) for v in values] for f, values in data["profile"].items()},
-            item_features={n: [as_raw_id(v) for v in values] for n, values in data.get("item_features", {}).items()},
+            item_features={n: [as_raw_id(v) for v in values]
+                           for n, values in data.get("item_features", {}).items()},
             item_feature_matrix={n: m for n, m in data.get("item_feature_matrix", {}).items()},
+            item_titles=_titles(data.get("item_titles"), len(data["item_ids"]), source),
         )
+
+
+def _titles(titles: object, num_ids: int, source: str) -> list[str] | None:
+    if titles is None:
+        return None
+    if not isinstance(titles, list) or len(titles) != num_ids:
+        raise ArtifactError(f"{source}: item_titles must be a list with one entry per item_ids entry; re-export the artifact")
+    return [str(t) for t in titles]
 
 
 def as_raw_id(value: object) -> str:
@@ -207,11 +227,13 @@ def read_manifest(artifact_dir: str | Path, expected_model_version: str | None =
     if not artifact_dir.is_dir():
         raise ArtifactError(f"{artifact_dir}: not a directory; point at an artifact written by mind-export")
     if not path.is_file():
-        raise ArtifactError(f"{path}: missing; this is not a complete artifact, re-run mind-export RUN_DIR --out {artifact_dir}")
+        raise ArtifactError(f"{path}: missing; this is not a complete artifact, re-run mind-export "
+                            f"RUN_DIR --out {artifact_dir}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); the file is corrupted, re-export the artifact") from None
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); the file is corrupted, "
+                            "re-export the artifact") from None
     try:
         manifest = Manifest.from_dict(data, source=str(path))
     except TypeError as exc:
@@ -219,7 +241,8 @@ def read_manifest(artifact_dir: str | Path, expected_model_version: str | None =
     if expected_model_version is not None and manifest.model_version != expected_model_version:
         raise ArtifactError(
             f"{path}: model version {manifest.model_version} ≠ expected {expected_model_version}; "
-            f"point at the artifact of {expected_model_version} or rebuild the store for {manifest.model_version}"
+            f"point at the artifact of {expected_model_version} or rebuild the store for "
+            f"{manifest.model_version}"
         )
     return manifest
 
@@ -250,11 +273,13 @@ def parse_item_vectors(data: bytes, manifest: Manifest, source: str = ITEM_VECTO
     try:
         vectors = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{source}: cannot be read as .npy ({exc}); the file is corrupted, re-export the artifact") from None
+        raise ArtifactError(f"{source}: cannot be read as .npy ({exc}); the file is "
+                            "corrupted, re-export the artifact") from None
     expected = (manifest.num_items + 1, manifest.embedding_dim)
     if vectors.dtype != np.float32 or vectors.shape != expected:
         raise ArtifactError(
-            f"{source}: {vectors.dtype} {vectors.shape}, manifest expects float32 {expected}; re-export the artifact"
+            f"{source}: {vectors.dtype} {vectors.shape}, manifest expects float32 "
+            f"{expected}; re-export the artifact"
         )
     return vectors
 
@@ -264,22 +289,26 @@ def parse_vocab(data: bytes, manifest: Manifest, source: str = VOCAB_FILE) -> Vo
     try:
         vocab = Vocabularies.from_dict(json.loads(data), source=source)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
-        raise ArtifactError(f"{source}: cannot be parsed ({exc}); the file is corrupted, re-export the artifact") from None
+        raise ArtifactError(f"{source}: cannot be parsed ({exc}); the file is "
+                            "corrupted, re-export the artifact") from None
     if len(vocab.item_ids) != manifest.num_items + 1:
         raise ArtifactError(
-            f"{source}: {len(vocab.item_ids)} item ids, manifest expects num_items + 1 = {manifest.num_items + 1}; "
+            f"{source}: {len(vocab.item_ids)} item ids, manifest expects num_items + 1 = "
+            f"{manifest.num_items + 1}; "
             f"re-export the artifact"
         )
     if list(vocab.profile) != list(manifest.profile_fields):
         raise ArtifactError(
-            f"{source}: profile fields {list(vocab.profile)} ≠ manifest {manifest.profile_fields}; re-export the artifact"
+            f"{source}: profile fields {list(vocab.profile)} ≠ manifest "
+            f"{manifest.profile_fields}; re-export the artifact"
         )
     return vocab
 
 
 def read_item_vectors(artifact_dir: str | Path, manifest: Manifest) -> np.ndarray:
     source = str(Path(artifact_dir) / ITEM_VECTORS_FILE)
-    return parse_item_vectors(read_verified_bytes(artifact_dir, manifest, ITEM_VECTORS_FILE), manifest, source)
+    return parse_item_vectors(read_verified_bytes(artifact_dir, manifest, ITEM_VECTORS_FILE), manifest,
+                              source)
 
 
 def read_vocab(artifact_dir: str | Path, manifest: Manifest) -> Vocabularies:

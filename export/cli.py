@@ -28,9 +28,11 @@ EVALUATE = "evaluate"
 def build_export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mind-export",
-        description="Export a trained MIND checkpoint to a serving artifact (or: mind-export verify ARTIFACT_DIR).",
+        description="Export a trained MIND checkpoint to a serving artifact (or: "
+                    "mind-export verify ARTIFACT_DIR).",
     )
-    parser.add_argument("run_dir", type=Path, help="training run directory holding checkpoint.pt (or the .pt file)")
+    parser.add_argument("run_dir", type=Path,
+                        help="training run directory holding checkpoint.pt (or the .pt file)")
     parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest |onnxruntime - torch| accepted by the parity check (default 1e-4)")
@@ -46,7 +48,8 @@ def build_verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mind-export verify", description="Validate a serving artifact.")
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--run", type=Path, default=None,
-                        help="run directory (or checkpoint) to re-run parity against; default: the one in the manifest")
+                        help="run directory (or checkpoint) to re-run parity against; default: "
+                             "the one in the manifest")
     parser.add_argument("--dataset-cache", type=Path, default=None,
                         help="dataset .npz whose user histories join the parity check")
     parser.add_argument("--no-parity", action="store_true", help="skip the PyTorch parity re-run")
@@ -107,11 +110,13 @@ def _export(args: argparse.Namespace) -> int:
         checkpoint = load_run(args.run_dir)
         histories, source = real_histories_for(checkpoint, args.dataset_cache)
         manifest, report = export_artifact(
-            checkpoint, args.out, real_histories=histories, tolerance=args.tolerance, with_coupling=args.with_coupling
+            checkpoint, args.out, real_histories=histories, tolerance=args.tolerance,
+            with_coupling=args.with_coupling
         )
     except (ExportError, ArtifactError) as exc:
         return _fail(str(exc))
-    print(f"wrote {args.out}: model {manifest.model_version}, {manifest.num_items:,} items, d={manifest.embedding_dim}, "
+    print(f"wrote {args.out}: model {manifest.model_version}, {manifest.num_items:,} items, "
+          f"d={manifest.embedding_dim}, "
           f"K={manifest.num_interests}, max history {manifest.max_history_length}, opset {manifest.opset}")
     print(f"{report.summary()}; real histories: {source}")
     return 0
@@ -203,7 +208,8 @@ def smoke_check(runtime, seed: int = 0) -> str:
         raise ValueError(f"{runtime.artifact_dir}: interest_vectors shape {output.interest_vectors.shape} ≠ "
                          f"({len(histories)}, {k}, {d}); re-export the artifact")
     if not np.all(np.isfinite(output.interest_vectors)):
-        raise ValueError(f"{runtime.artifact_dir}: the ONNX tower produced non-finite interest vectors; re-export")
+        raise ValueError(f"{runtime.artifact_dir}: the ONNX tower produced non-finite "
+                         "interest vectors; re-export")
     kept = [min(len(h), manifest.max_history_length) for h in histories[:-1]] + [0]
     if manifest.adaptive_interests:
         expected = np.array([[j == 0 or n >= 2 ** (j + 1) for j in range(k)] for n in kept])
@@ -211,7 +217,9 @@ def smoke_check(runtime, seed: int = 0) -> str:
     else:
         expected, rule = np.ones((len(histories), k), dtype=bool), "all K interests valid"
     if not np.array_equal(output.valid_interest_mask, expected):
-        raise ValueError(f"{runtime.artifact_dir}: valid_interest_mask {output.valid_interest_mask.astype(int).tolist()} "
+        raise ValueError(f"{runtime.artifact_dir}: valid_interest_mask "
+                         f"{output.valid_interest_mask.astype(int).tolist()} "
                          f"does not follow {rule} for lengths {kept}; re-export the artifact")
-    return (f"onnx run ok: {len(histories)} sample histories of lengths {kept} -> ({len(histories)}, {k}, {d}); "
+    return (f"onnx run ok: {len(histories)} sample histories of lengths {kept} -> "
+            f"({len(histories)}, {k}, {d}); "
             f"mask follows {rule}")

@@ -118,7 +118,8 @@ def onnx_opset(onnx_bytes: bytes) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ParityCase:
-    """One batch for the parity check: history (B, L) int64, history_mask (B, L) bool, profile (B, P) int64."""
+    """One batch for the parity check: history (B, L) int64, history_mask (B, L) bool,
+    profile (B, P) int64."""
 
     name: str
     history: np.ndarray
@@ -145,7 +146,8 @@ class ParityReport:
     def summary(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
         return (
-            f"parity {verdict}: max |onnxruntime - torch| = {self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e}), "
+            f"parity {verdict}: max |onnxruntime - torch| = {self.max_abs_diff:.2e} (tolerance "
+            f"{self.tolerance:.0e}), "
             f"{self.mask_mismatches} K'u mask mismatches, {self.rows} histories in {self.cases} batches "
             f"(worst: {self.worst_case})"
         )
@@ -213,7 +215,8 @@ def check_parity(
     with torch.no_grad():
         for case in cases:
             expected = mind.interests(
-                torch.from_numpy(case.history), torch.from_numpy(case.history_mask), torch.from_numpy(case.profile)
+                torch.from_numpy(case.history), torch.from_numpy(case.history_mask),
+                torch.from_numpy(case.profile)
             )
             vectors, valid = session.run(
                 list(OUTPUT_NAMES),
@@ -261,31 +264,16 @@ def load_run(run_dir: str | Path) -> LoadedCheckpoint:
         loaded = load_checkpoint(path)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from None
-    return _normalise_checkpoint(loaded, path)
-
-
-def _normalise_checkpoint(loaded: Any, path: Path) -> LoadedCheckpoint:
-    def get(name: str) -> Any:
-        if isinstance(loaded, Mapping):
-            return loaded.get(name)
-        return getattr(loaded, name, None)
-
-    kind = get("model_kind")
-    if kind is not None and kind != "mind":
-        raise ExportError(f"{path}: model_kind {kind!r} cannot be exported; only MIND checkpoints (model_kind 'mind') can")
-    mind = get("model")
-    if mind is None:
-        raise ExportError(f"{path}: load_checkpoint returned no model")
-    config = get("config")
-    if dataclasses.is_dataclass(config):
-        config = dataclasses.asdict(config)
+    if loaded.model_kind != "mind":
+        raise ExportError(f"{path}: model_kind {loaded.model_kind!r} cannot be exported; "
+                          "only MIND checkpoints (model_kind 'mind') can")
     return LoadedCheckpoint(
-        mind=mind.eval(),
-        config=dict(config),
-        vocabularies=get("vocabularies"),
-        item_feature_matrix=get("item_feature_matrix") or {},
-        model_version=str(get("model_version")),
-        dataset=dict(get("dataset") or {}),
+        mind=loaded.model.eval(),
+        config=dataclasses.asdict(loaded.config),
+        vocabularies=loaded.vocabularies,
+        item_feature_matrix=loaded.item_feature_matrix,
+        model_version=loaded.model_version,
+        dataset=dict(loaded.dataset),
         path=path,
     )
 
@@ -299,9 +287,6 @@ def real_histories_for(
     from model.data import DataError, load_dataset
 
     path: Path | None = Path(dataset_cache) if dataset_cache else None
-    recorded = next((checkpoint.dataset[k] for k in ("cache", "cache_path", "path") if checkpoint.dataset.get(k)), None)
-    if path is None and recorded and Path(str(recorded)).suffix == ".npz" and Path(str(recorded)).is_file():
-        path = Path(str(recorded))
     if path is None:
         name = checkpoint.dataset.get("name")
         if not name:
@@ -333,8 +318,11 @@ def build_vocab(vocabularies: Mapping[str, Any], item_feature_matrix: Mapping[st
     return Vocabularies(
         item_ids=[as_raw_id(v) for v in vocabularies["item_ids"]],
         profile={f: [as_raw_id(v) for v in values] for f, values in vocabularies.get("profile", {}).items()},
-        item_features={n: [as_raw_id(v) for v in values] for n, values in vocabularies.get("item_features", {}).items()},
-        item_feature_matrix={n: [[int(x) for x in row] for row in np.asarray(m).tolist()] for n, m in item_feature_matrix.items()},
+        item_features={n: [as_raw_id(v) for v in values]
+                       for n, values in vocabularies.get("item_features", {}).items()},
+        item_feature_matrix={n: [[int(x) for x in row] for row in np.asarray(m).tolist()]
+                             for n, m in item_feature_matrix.items()},
+        item_titles=[str(t) for t in vocabularies["item_titles"]] if vocabularies.get("item_titles") else None,
     )
 
 
@@ -361,7 +349,8 @@ def export_artifact(
             f"({num_items + 1}, {config['embedding_dim']}); the checkpoint is inconsistent"
         )
     onnx_bytes = export_onnx_bytes(tower, max_len, len(profile_fields), opset=opset)
-    session = ort.InferenceSession(onnx_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes, sess_options=session_options(),
+                                   providers=["CPUExecutionProvider"])
     cases = parity_cases(
         num_items, [len(vocab.profile[f]) for f in profile_fields], max_len, real_histories=real_histories
     )
@@ -386,21 +375,11 @@ def export_artifact(
             "adaptive_interests": bool(config.get("adaptive_interests", True)),
             "item_features": list(vocab.item_features),
             "parity": report.to_dict(),
-            "dataset": _jsonable(checkpoint.dataset),
+            "dataset": dict(checkpoint.dataset),  # JSON by construction: metrics.json holds the same record
             "source": {"checkpoint": str(checkpoint.path.resolve()) if checkpoint.path else None},
         },
     )
     return manifest, report
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 def verify_against_checkpoint(

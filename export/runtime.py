@@ -35,7 +35,8 @@ from export.artifact import (
 DEFAULT_INTRA_OP_THREADS = 1
 THREADS_ENV = "MINDSTREAM_ORT_THREADS"
 
-_EXPECTED_INPUT_TYPES = {"history": "tensor(int64)", "history_mask": "tensor(bool)", "profile": "tensor(int64)"}
+_EXPECTED_INPUT_TYPES = {"history": "tensor(int64)", "history_mask": "tensor(bool)",
+                         "profile": "tensor(int64)"}
 _EXPECTED_OUTPUT_TYPES = {"interest_vectors": "tensor(float)", "valid_interest_mask": "tensor(bool)"}
 
 
@@ -46,7 +47,8 @@ class TowerOutput(NamedTuple):
     valid_interest_mask: np.ndarray
 
 
-def pack_histories(index_rows: Sequence[Sequence[int]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pack_histories(index_rows: Sequence[Sequence[int]],
+                   length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Item-index rows → left-aligned (B, L) int64 history and (B, L) bool mask, padding (0, False) after
     the items. L = `length`, or the longest row (at least 1)."""
     if length is None:
@@ -60,7 +62,8 @@ def pack_histories(index_rows: Sequence[Sequence[int]], length: int | None = Non
 
 
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
-    """Options tuned for a mostly-I/O worker: few threads, no spinning, sequential, all graph optimisations."""
+    """Options tuned for a mostly-I/O worker: few threads, no spinning, sequential, all graph
+    optimisations."""
     if intra_op_threads is None:
         raw = os.environ.get(THREADS_ENV, str(DEFAULT_INTRA_OP_THREADS))
         if not raw.strip().isdigit():
@@ -115,15 +118,18 @@ class UserTowerRuntime:
         intra_op_threads: int | None = None,
         expected_model_version: str | None = None,
     ) -> UserTowerRuntime:
-        """Validate manifest, hashes, shapes and the ONNX signature; raise ArtifactError (one line) if any fails."""
+        """Validate manifest, hashes, shapes and the ONNX signature; raise ArtifactError (one line) if any
+        fails."""
         artifact_dir = Path(artifact_dir)
         manifest = read_manifest(artifact_dir, expected_model_version)
         # Each file is read once; the hash is checked on the same bytes that are then parsed.
         onnx_bytes = read_verified_bytes(artifact_dir, manifest, ONNX_FILE)
         item_vectors = parse_item_vectors(
-            read_verified_bytes(artifact_dir, manifest, ITEM_VECTORS_FILE), manifest, str(artifact_dir / ITEM_VECTORS_FILE)
+            read_verified_bytes(artifact_dir, manifest, ITEM_VECTORS_FILE), manifest,
+            str(artifact_dir / ITEM_VECTORS_FILE)
         )
-        vocab = parse_vocab(read_verified_bytes(artifact_dir, manifest, VOCAB_FILE), manifest, str(artifact_dir / VOCAB_FILE))
+        vocab = parse_vocab(read_verified_bytes(artifact_dir, manifest, VOCAB_FILE), manifest,
+                            str(artifact_dir / VOCAB_FILE))
         onnx_path = artifact_dir / ONNX_FILE
         try:
             session = ort.InferenceSession(
@@ -131,7 +137,8 @@ class UserTowerRuntime:
             )
         except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtifactError(f"{onnx_path}: onnxruntime cannot load it ({first_line}); re-export the artifact") from None
+            raise ArtifactError(f"{onnx_path}: onnxruntime cannot load it "
+                                f"({first_line}); re-export the artifact") from None
         _check_signature(session, manifest, onnx_path)
         return cls(artifact_dir, manifest, vocab, item_vectors, session)
 
@@ -168,7 +175,9 @@ class UserTowerRuntime:
         for row, profile in enumerate(profiles):
             if not profile:
                 continue
-            for column, (field, lookup) in enumerate(zip(self.manifest.profile_fields, self._profile_index, strict=True)):
+            for column, (field,
+                         lookup) in enumerate(zip(self.manifest.profile_fields, self._profile_index,
+                                                  strict=True)):
                 value = profile.get(field)
                 if value is not None:
                     encoded[row, column] = lookup.get(value if type(value) is str else as_raw_id(value), 0)
@@ -186,9 +195,11 @@ class UserTowerRuntime:
         Arrays already of the right dtype are passed through without copying.
         """
         batch = history.shape[0]
-        if history.ndim != 2 or history_mask.shape != history.shape or profile.shape != (batch, self._num_profile_fields):
+        if (history.ndim != 2 or history_mask.shape != history.shape
+                or profile.shape != (batch, self._num_profile_fields)):
             raise ValueError(
-                f"infer: expected history (B, L), history_mask (B, L), profile (B, {self._num_profile_fields}); got "
+                "infer: expected history (B, L), history_mask (B, L), profile (B, "
+                f"{self._num_profile_fields}); got "
                 f"{history.shape}, {history_mask.shape}, {profile.shape}"
             )
         if history.shape[1] > self._max_len:
@@ -200,7 +211,8 @@ class UserTowerRuntime:
             self._output_names,
             {
                 "history": history if history.dtype == np.int64 else history.astype(np.int64),
-                "history_mask": history_mask if history_mask.dtype == np.bool_ else history_mask.astype(np.bool_),
+                "history_mask": (history_mask if history_mask.dtype == np.bool_
+                                 else history_mask.astype(np.bool_)),
                 "profile": profile if profile.dtype == np.int64 else profile.astype(np.int64),
             },
         )
@@ -220,13 +232,15 @@ class UserTowerRuntime:
         parts = []
         for start in range(0, len(histories), batch_size):
             history, mask = self.encode_histories(histories[start : start + batch_size])
-            parts.append(self.infer(history, mask, self.encode_profiles(profiles[start : start + batch_size])))
+            parts.append(self.infer(history, mask,
+                                    self.encode_profiles(profiles[start : start + batch_size])))
         if len(parts) == 1:
             return parts[0]
         if not parts:
             return self.infer(*self.encode_histories([]), self.encode_profiles([]))
         return TowerOutput(
-            np.concatenate([p.interest_vectors for p in parts]), np.concatenate([p.valid_interest_mask for p in parts])
+            np.concatenate([p.interest_vectors for p in parts]),
+            np.concatenate([p.valid_interest_mask for p in parts]),
         )
 
     # --- the item side, for the items collection -----------------------------------------------------
@@ -247,6 +261,10 @@ class UserTowerRuntime:
             features[name] = [[values[v] for v in row if v] for row in matrix[1:]]
         return features
 
+    def item_titles(self) -> list[str] | None:
+        """What people call each item (index order 1..num_items), or None when the artifact has no titles."""
+        return None if self.vocab.item_titles is None else self.vocab.item_titles[1:]
+
 
 def _check_signature(session: ort.InferenceSession, manifest: Manifest, onnx_path: Path) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
@@ -255,13 +273,15 @@ def _check_signature(session: ort.InferenceSession, manifest: Manifest, onnx_pat
         if name not in inputs or inputs[name].type != _EXPECTED_INPUT_TYPES[name]:
             got = inputs[name].type if name in inputs else "absent"
             raise ArtifactError(
-                f"{onnx_path}: input {name} is {got}, expected {_EXPECTED_INPUT_TYPES[name]}; re-export the artifact"
+                f"{onnx_path}: input {name} is {got}, expected "
+                f"{_EXPECTED_INPUT_TYPES[name]}; re-export the artifact"
             )
     for name in OUTPUT_NAMES:
         if name not in outputs or outputs[name].type != _EXPECTED_OUTPUT_TYPES[name]:
             got = outputs[name].type if name in outputs else "absent"
             raise ArtifactError(
-                f"{onnx_path}: output {name} is {got}, expected {_EXPECTED_OUTPUT_TYPES[name]}; re-export the artifact"
+                f"{onnx_path}: output {name} is {got}, expected "
+                f"{_EXPECTED_OUTPUT_TYPES[name]}; re-export the artifact"
             )
     # Static trailing dims (K, d) must agree with the manifest; dynamic ones are symbolic strings.
     shape = outputs["interest_vectors"].shape
@@ -270,6 +290,7 @@ def _check_signature(session: ort.InferenceSession, manifest: Manifest, onnx_pat
     for got, want in zip(static, expected, strict=False):
         if got is not None and got != want:
             raise ArtifactError(
-                f"{onnx_path}: interest_vectors has shape {shape}, manifest says (B, {expected[0]}, {expected[1]}); "
+                f"{onnx_path}: interest_vectors has shape {shape}, manifest says (B, "
+                f"{expected[0]}, {expected[1]}); "
                 f"re-export the artifact"
             )

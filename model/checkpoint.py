@@ -60,7 +60,8 @@ def model_version_of(config: Mapping[str, Any], state_dict: Mapping[str, torch.T
 
 
 def save_checkpoint(path: str | Path, model: RetrievalModel, *, vocabularies: Mapping[str, Any],
-                    item_feature_matrix: Mapping[str, np.ndarray], dataset: Mapping[str, Any] | None = None) -> str:
+                    item_feature_matrix: Mapping[str, np.ndarray],
+                    dataset: Mapping[str, Any] | None = None) -> str:
     """Write the checkpoint dict to `path` (a run directory or a file); returns the model version."""
     config = model.config.to_dict()
     state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -70,7 +71,8 @@ def save_checkpoint(path: str | Path, model: RetrievalModel, *, vocabularies: Ma
         "config": config,
         "state_dict": state_dict,
         "vocabularies": json.loads(json.dumps(vocabularies)),
-        "item_feature_matrix": {k: np.asarray(v, dtype=np.int64).tolist() for k, v in item_feature_matrix.items()},
+        "item_feature_matrix": {k: np.asarray(v, dtype=np.int64).tolist()
+                                for k, v in item_feature_matrix.items()},
         "model_version": model_version,
         "dataset": dict(dataset or {}),
     }
@@ -86,14 +88,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild the model a checkpoint describes; raises CheckpointError naming the file and the problem."""
     source = checkpoint_path(path)
     if not source.is_file():
-        raise CheckpointError(f"{source}: no checkpoint here; train one with `mind-model train --out RUN_DIR`")
+        raise CheckpointError(f"{source}: no checkpoint here; "
+                              "train one with `mind-model train --out RUN_DIR`")
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a corrupt file
-        raise CheckpointError(f"{source}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"{source}: not a readable checkpoint ({type(error).__name__}: {error})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(payload, dict) or k not in payload]
     if missing:
-        raise CheckpointError(f"{source}: checkpoint lacks {missing}; re-train with this version of mind-model")
+        raise CheckpointError(f"{source}: checkpoint lacks {missing}; re-train with "
+                              "this version of mind-model")
     try:
         config = MindConfig.from_dict(payload["config"])
         spec = FeatureSpec.from_vocabularies(payload["vocabularies"])

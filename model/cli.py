@@ -1,6 +1,7 @@
 """`mind-model`: prepare data, train and evaluate MIND and its baselines, explain a user's interests.
 
     mind-model data ml-100k
+    mind-model data --interactions log.csv [--items items.csv] [--users users.csv] --name shop
     mind-model train --data ml-100k --out runs/mind-100k [--model mind|mind1|youtube_dnn] [config flags]
     mind-model evaluate runs/mind-100k
     mind-model compare --data ml-1m --out runs/compare-ml-1m
@@ -24,9 +25,11 @@ import numpy as np
 from model.baselines import MODEL_CHOICES, resolve_model_choice
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import ConfigError, MindConfig
-from model.data import DataError, InteractionData, load_dataset, summarize, user_split
-from model.datasets import DATASET_NAMES, prepare_dataset
+from model.data import MULTI_VALUE_SEPARATOR, DataError, InteractionData, load_dataset, user_split
+from model.datasets import DATASET_NAMES, check_own_name, prepare_dataset, save_own_dataset
 from model.evaluate import diagnose_interests, evaluate_scorer, format_diagnostics, format_table, model_scorer
+from model.logfiles import TIME_FORMATS, LogColumns, SideColumns, load_interactions
+from model.summary import summarize
 
 COMPARE_MODELS = ("mind", "mind1", "youtube_dnn", "popular")
 
@@ -41,7 +44,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model and training hyperparameters (defaults: the paper's where it gives one)")
+    group = parser.add_argument_group("model and training hyperparameters (defaults: the "
+                                      "paper's where it gives one)")
     for f in dataclasses.fields(MindConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: %(default)s)"
@@ -61,42 +65,53 @@ def _config_from(args: argparse.Namespace) -> MindConfig:
 
 def _add_data_flags(parser: argparse.ArgumentParser, split: bool = True) -> None:
     parser.add_argument("--data", required=True, metavar="DATASET",
-                        help=f"a named dataset ({', '.join(DATASET_NAMES)}) or a prepared .npz cache file")
+                        help=f"a named dataset ({', '.join(DATASET_NAMES)}), the NAME of your own data prepared "
+                             "with `mind-model data --interactions FILE --name NAME`, or a prepared .npz cache file")
     parser.add_argument("--cache-dir", type=Path, default=Path("data"),
                         help="where named datasets are downloaded and cached (default: %(default)s)")
     if split:
         parser.add_argument("--valid-fraction", type=float, default=0.1,
-                            help="share of users held out for validation / early stopping (default: %(default)s)")
+                            help="share of users held out for validation / early "
+                                 "stopping (default: %(default)s)")
         parser.add_argument("--test-fraction", type=float, default=0.1,
-                            help="share of users held out for the test (never used in training; default: %(default)s)")
+                            help="share of users held out for the test (never used in "
+                                 "training; default: %(default)s)")
         parser.add_argument("--split-seed", type=int, default=0,
                             help="seed of the random user split (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default: %(default)s: on this shared 2-core machine two "
-                             "threads ran up to 50x slower than one, spinning while the other was descheduled)")
+                        help="torch intra-op threads (default: %(default)s: on this shared 2-core "
+                             "machine two threads ran up to 50x slower than one, spinning while the "
+                             "other was descheduled)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mind-model", description="Train and evaluate MIND (multi-interest recall) and baselines.")
+    parser = _Parser(prog="mind-model",
+                     description="Train and evaluate MIND (multi-interest recall) and baselines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    data = commands.add_parser("data", help="download (if needed), prepare and summarise a dataset",
-                               description="Download (if needed), prepare and cache a named dataset, then "
-                                           "print a summary.")
-    data.add_argument("name", choices=DATASET_NAMES, help="the dataset to prepare")
+    data = commands.add_parser("data", help="prepare and summarise a named dataset or your own log",
+                               description="Download (if needed), prepare and cache a named dataset, or prepare "
+                                           "your own interaction log (CSV, TSV or Parquet) under a name that "
+                                           "train, compare, evaluate and mind-export then take; print a summary.")
+    data.add_argument("dataset", nargs="?", choices=DATASET_NAMES, metavar="DATASET",
+                      help=f"a named dataset to prepare ({', '.join(DATASET_NAMES)}); or use --interactions")
     data.add_argument("--cache-dir", type=Path, default=Path("data"),
                       help="where datasets are downloaded and cached (default: %(default)s)")
-    data.add_argument("--refresh", action="store_true", help="parse the raw files again instead of using the cache")
+    data.add_argument("--refresh", action="store_true",
+                      help="parse the raw files again instead of using the cache")
+    _add_own_data_flags(data)
 
-    train = commands.add_parser("train", help="train one model and write RUN_DIR/checkpoint.pt + metrics.json",
+    train = commands.add_parser("train",
+                                help="train one model and write RUN_DIR/checkpoint.pt + metrics.json",
                                 description="Train MIND or a baseline on the training users; keep the epoch "
                                             "with the best validation Recall@50.")
     _add_data_flags(train)
     train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                        help="run directory for checkpoint.pt and metrics.json")
     train.add_argument("--model", choices=MODEL_CHOICES, default="mind",
-                       help="mind; mind1 = MIND with one interest; youtube_dnn = mean-pooled behaviours + MLP "
+                       help="mind; mind1 = MIND with one interest; "
+                            "youtube_dnn = mean-pooled behaviours + MLP "
                             "(default: %(default)s)")
     _add_config_flags(train)
 
@@ -107,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
     evaluate.add_argument("--cache-dir", type=Path, default=Path("data"),
                           help="where the run's dataset is cached (default: %(default)s)")
-    evaluate.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    evaluate.add_argument("--threads", type=int, default=1,
+                          help="torch intra-op threads (default: %(default)s)")
 
-    compare = commands.add_parser("compare", help="MIND vs MIND-1 vs YouTube-DNN vs most-popular on one split",
+    compare = commands.add_parser("compare",
+                                  help="MIND vs MIND-1 vs YouTube-DNN vs most-popular on one split",
                                   description="Train each model on the same user split, evaluate all on the "
                                               "same test users, print one table and write OUT/compare.json.")
     _add_data_flags(compare)
@@ -126,10 +143,111 @@ def build_parser() -> argparse.ArgumentParser:
                                               "them too.")
     explain.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
     explain.add_argument("user", metavar="USER", help="raw user id from the run's dataset (e.g. 42)")
-    explain.add_argument("--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)")
+    explain.add_argument("--out", type=Path, default=Path("heatmap.png"),
+                         help="PNG to write (default: %(default)s)")
     explain.add_argument("--cache-dir", type=Path, default=Path("data"),
                          help="where the run's dataset is cached (default: %(default)s)")
     return parser
+
+
+def _add_own_data_flags(parser: argparse.ArgumentParser) -> None:
+    own = parser.add_argument_group(
+        "your own data", "A log with one row per interaction (user, item, time, optional behaviour); an optional "
+        "item file (one row per item: id, side features, a title) and user file (id, profile fields). "
+        "Side features are categories; bucket numeric ones with --bucket.")
+    own.add_argument("--interactions", type=Path, metavar="FILE", help="the interaction log (.csv, .tsv or .parquet)")
+    own.add_argument("--items", type=Path, metavar="FILE", help="item file: id + side-feature columns")
+    own.add_argument("--users", type=Path, metavar="FILE", help="user file: id + profile columns")
+    own.add_argument("--name", metavar="NAME", help="the name to prepare it under (then: --data NAME)")
+    own.add_argument("--user-col", default="user_id", help="log column of the user id (default: %(default)s)")
+    own.add_argument("--item-col", default="item_id", help="log column of the item id (default: %(default)s)")
+    own.add_argument("--time-col", default="timestamp", help="log column of the time (default: %(default)s)")
+    own.add_argument("--time-format", choices=TIME_FORMATS, default="auto",
+                     help="seconds or milliseconds since the epoch, or ISO-8601 text (2024-03-01T09:30:00Z; no "
+                          "offset = UTC); auto: ISO-8601 unless the first value is an integer, then milliseconds "
+                          "if any value is >= 1e11, else seconds (default: %(default)s)")
+    own.add_argument("--behavior-col", default=None,
+                     help="log column of the behaviour type (click, buy...; default: 'behavior' if there is one)")
+    own.add_argument("--item-id-col", default=None, help="item file's id column (default: the --item-col name)")
+    own.add_argument("--item-cols", default=None, metavar="A,B",
+                     help="item file's side-feature columns (default: all but the id and the title)")
+    own.add_argument("--title-col", default=None,
+                     help="item file's column of titles or names: shown to people, not a model feature")
+    own.add_argument("--separator", action="append", default=[], metavar="COL=SEP",
+                     help=f"separator of a multi-valued item column (default: {MULTI_VALUE_SEPARATOR!r} for every "
+                          "item column; COL= makes it single-valued); repeatable")
+    own.add_argument("--user-id-col", default=None, help="user file's id column (default: the --user-col name)")
+    own.add_argument("--profile-cols", default=None, metavar="A,B",
+                     help="user file's profile columns (default: all but the id)")
+    own.add_argument("--bucket", action="append", default=[], metavar="COL=N",
+                     help="read the numeric item or user column COL as N quantile buckets (e.g. price=5); repeatable")
+    own.add_argument("--keep-missing", action="store_true",
+                     help="keep log items (users) missing from the item (user) file, with unknown features "
+                          "(default: an error naming the first)")
+
+
+def _pairs(flag: str, values: list[str], kind: type) -> dict[str, Any]:
+    """["price=5", ...] → {"price": 5}; UsageError naming the flag on a malformed pair."""
+    out: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            out[key.strip()] = kind(raw)
+        except ValueError:
+            example = "price=5" if kind is int else "tags=;"
+            raise UsageError(f"{flag} {value!r}: expected COL={'N' if kind is int else 'SEP'}, e.g. {flag} {example}") from None
+    return out
+
+
+def _columns(flag: str, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    columns = tuple(c.strip() for c in value.split(",") if c.strip())
+    if not columns:
+        raise UsageError(f"{flag} {value!r}: give comma-separated column names, e.g. {flag} genre,brand")
+    return columns
+
+
+def _own_data(args: argparse.Namespace) -> int:
+    """`mind-model data --interactions FILE ... --name NAME`: read, check, save as the prepared cache."""
+    if not args.name:
+        raise UsageError("--interactions needs --name NAME: the name train, evaluate and export will know it by")
+    name = check_own_name(args.name)
+    buckets = _pairs("--bucket", args.bucket, int)
+    bad = [f"{k}={n}" for k, n in buckets.items() if n < 2]
+    if bad:
+        raise UsageError(f"--bucket {bad[0]}: need at least 2 buckets")
+    separators = _pairs("--separator", args.separator, str)
+    item_columns = SideColumns(
+        id=args.item_id_col, features=_columns("--item-cols", args.item_cols), default_separator=MULTI_VALUE_SEPARATOR,
+        separators={k: v or None for k, v in separators.items()}, buckets=buckets, title=args.title_col,
+    )
+    user_columns = SideColumns(id=args.user_id_col, features=_columns("--profile-cols", args.profile_cols),
+                               buckets=buckets)
+    notes: list[str] = []
+    data = load_interactions(
+        args.interactions, items_path=args.items, users_path=args.users, name=name,
+        on_missing="unknown" if args.keep_missing else "error",
+        log_columns=LogColumns(user=args.user_col, item=args.item_col, time=args.time_col,
+                               behavior=args.behavior_col, time_format=args.time_format),
+        item_columns=item_columns, user_columns=user_columns, notes=notes,
+    )
+    used = set(data.item_feature_vocabs) | set(data.profile_vocabs)
+    unused = sorted(set(buckets) - used)
+    if unused:
+        files = " or ".join(str(p) for p in (args.items, args.users) if p) or "(no item or user file given)"
+        raise UsageError(f"--bucket {unused[0]}: no such feature column in {files}")
+    path = save_own_dataset(data, args.cache_dir)
+    print(summarize(data))
+    single = sum(1 for s in data.sequences if len(s) < 2)
+    for note in notes:
+        print(f"  {note}")
+    if single:
+        print(f"  {single:,} users have a single behaviour: kept, but they give no training sample")
+    print(f"wrote {path}; train on it with: mind-model train --data {name} --out runs/{name}")
+    return 0
 
 
 def _progress(message: str) -> None:
@@ -137,14 +255,14 @@ def _progress(message: str) -> None:
 
 
 def load_data(source: str, cache_dir: Path) -> InteractionData:
-    if source in DATASET_NAMES:
-        return prepare_dataset(source, cache_dir, progress=_progress)
+    """A named dataset, your own data prepared under `source` in `cache_dir`, or a .npz cache file."""
     if source.endswith(".npz"):
         return load_dataset(source)
-    raise UsageError(f"--data {source!r}: not a named dataset ({', '.join(DATASET_NAMES)}) or a .npz cache file")
+    return prepare_dataset(source, cache_dir, progress=_progress)
 
 
-def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace, split: Any) -> dict[str, Any]:
+def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace,
+                    split: Any) -> dict[str, Any]:
     return {
         "name": data.name, "source": source, "num_users": data.num_users, "num_items": data.num_items,
         "num_interactions": data.num_interactions,
@@ -157,7 +275,8 @@ def _dataset_record(source: str, data: InteractionData, args: argparse.Namespace
 def _split(data: InteractionData, record_or_args: Any) -> Any:
     if isinstance(record_or_args, dict):
         s = record_or_args["split"]
-        return user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"], seed=s["seed"])
+        return user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"],
+                          seed=s["seed"])
     a = record_or_args
     return user_split(data, valid_fraction=a.valid_fraction, test_fraction=a.test_fraction, seed=a.split_seed)
 
@@ -169,7 +288,17 @@ def _set_threads(threads: int) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    data = prepare_dataset(args.name, args.cache_dir, refresh=args.refresh, progress=_progress)
+    if args.interactions is not None:
+        if args.dataset:
+            raise UsageError(f"give either a dataset name ({args.dataset}) or --interactions FILE, not both")
+        return _own_data(args)
+    if args.dataset is None:
+        raise UsageError(f"name a dataset ({', '.join(DATASET_NAMES)}) or give your own with --interactions FILE "
+                         "--name NAME (see --help)")
+    own_flags = [f"--{k.replace('_', '-')}" for k in ("items", "users", "name") if getattr(args, k)]
+    if own_flags:
+        raise UsageError(f"{own_flags[0]} belongs to your own data: add --interactions FILE")
+    data = prepare_dataset(args.dataset, args.cache_dir, refresh=args.refresh, progress=_progress)
     print(summarize(data))
     return 0
 
@@ -224,7 +353,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          "re-train the run on the current dataset")
     split = _split(data, record)
     config = checkpoint.config
-    label = f"{checkpoint.model_kind} K={config.num_interests}" if checkpoint.model_kind == "mind" else checkpoint.model_kind
+    label = (f"{checkpoint.model_kind} K={config.num_interests}" if checkpoint.model_kind == "mind"
+             else checkpoint.model_kind)
     results = {
         label: evaluate_scorer(model_scorer(checkpoint.model, config.max_history_length), data.sequences,
                                data.user_profile, split.test_users, config.holdout_fraction),
@@ -255,7 +385,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(COMPARE_MODELS))
     if unknown or not models:
-        raise UsageError(f"--models: unknown {unknown or 'empty list'}; choose from {', '.join(COMPARE_MODELS)}")
+        raise UsageError(f"--models: unknown {unknown or 'empty list'}; "
+                         f"choose from {', '.join(COMPARE_MODELS)}")
     config = _config_from(args)
     data = load_data(args.data, args.cache_dir)
     split = _split(data, args)
@@ -267,7 +398,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for choice in models:
         if choice == "popular":
-            results["popular"] = evaluate_popular(data, split.train_users, split.test_users, config.holdout_fraction)
+            results["popular"] = evaluate_popular(data, split.train_users, split.test_users,
+                                                  config.holdout_fraction)
             continue
         trained = _train_one(choice, config, data, split, out_dir / choice, record, args)
         results[choice] = evaluate_scorer(model_scorer(trained["model"], config.max_history_length),
@@ -328,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as error:
         message = str(error)
-        print(message if message.startswith("mind-model") else f"mind-model: error: {message}", file=sys.stderr)
+        print(message if message.startswith("mind-model") else f"mind-model: error: {message}",
+              file=sys.stderr)
     except (DataError, ConfigError, CheckpointError, OSError) as error:
         print(f"mind-model: error: {error}", file=sys.stderr)
     except KeyError as error:

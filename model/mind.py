@@ -70,7 +70,8 @@ class RetrievalModel(nn.Module):
         raise NotImplementedError
 
     def interests(self, history: Tensor, history_mask: Tensor, profile: Tensor) -> InterestOutput:
-        """history (B, L) int64 left-aligned, history_mask (B, L) bool, profile (B, P) int64 -> InterestOutput."""
+        """history (B, L) int64 left-aligned, history_mask (B, L) bool, profile (B, P) int64
+        -> InterestOutput."""
         return self.interests_from_embeddings(self.item_embeddings(history), history_mask, profile)
 
     def forward(self, history: Tensor, history_mask: Tensor, profile: Tensor, target: Tensor) -> Tensor:
@@ -104,7 +105,8 @@ class MIND(RetrievalModel):
                                         config.hidden_dim, config.interest_output_relu)
 
     def valid_interests(self, history_mask: Tensor) -> Tensor:
-        """(B, L) bool -> (B, K) bool. K'u counts the behaviours the tower sees (at most max_history_length)."""
+        """(B, L) bool -> (B, K) bool. K'u counts the behaviours the tower sees (at most
+        max_history_length)."""
         lengths = history_mask.to(torch.long).sum(-1)
         if self.config.adaptive_interests:
             return interest_mask_from_lengths(lengths, self.config.num_interests)

@@ -134,7 +134,8 @@ def _embed_batch(model: RetrievalModel, batch: dict[str, torch.Tensor],
     history, target = batch["history"], batch["target"]
     if history.numel() + len(target) + len(negatives) > model.spec.num_items + 1:
         table = model.all_item_embeddings()
-        behaviour_embeddings, target_embeddings, negative_embeddings = table[history], table[target], table[negatives]
+        behaviour_embeddings, target_embeddings, negative_embeddings = (
+            table[history], table[target], table[negatives])
     else:
         behaviour_embeddings = model.item_embeddings(history)
         embedded = model.item_embeddings(torch.cat([target, negatives]))
@@ -177,7 +178,8 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
     sampler = NegativeSampler(config.negative_sampler, item_counts_of(data, train_users), config.seed)
     log_q = None if sampler.uniform else sampler.log_q
     num_negatives = min(config.num_negatives, data.num_items)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
     order_rng = np.random.default_rng(config.seed)
     result = TrainResult(model=model, num_samples=len(samples))
     best_score, best_state, stale = -math.inf, None, 0
@@ -233,7 +235,8 @@ def evaluate_popular(data: Any, train_users: np.ndarray, users: np.ndarray,
                      holdout_fraction: float) -> dict[str, dict[str, float]]:
     """Most-popular (counts over the training users) on `users`."""
     popular = MostPopular(data.num_items, [data.sequences[int(u)] for u in train_users])
-    return evaluate_scorer(popularity_scorer(popular), data.sequences, data.user_profile, users, holdout_fraction)
+    return evaluate_scorer(popularity_scorer(popular), data.sequences, data.user_profile, users,
+                           holdout_fraction)
 
 
 def write_run(run_dir: Path, result: TrainResult, data: Any, dataset_record: dict[str, Any]) -> str:

@@ -1,43 +1,40 @@
 """`mind-stream`: run the real-time interest updater, feed it, and ask it for recall.
 
-    mind-stream worker --artifact DIR           the faust worker (wraps `faust -A streams.app worker`)
+    mind-stream worker --artifact DIR           the faust worker (wraps `faust -A streams.worker.app worker`)
     mind-stream produce FILE [--rate 100]       replay an interaction log (CSV/TSV/JSONL) into Kafka
     mind-stream recall USER [--n 50]            top-N items: from the running worker, else from the store
     mind-stream index-items ARTIFACT_DIR        load the artifact's item vectors into the vector store
-    mind-stream rebuild / rollout / rollback    vectors from the Kafka log; model rollout and rollback (streams/rebuild.py)
+    mind-stream rebuild / rollout / rollback    vectors from the Kafka log; model rollout and rollback
 
-Settings come from flags, else the environment (streams/config.py lists every env var); secrets
-(KAFKA_SASL_PASSWORD, MINDSTREAM_MILVUS_TOKEN) only from the environment. Bad input ends with one line and exit 2.
+This module is argparse and printing only: the work is in streams.produce, streams.ops, streams.kafka and
+streams.store. Settings come from flags, else the environment (streams/config.py lists every env var);
+secrets (KAFKA_SASL_PASSWORD, MINDSTREAM_MILVUS_TOKEN) only from the environment. Bad input (a `UserError`,
+or a store that cannot do what was asked) ends with one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams.config import ConfigError, Settings, default_of, env_name
+from streams.config import EXIT_BAD_INPUT, Settings, UserError, default_of, env_name
 
-EXIT_BAD_INPUT = 2
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad file, unreachable broker …): printed as one line, exit 2."""
-
+__all__ = ["EXIT_BAD_INPUT", "UserError", "build_parser", "format_recall", "main"]
 
 # --- flags shared by several commands -----------------------------------------------------------------
 
 # flag -> settings field; the help text names the env var and default.
-_CONNECTION_FLAGS = {"--bootstrap": "kafka_bootstrap", "--milvus-uri": "milvus_uri", "--milvus-prefix": "milvus_prefix"}
+_CONNECTION_FLAGS = {"--bootstrap": "kafka_bootstrap", "--milvus-uri": "milvus_uri",
+                     "--milvus-prefix": "milvus_prefix"}
+_STORE_FLAGS = {"--milvus-uri": "milvus_uri", "--milvus-prefix": "milvus_prefix"}
 _TOPIC_FLAGS = {"--topic-interactions": "topic_interactions", "--topic-profiles": "topic_profiles",
                 "--topic-updates": "topic_updates", "--topic-dlq": "topic_dlq", "--partitions": "partitions"}
 _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-size": "batch_size",
@@ -45,6 +42,8 @@ _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-si
                  "--web-port": "web_port", "--data-dir": "data_dir", "--max-history": "max_history",
                  "--max-seen": "max_seen", "--max-attempts": "max_attempts",
                  "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s"}
+_OPS_FLAGS = {**_CONNECTION_FLAGS, "--app-id": "app_id", "--topic-interactions": "topic_interactions",
+              "--topic-profiles": "topic_profiles", "--max-history": "max_history", "--max-seen": "max_seen"}
 _HELP = {
     "kafka_bootstrap": "Kafka broker list host:port[,host:port]",
     "milvus_uri": "Milvus Lite file or Milvus server URI (http://host:19530)",
@@ -66,14 +65,16 @@ _HELP = {
     "max_seen": "recent event ids kept per user to drop duplicate deliveries",
     "max_attempts": "tries of a failing batch before its events are dead-lettered",
     "session_timeout_s": "Kafka group session timeout, seconds: how soon a crashed worker's partitions move",
-    "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from its commit",
+    "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from "
+                       "its commit",
 }
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
     for flag, field in flags.items():
         parser.add_argument(flag, dest=field, default=None, metavar=field.split("_")[-1].upper(),
-                            help=f"{_HELP[field]} (env {env_name(field)}, default {default_of(field) or 'unset'})")
+                            help=f"{_HELP[field]} (env {env_name(field)}, "
+                                 f"default {default_of(field) or 'unset'})")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -82,254 +83,134 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mind-stream", description="Run the real-time interest updater and recall.")
+    parser = argparse.ArgumentParser(prog="mind-stream",
+                                     description="Run the real-time interest updater and recall.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="run the faust worker: interactions -> tower -> Milvus, with HTTP recall",
-                            description="Run the faust worker (wraps `faust -A streams.app worker`).")
+    worker = sub.add_parser("worker",
+                            help="run the faust worker: interactions -> tower -> Milvus, with HTTP recall",
+                            description="Run the faust worker (wraps `faust -A streams.worker.app worker`).")
     _add_setting_flags(worker, {**_CONNECTION_FLAGS, **_TOPIC_FLAGS, **_WORKER_FLAGS})
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                         help="worker log level (default info)")
 
     produce = sub.add_parser("produce", help="replay an interaction log (CSV, TSV or JSONL) into Kafka",
-                             description="Replay an interaction log into the interactions topic, keyed by user id.")
-    produce.add_argument("file", type=Path, help="CSV/TSV with a header (user_id,item_id,ts[,event_id,behavior]) or JSONL")
+                             description="Replay an interaction log into the interactions topic, "
+                                         "keyed by user id.")
+    produce.add_argument("file", type=Path,
+                         help="CSV/TSV with a header (user_id,item_id,ts[,event_id,behavior]) or JSONL")
     produce.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
                          help="file format (default: from the extension; .dat/.data/.tsv are tab-separated)")
-    produce.add_argument("--columns", default=None,
-                         help="column names for a file without a header, e.g. user_id,item_id,-,ts for MovieLens u.data")
-    produce.add_argument("--rate", type=float, default=0.0, help="events per second, 0 = as fast as possible (default 0)")
-    produce.add_argument("--limit", type=int, default=0, help="send at most this many events (default 0 = all)")
+    produce.add_argument("--columns", default=None, help="column names for a file without a header, e.g. "
+                                                         "user_id,item_id,-,ts for MovieLens u.data")
+    produce.add_argument("--rate", type=float, default=0.0,
+                         help="events per second, 0 = as fast as possible (default 0)")
+    produce.add_argument("--limit", type=int, default=0,
+                         help="send at most this many events (default 0 = all)")
     produce.add_argument("--user", default=None, help="send only this user's events")
     produce.add_argument("--now", action="store_true",
-                         help="stamp each event with the time it is sent (replaying an old log as live traffic)")
+                         help="stamp each event with the time it is sent "
+                              "(replaying an old log as live traffic)")
     produce.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_setting_flags(produce, {"--bootstrap": "kafka_bootstrap", "--topic": "topic_interactions",
                                  "--partitions": "partitions"})
 
-    recall = sub.add_parser("recall", help="a user's top-N items (asks the running worker, else opens the store)",
-                            description="Print a user's recall: from the worker's HTTP API when it is up, else "
-                                        "straight from the vector store (a Milvus Lite file is one process's).")
+    recall = sub.add_parser("recall",
+                            help="a user's top-N items (asks the running worker, else opens the store)",
+                            description="Print a user's recall: from the worker's HTTP API when it is up, "
+                                        "else straight from the vector store (a Milvus Lite file is one "
+                                        "process's).")
     recall.add_argument("user", help="user id")
     recall.add_argument("--n", type=int, default=50, help="number of items (default 50)")
-    recall.add_argument("--url", default=None, help="worker base URL (default http://WEB_HOST:WEB_PORT from settings)")
+    recall.add_argument("--url", default=None,
+                        help="worker base URL (default http://WEB_HOST:WEB_PORT from settings)")
     recall.add_argument("--exclude-seen", action="store_true",
                         help="leave out the items already in the user's history (needs the running worker)")
     recall.add_argument("--json", action="store_true", help="print the raw JSON answer")
-    _add_setting_flags(recall, {"--milvus-uri": "milvus_uri", "--milvus-prefix": "milvus_prefix", "--web-host": "web_host", "--web-port": "web_port"})
+    _add_setting_flags(recall, {**_STORE_FLAGS, "--web-host": "web_host", "--web-port": "web_port"})
 
     index = sub.add_parser("index-items", help="load an artifact's item vectors into the vector store",
-                           description="Load the artifact's item vectors (batched) and build the items index.")
+                           description="Load the artifact's item vectors (batched) and build the items "
+                                       "index.")
     index.add_argument("artifact", type=Path, help="artifact directory written by mind-export")
-    _add_setting_flags(index, {"--milvus-uri": "milvus_uri", "--milvus-prefix": "milvus_prefix"})
-    from streams.rebuild import add_subcommands
-
-    parser.set_defaults(rebuild_commands=add_subcommands(sub, _add_setting_flags))
+    _add_setting_flags(index, _STORE_FLAGS)
+    _add_ops_parsers(sub)
     return parser
 
 
+def _add_ops_parsers(sub: Any) -> None:
+    rebuild = sub.add_parser("rebuild",
+                             help="recreate every user's vectors from the Kafka log into an empty store",
+                             description="Read the interactions topic from the beginning, apply the worker's "
+                                         "history rule and write every user's vectors (stop the worker first "
+                                         "when the store is a Milvus Lite file).")
+    rebuild.add_argument("--artifact", type=Path, required=True,
+                         help="artifact directory written by mind-export")
+    rebuild.add_argument("--source", choices=["log", "changelog"], default="log",
+                         help="the interactions log (default) or the worker's table changelog")
+    rebuild.add_argument("--drop", action="store_true", help="drop every collection of the store first")
+    _add_setting_flags(rebuild, _OPS_FLAGS)
+
+    rollout = sub.add_parser("rollout", help="write a new model version's vectors, then switch readers to it",
+                             description="Index the new artifact's items, replay the histories table into "
+                                         "its own collections, then activate it (one pointer row).")
+    rollout.add_argument("--artifact", type=Path, required=True, help="the NEW artifact directory")
+    rollout.add_argument("--source", choices=["log", "changelog"], default="changelog",
+                         help="the worker's table changelog (default) or the interactions log")
+    _add_setting_flags(rollout, _OPS_FLAGS)
+
+    rollback = sub.add_parser("rollback",
+                              help="switch readers back to the model version the current one replaced")
+    rollback.add_argument("--artifact", type=Path, default=None,
+                          help="the previous version's artifact: refresh its vectors from the table first")
+    rollback.add_argument("--source", choices=["log", "changelog"], default="changelog",
+                          help="where the refresh reads histories (default changelog)")
+    _add_setting_flags(rollback, _OPS_FLAGS)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from streams.store import StoreError
+
     args = build_parser().parse_args(argv)
-    command = {"worker": cmd_worker, "produce": cmd_produce, "recall": cmd_recall, "index-items": cmd_index_items,
-               **args.rebuild_commands}
     try:
-        return command[args.command](args)
-    except (UserError, ConfigError) as exc:
+        return COMMANDS[args.command](args)
+    except (UserError, StoreError) as exc:
         print(f"mind-stream {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
 
 
-# --- worker --------------------------------------------------------------------------------------------
+# --- worker and produce ------------------------------------------------------------------------------
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from export.artifact import ArtifactError
-    from export.runtime import UserTowerRuntime
+    from streams.kafka import ensure_topics
+    from streams.ops import load_runtime
 
     settings = _settings(args)
-    try:
-        UserTowerRuntime.load(settings.artifact_dir)  # fail here with one line, not inside faust
-    except ArtifactError as exc:
-        raise UserError(str(exc)) from None
-    except FileNotFoundError as exc:
-        raise UserError(f"{exc.filename}: not found; point --artifact at a directory written by mind-export") from None
+    load_runtime(settings.artifact_dir)  # fail here with one line, not inside faust
     ensure_topics(settings)
     os.environ.update(settings.to_env())
     loglevel = {"warning": "warn"}.get(args.loglevel, args.loglevel)  # faust's own spelling
-    argv = [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "--loglevel", loglevel]
+    argv = [sys.executable, "-m", "faust", "-A", "streams.worker.app", "worker", "--loglevel", loglevel]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached
 
 
-def ensure_topics(settings: Settings) -> None:
-    """Create the project's topics if missing: inputs with `partitions` partitions, user-profiles compacted."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-    try:
-        admin = KafkaAdminClient(client_id="mind-stream", request_timeout_ms=15000, **settings.kafka_python_kwargs())
-    except KafkaError:
-        raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}; start one (make kafka-up) "
-                        f"or set KAFKA_BOOTSTRAP / --bootstrap") from None
-    try:
-        existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(settings.topic_interactions, settings.partitions, settings.replication),
-            NewTopic(settings.topic_profiles, settings.partitions, settings.replication,
-                     topic_configs={"cleanup.policy": "compact"}),
-            NewTopic(settings.topic_updates, settings.partitions, settings.replication),
-            NewTopic(settings.topic_dlq, 1, settings.replication),
-        ]
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            try:
-                admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
-    except KafkaError as exc:
-        raise UserError(f"creating topics on {settings.kafka_bootstrap} failed: {exc}") from None
-    finally:
-        admin.close()
-    _check_partitions(settings, [t.name for t in wanted[:2] if t.name in existing])
-
-
-def _check_partitions(settings: Settings, topics: list[str]) -> None:
-    """The tables' changelogs get MINDSTREAM_PARTITIONS partitions; faust refuses inputs with another count."""
-    if not topics:
-        return
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(**settings.kafka_python_kwargs())
-    try:
-        for topic in topics:
-            count = len(consumer.partitions_for_topic(topic) or ())
-            if count and count != settings.partitions:
-                raise UserError(f"topic {topic} has {count} partitions but MINDSTREAM_PARTITIONS is {settings.partitions}; "
-                                f"pass --partitions {count} (the table changelogs must match the input topics)")
-    finally:
-        consumer.close()
-
-
-# --- produce -------------------------------------------------------------------------------------------
-
-
-def read_events(path: Path, fmt: str | None = None, columns: str | None = None) -> Iterator[dict[str, Any] | bytes]:
-    """Rows of an interaction log as dicts (CSV/TSV) or raw lines (JSONL, sent as they are)."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(path.suffix.lower(), "tsv")
-    if fmt == "jsonl":
-        with path.open("rb") as fh:
-            for line in fh:
-                if line.strip():
-                    yield line.rstrip(b"\r\n")
-        return
-    delimiter = "," if fmt == "csv" else "\t"
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        first = next(reader, None)
-        if first is None:
-            return
-        if columns:
-            header = [c.strip() for c in columns.split(",")]
-            rows: Iterator[list[str]] = _chain([first], reader)
-        elif {"user_id", "item_id", "ts"} <= {c.strip() for c in first}:
-            header = [c.strip() for c in first]
-            rows = reader
-        else:
-            raise UserError(f"{path}: first line {delimiter.join(first)[:60]!r} is not a header with user_id, "
-                            f"item_id, ts; pass --columns, e.g. --columns user_id,item_id,-,ts")
-        missing = {"user_id", "item_id", "ts"} - set(header)
-        if missing:
-            raise UserError(f"--columns {','.join(header)}: missing {', '.join(sorted(missing))}")
-        for line_no, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            if len(row) < len(header):
-                raise UserError(f"{path}:{line_no}: {len(row)} columns, expected {len(header)} ({','.join(header)})")
-            record = dict(zip(header, row, strict=False))
-            yield {k: record[k] for k in ("user_id", "item_id", "ts", "event_id", "behavior") if record.get(k)}
-
-
-def _chain(*iterables: Any) -> Iterator[Any]:
-    for it in iterables:
-        yield from it
-
-
-def _number(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() else value
-
-
-def to_message(record: dict[str, Any] | bytes, stamp_now: bool) -> tuple[bytes | None, bytes]:
-    """(key = user id bytes, value) for one record; JSONL lines go as they are unless re-stamped."""
-    if isinstance(record, bytes):
-        try:
-            obj = json.loads(record)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None, record  # sent anyway: the worker dead-letters it with the reason
-        if not isinstance(obj, dict):
-            return None, record
-        key = obj.get("user_id")
-        if stamp_now:
-            obj["ts"] = int(time.time() * 1000)
-            record = json.dumps(obj, separators=(",", ":")).encode()
-        return (str(key).encode() if key is not None else None), record
-    obj = dict(record)
-    try:
-        obj["ts"] = int(time.time() * 1000) if stamp_now else _number(obj["ts"])
-    except ValueError:
-        pass  # left as text: the worker dead-letters it ("wrong type for ts")
-    return str(obj["user_id"]).encode(), json.dumps(obj, separators=(",", ":")).encode()
-
-
 def cmd_produce(args: argparse.Namespace) -> int:
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-    from tqdm import tqdm
+    from streams.produce import read_events, send, user_of
 
     settings = _settings(args)
     records = list(read_events(args.file, args.format, args.columns))
     if args.user is not None:
-        records = [r for r in records if _user_of(r) == args.user]
+        records = [r for r in records if user_of(r) == args.user]
     if args.limit:
         records = records[: args.limit]
-    ensure_topics(settings)
-    try:
-        producer = KafkaProducer(acks="all", linger_ms=5, **settings.kafka_python_kwargs())
-    except KafkaError:
-        raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}") from None
-    interval = 1.0 / args.rate if args.rate > 0 else 0.0
-    started = time.monotonic()
-    try:
-        for i, record in enumerate(tqdm(records, unit="ev", disable=args.no_progress, desc="produce")):
-            if interval:
-                delay = started + i * interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            key, value = to_message(record, args.now)
-            producer.send(settings.topic_interactions, key=key, value=value)
-        producer.flush(timeout=60)
-    except KafkaError as exc:
-        raise UserError(f"sending to {settings.topic_interactions} at {settings.kafka_bootstrap} failed: {exc}") from None
-    finally:
-        producer.close(timeout=10)
-    print(f"sent {len(records)} events to {settings.topic_interactions} in {time.monotonic() - started:.1f}s")
+    seconds = send(settings, records, rate=args.rate, stamp_now=args.now, progress=not args.no_progress)
+    print(f"sent {len(records)} events to {settings.topic_interactions} in {seconds:.1f}s")
     return 0
-
-
-def _user_of(record: dict[str, Any] | bytes) -> str | None:
-    if isinstance(record, dict):
-        return str(record.get("user_id"))
-    try:
-        obj = json.loads(record)
-        return str(obj.get("user_id")) if isinstance(obj, dict) else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
 
 
 # --- recall / index-items ------------------------------------------------------------------------------
@@ -364,14 +245,15 @@ def cmd_recall(args: argparse.Namespace) -> int:
         n = validate_n(args.n)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    answer = fetch_recall_http(args.url or settings.web_url, user_id, n, exclude_seen=args.exclude_seen)
-    source = f"worker at {args.url or settings.web_url}"
+    url = args.url or settings.web_url
+    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen)
+    source = f"worker at {url}"
     if answer is None:
         from streams.recall import recall
         from streams.store import StoreError
 
         if args.exclude_seen:  # the histories live in the worker's table, not in the store
-            raise UserError(f"--exclude-seen needs the running worker (none answers at {args.url or settings.web_url})")
+            raise UserError(f"--exclude-seen needs the running worker (none answers at {url})")
         source = f"store {settings.milvus_uri}"
         try:
             store = settings.open_store()
@@ -380,7 +262,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
             finally:
                 store.close()
         except (StoreError, ValueError) as exc:
-            raise UserError(f"no worker answers at {args.url or settings.web_url}, and the store: {exc}") from None
+            raise UserError(f"no worker answers at {url}, and the store: {exc}") from None
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
@@ -407,7 +289,7 @@ def format_recall(answer: dict[str, Any], source: str = "") -> str:
 
 def cmd_index_items(args: argparse.Namespace) -> int:
     from export.artifact import ArtifactError
-    from streams.store import StoreError, index_items
+    from streams.store import index_items
 
     settings = _settings(args)
     if not args.artifact.is_dir():
@@ -416,11 +298,72 @@ def cmd_index_items(args: argparse.Namespace) -> int:
         store = settings.open_store()
         version = index_items(args.artifact, store)
         count = store.count_items(version)
-    except (ArtifactError, StoreError) as exc:
+    except ArtifactError as exc:
         raise UserError(str(exc)) from None
     print(f"indexed {count} items of model {version} from {args.artifact} into {settings.milvus_uri}")
     return 0
 
+
+# --- rebuild / rollout / rollback (streams/ops.py) ----------------------------------------------------
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _ops_command(step: Callable[[Settings, Any, argparse.Namespace], str]) -> Command:
+    """Open the store the flags name, run `step(settings, store, args)`, print its line, close the store."""
+    from streams.store import StoreError
+
+    def run(args: argparse.Namespace) -> int:
+        settings = _settings(args)
+        artifact = getattr(args, "artifact", None)
+        if artifact is not None and not artifact.is_dir():
+            raise UserError(f"{artifact}: not a directory; give an artifact directory written by mind-export")
+        try:
+            store = settings.open_store()
+        except ValueError as exc:  # a setting the store refuses (e.g. the collection prefix)
+            raise UserError(str(exc)) from None
+        except StoreError as exc:
+            raise UserError(f"{exc} (a Milvus Lite file is one process's: stop the worker first)") from None
+        try:
+            print(step(settings, store, args))
+        finally:
+            store.close()
+        return 0
+
+    return run
+
+
+def _rebuild(settings: Settings, store: Any, args: argparse.Namespace) -> str:
+    from streams.ops import rebuild
+
+    stats = rebuild(settings, args.artifact, store=store, source=args.source, drop=args.drop)
+    source = settings.topic_interactions if args.source == "log" else "the changelog"
+    return (f"rebuilt {stats.users_written} users ({stats.rows_written} vectors, {stats.tower_calls} tower "
+            f"calls) from {stats.messages} messages of {source}: {stats.applied} applied, {stats.duplicates} "
+            f"duplicates, {stats.rejected} rejected, in {stats.seconds:.1f}s")
+
+
+def _rollout(settings: Settings, store: Any, args: argparse.Namespace) -> str:
+    from streams.ops import rollout
+
+    previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source)
+    return (f"rolled out model {version} (was {previous or 'none'}): {stats.users_written} users, "
+            f"{stats.rows_written} vectors in {stats.seconds:.1f}s; restart the worker with --artifact "
+            f"{args.artifact}")
+
+
+def _rollback(settings: Settings, store: Any, args: argparse.Namespace) -> str:
+    from streams.ops import rollback
+
+    current, previous = rollback(settings, store=store, artifact_dir=args.artifact, source=args.source)
+    return f"rolled back from model {current} to {previous}; restart the worker with that version's artifact"
+
+
+COMMANDS: dict[str, Command] = {
+    "worker": cmd_worker, "produce": cmd_produce, "recall": cmd_recall, "index-items": cmd_index_items,
+    "rebuild": _ops_command(_rebuild), "rollout": _ops_command(_rollout), "rollback": _ops_command(_rollback),
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

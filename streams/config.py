@@ -7,37 +7,40 @@ those localhost defaults; SASL/TLS settings are passed through to faust (aiokafk
 The Milvus settings are `MINDSTREAM_MILVUS_*`, not `MILVUS_URI`: pymilvus reads `MILVUS_URI` itself at import
 and rejects a Milvus Lite file path there ("Illegal uri"), which would break every client in the process.
 
-| env var                          | default                | what |
-| -------------------------------- | ---------------------- | ---- |
-| `KAFKA_BOOTSTRAP`                | `localhost:9092`       | broker list `host:port[,host:port]` |
-| `KAFKA_SECURITY_PROTOCOL`        | `PLAINTEXT`            | `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` |
-| `KAFKA_SASL_MECHANISM`           | `PLAIN`                | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` |
-| `KAFKA_SASL_USERNAME` / `_PASSWORD` | unset               | SASL credentials (only read from the environment) |
-| `KAFKA_SSL_CAFILE`               | unset                  | CA bundle for `SSL` / `SASL_SSL` (system CAs when unset) |
-| `MINDSTREAM_MILVUS_URI`          | `./mindstream.db`      | a Milvus Lite file, or `http://host:19530` for a server |
-| `MINDSTREAM_MILVUS_TOKEN`        | unset                  | Milvus server token (`user:password` or API key) |
-| `MINDSTREAM_MILVUS_PREFIX`       | empty                  | prefix of the collection names (several stores in one Milvus) |
-| `MINDSTREAM_ARTIFACT`            | `./artifacts/latest`   | the directory written by `mind-export` |
-| `MINDSTREAM_APP_ID`              | `mindstream`           | faust app id = Kafka consumer group and changelog topic prefix |
-| `MINDSTREAM_TOPIC_INTERACTIONS`  | `interactions`         | input events, keyed by user id |
-| `MINDSTREAM_TOPIC_PROFILES`      | `user-profiles`        | compacted: user id → profile fields |
-| `MINDSTREAM_TOPIC_UPDATES`       | `interest-updates`     | one message per recomputed user |
-| `MINDSTREAM_TOPIC_DLQ`           | `interactions-dlq`     | every event that could not be processed |
-| `MINDSTREAM_PARTITIONS`          | `4`                    | partitions of the input topics (and so of the table changelogs) |
-| `MINDSTREAM_REPLICATION`         | `1`                    | replication factor of topics the project creates |
-| `MINDSTREAM_BATCH_SIZE`          | `256`                  | most events per micro-batch (one tower call per batch) |
-| `MINDSTREAM_BATCH_WINDOW_S`      | `0.1`                  | longest wait for a micro-batch to fill, seconds |
-| `MINDSTREAM_TABLE_STORE`         | `memory://`            | `memory://` or `rocksdb://` (needs `pip install mindstream[rocksdb]`) |
-| `MINDSTREAM_WEB_HOST`            | `127.0.0.1`            | address the worker's web server binds to |
-| `MINDSTREAM_WEB_PORT`            | `6066`                 | port of the worker's web server |
-| `MINDSTREAM_WEB_URL`             | `http://WEB_HOST:WEB_PORT` | where other workers reach this one (a request for a user another worker owns is passed there); set it when several hosts run workers |
-| `MINDSTREAM_DATA_DIR`            | `./mindstream-data`    | faust's local state (RocksDB tables, worker state) |
-| `MINDSTREAM_MAX_HISTORY`         | `0`                    | behaviours kept per user; `0` = the artifact's `max_history_length` |
-| `MINDSTREAM_MAX_SEEN`            | `512`                  | recent event ids kept per user to drop duplicate deliveries |
-| `MINDSTREAM_MAX_ATTEMPTS`        | `5`                    | tries of a batch's tower+store step (backoff 0.5 s doubling) before dead-lettering |
-| `MINDSTREAM_MAX_FUTURE_S`        | `86400`                | events stamped further than this in the future are rejected |
-| `MINDSTREAM_STALL_TIMEOUT_S`     | `30`                   | a worker whose partitions have a lag but that read nothing this long re-reads them from their committed offsets |
-| `MINDSTREAM_SESSION_TIMEOUT_S`   | `10`                   | Kafka consumer-group session timeout: how long a crashed worker's partitions wait before another worker (or its restart) gets them |
+- `KAFKA_BOOTSTRAP` (default `localhost:9092`): broker list `host:port[,host:port]`
+- `KAFKA_SECURITY_PROTOCOL` (default `PLAINTEXT`): `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`
+- `KAFKA_SASL_MECHANISM` (default `PLAIN`): `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`
+- `KAFKA_SASL_USERNAME` / `_PASSWORD` (default unset): SASL credentials (only read from the environment)
+- `KAFKA_SSL_CAFILE` (default unset): CA bundle for `SSL` / `SASL_SSL` (system CAs when unset)
+- `MINDSTREAM_MILVUS_URI` (default `./mindstream.db`): a Milvus Lite file, or `http://host:19530` for a server
+- `MINDSTREAM_MILVUS_TOKEN` (default unset): Milvus server token (`user:password` or API key)
+- `MINDSTREAM_MILVUS_PREFIX` (default empty): prefix of the collection names (several stores in one Milvus)
+- `MINDSTREAM_ARTIFACT` (default `./artifacts/latest`): the directory written by `mind-export`
+- `MINDSTREAM_APP_ID` (default `mindstream`): faust app id = Kafka consumer group and changelog topic prefix
+- `MINDSTREAM_TOPIC_INTERACTIONS` (default `interactions`): input events, keyed by user id
+- `MINDSTREAM_TOPIC_PROFILES` (default `user-profiles`): compacted: user id → profile fields
+- `MINDSTREAM_TOPIC_UPDATES` (default `interest-updates`): one message per recomputed user
+- `MINDSTREAM_TOPIC_DLQ` (default `interactions-dlq`): every event that could not be processed
+- `MINDSTREAM_PARTITIONS` (default `4`): partitions of the input topics (and so of the table changelogs)
+- `MINDSTREAM_REPLICATION` (default `1`): replication factor of topics the project creates
+- `MINDSTREAM_BATCH_SIZE` (default `256`): most events per micro-batch (one tower call per batch)
+- `MINDSTREAM_BATCH_WINDOW_S` (default `0.1`): longest wait for a micro-batch to fill, seconds
+- `MINDSTREAM_TABLE_STORE` (default `memory://`): `memory://` or `rocksdb://` (needs `pip install
+  mindstream[rocksdb]`)
+- `MINDSTREAM_WEB_HOST` (default `127.0.0.1`): address the worker's web server binds to
+- `MINDSTREAM_WEB_PORT` (default `6066`): port of the worker's web server
+- `MINDSTREAM_WEB_URL` (default `http://WEB_HOST:WEB_PORT`): where other workers reach this one (a request for
+  a user another worker owns is passed there); set it when several hosts run workers
+- `MINDSTREAM_DATA_DIR` (default `./mindstream-data`): faust's local state (RocksDB tables, worker state)
+- `MINDSTREAM_MAX_HISTORY` (default `0`): behaviours kept per user; `0` = the artifact's `max_history_length`
+- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries
+- `MINDSTREAM_MAX_ATTEMPTS` (default `5`): tries of a batch's tower+store step (backoff 0.5 s doubling) before
+  dead-lettering
+- `MINDSTREAM_MAX_FUTURE_S` (default `86400`): events stamped further than this in the future are rejected
+- `MINDSTREAM_STALL_TIMEOUT_S` (default `30`): a worker whose partitions have a lag but that read nothing this
+  long re-reads them from their committed offsets
+- `MINDSTREAM_SESSION_TIMEOUT_S` (default `10`): Kafka consumer-group session timeout: how long a crashed
+  worker's partitions wait before another worker (or its restart) gets them
 """
 
 from __future__ import annotations
@@ -53,12 +56,18 @@ TABLE_STORES = ("memory://", "rocksdb://")
 # A Kafka broker refuses a session timeout outside group.min/max.session.timeout.ms (defaults 6 s and 30 min).
 MIN_SESSION_TIMEOUT_S, MAX_SESSION_TIMEOUT_S = 6.0, 1800.0
 # A worker whose partitions stay stalled after seeks back to the commit exits with this code (EX_TEMPFAIL),
-# for its supervisor to restart it (streams/app.py, watch_for_stalled_partitions).
+# for its supervisor to restart it (streams/worker/watchdog.py).
 EXIT_STALLED = 75
+EXIT_BAD_INPUT = 2  # a UserError: bad input or setting, said in one line
 HEARTBEAT_INTERVAL_S = 2.0  # well under a third of the shortest session timeout, as Kafka advises
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (bad file, unreachable broker, bad setting): the CLI prints it as one line
+    and exits with EXIT_BAD_INPUT."""
+
+
+class ConfigError(UserError, ValueError):
     """A setting has a value the worker cannot use; the message names the env var and what to do."""
 
 
@@ -151,9 +160,11 @@ class Settings:
 
     def validate(self) -> None:
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
-            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}: use one of {', '.join(SECURITY_PROTOCOLS)}")
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}: use one of "
+                              f"{', '.join(SECURITY_PROTOCOLS)}")
         if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
-            raise ConfigError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}: use one of {', '.join(SASL_MECHANISMS)}")
+            raise ConfigError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}: use one of "
+                              f"{', '.join(SASL_MECHANISMS)}")
         if self.table_store not in TABLE_STORES:
             raise ConfigError(f"MINDSTREAM_TABLE_STORE={self.table_store!r}: use memory:// or rocksdb://")
         for name, low in (("partitions", 1), ("replication", 1), ("batch_size", 1), ("max_seen", 1),
@@ -162,12 +173,14 @@ class Settings:
                 raise ConfigError(f"{_ENV[name][0]}={getattr(self, name)}: must be at least {low}")
         if not MIN_SESSION_TIMEOUT_S <= self.session_timeout_s <= MAX_SESSION_TIMEOUT_S:
             raise ConfigError(f"MINDSTREAM_SESSION_TIMEOUT_S={self.session_timeout_s:g}: must be between "
-                              f"{MIN_SESSION_TIMEOUT_S:g} and {MAX_SESSION_TIMEOUT_S:g} seconds (the broker's "
-                              f"group.min/max.session.timeout.ms defaults)")
+                              f"{MIN_SESSION_TIMEOUT_S:g} and {MAX_SESSION_TIMEOUT_S:g} seconds "
+                              f"(the broker's group.min/max.session.timeout.ms defaults)")
         if not self.stall_timeout_s >= 5:
-            raise ConfigError(f"MINDSTREAM_STALL_TIMEOUT_S={self.stall_timeout_s:g}: must be at least 5 seconds")
+            raise ConfigError(f"MINDSTREAM_STALL_TIMEOUT_S={self.stall_timeout_s:g}: must be at least "
+                              f"5 seconds")
         if not self.batch_window_s > 0:
-            raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 (a batch must close)")
+            raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 "
+                              f"(a batch must close)")
         if self.advertised_url and not self.advertised_url.startswith(("http://", "https://")):
             raise ConfigError(f"MINDSTREAM_WEB_URL={self.advertised_url!r}: give http://host:port")
         if not self.kafka_bootstrap.strip():
@@ -190,10 +203,11 @@ class Settings:
         return f"http://{host}:{self.web_port}"
 
     def open_store(self) -> Any:
-        """The vector store these settings name (streams/store.py owns every Milvus call)."""
+        """The vector store these settings name (streams/store/ owns every Milvus call)."""
         from streams.store import VectorStore
 
-        return VectorStore(self.milvus_uri, token=self.milvus_token or None, collection_prefix=self.milvus_prefix)
+        return VectorStore(self.milvus_uri, token=self.milvus_token or None,
+                           collection_prefix=self.milvus_prefix)
 
     def kafka_python_kwargs(self) -> dict[str, Any]:
         """Connection settings for kafka-python clients (producer, consumer, admin)."""
@@ -241,5 +255,6 @@ def _convert(name: str, env_name: str, raw: Any) -> Any:
         if kind == "float":
             return float(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{env_name}={raw!r}: expected a {'whole number' if kind == 'int' else 'number'}") from None
+        expected = "whole number" if kind == "int" else "number"
+        raise ConfigError(f"{env_name}={raw!r}: expected a {expected}") from None
     return str(raw)

@@ -1,20 +1,26 @@
-"""Parse and validate one interaction event: raw Kafka bytes → `Interaction` or `Rejection` (for the DLQ).
+"""Parse and validate one message: raw Kafka bytes → `Interaction` | `Profile` | `Rejection` (for the DLQ).
 
 The `interactions` topic carries one JSON object per message, keyed by the user id (UTF-8):
 
     {"user_id": "u42", "item_id": "1193", "ts": 978300760, "event_id": "e-81", "behavior": "click"}
 
-| field      | required | type              | rule |
-| ---------- | -------- | ----------------- | ---- |
-| `user_id`  | yes      | string or integer | 1–128 characters of `A-Z a-z 0-9 _ . : @ -` (an integer ≥ 0 becomes its decimal string) |
-| `item_id`  | yes      | string or integer | 1–128 characters, no control characters (an integer ≥ 0 becomes its decimal string); raw id, as in the artifact's vocabulary |
-| `ts`       | yes      | number            | event time since the Unix epoch: values below 10^11 are seconds, values from 10^11 up are milliseconds (10^11 s is the year 5138, 10^11 ms is March 1973); must be ≥ 0 and at most `max_future_s` (default 1 day) ahead of now; stored as integer milliseconds |
-| `event_id` | no       | string or integer | 1–128 characters; names one delivery so a duplicate is dropped. Absent: derived as `sha256(user, item, ts_ms, behavior)`, so the same event sent twice is recognised |
-| `behavior` | no       | string            | at most 32 characters (`click`, `rating`, `purchase` …); default `""` |
+- `user_id` (required, string or integer): 1–128 characters of `A-Z a-z 0-9 _ . : @ -` (an integer ≥ 0 becomes
+  its decimal string)
+- `item_id` (required, string or integer): 1–128 characters, no control characters (an integer ≥ 0 becomes its
+  decimal string); raw id, as in the artifact's vocabulary
+- `ts` (required, number): event time since the Unix epoch: values below 10^11 are seconds, values from 10^11
+  up are milliseconds (10^11 s is the year 5138, 10^11 ms is March 1973); must be ≥ 0 and at most
+  `max_future_s` (default 1 day) ahead of now; stored as integer milliseconds
+- `event_id` (optional, string or integer): 1–128 characters; names one delivery so a duplicate is dropped.
+  Absent: derived as `sha256(user, item, ts_ms, behavior)`, so the same event sent twice is recognised
+- `behavior` (optional, string): at most 32 characters (`click`, `rating`, `purchase` …); default `""`
 
 Unknown extra fields are ignored. Booleans are not numbers here. An item id the model does not know is
 accepted (it is kept in the user's history, so a later model with a larger vocabulary uses it) but has no
 effect on the current model's vectors.
+
+A `user-profiles` message (`parse_profile`) is keyed by the user id; its value is a JSON object of profile
+field -> value, or null (a tombstone) to delete the profile.
 
 Every rejection names the field and the rule, e.g. `missing field user_id`, `wrong type for ts: expected a
 number, got string`, `user_id format: ...`, `item_id too long: ...`, `ts too far in the future: ...`.
@@ -29,16 +35,13 @@ import re
 import time
 from dataclasses import dataclass
 
-from streams.store import MAX_USER_ID_LENGTH, USER_ID_PATTERN
+from streams.ids import MAX_EVENT_ID_LENGTH, MAX_ITEM_ID_LENGTH, MAX_USER_ID_LENGTH, USER_ID_PATTERN
 
-MAX_ITEM_ID_LENGTH = 128
-MAX_EVENT_ID_LENGTH = 128
 MAX_BEHAVIOR_LENGTH = 32
 # Below this a timestamp is read as seconds, from it up as milliseconds (see the module docstring).
 SECONDS_MS_THRESHOLD = 10**11
 DEFAULT_MAX_FUTURE_S = 86_400.0
 
-# User ids end up in Milvus primary keys ("{user}#{slot}") and filter expressions: the store's rule is the one.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -51,6 +54,14 @@ class Interaction:
     ts_ms: int
     event_id: str
     behavior: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A user's profile fields (field -> value), or None when the message deletes the profile."""
+
+    user_id: str
+    fields: dict[str, object] | None
 
 
 @dataclass(frozen=True)
@@ -129,12 +140,30 @@ def parse_event(raw: bytes | None, *, now_ms: int | None = None,
             return Rejection(f"wrong type for event_id: expected a string or a non-negative integer, "
                              f"got {_json_type(obj['event_id'])}", raw)
         if not 1 <= len(event_id) <= MAX_EVENT_ID_LENGTH:
-            return Rejection(f"event_id length {len(event_id)}: must be 1-{MAX_EVENT_ID_LENGTH} characters", raw)
+            return Rejection(f"event_id length {len(event_id)}: must be 1-{MAX_EVENT_ID_LENGTH} characters",
+                             raw)
     return Interaction(user_id=user_id, item_id=item_id, ts_ms=ts_ms, event_id=event_id, behavior=behavior)
 
 
+def parse_profile(key: bytes | str | None, raw: bytes | None) -> Profile | Rejection:
+    """Decode and validate one `user-profiles` message (key = user id). Pure."""
+    user_id = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
+    if not USER_ID_PATTERN.fullmatch(user_id):
+        return Rejection(f"user_id format: profile key {user_id[:80]!r} is not a valid user id", raw or b"")
+    if raw is None:
+        return Profile(user_id, None)
+    try:
+        fields = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return Rejection(f"bad JSON: {exc}", raw)
+    if not isinstance(fields, dict):
+        return Rejection("not an object: a profile must be a JSON object of field -> value", raw)
+    return Profile(user_id, fields)
+
+
 def derive_event_id(user_id: str, item_id: str, ts_ms: int, behavior: str) -> str:
-    """Deterministic id of an event sent without one: the same (user, item, time, behavior) is the same event."""
+    """Deterministic id of an event sent without one: the same (user, item, time, behavior) is the same
+    event."""
     digest = hashlib.sha256("\x1f".join((user_id, item_id, str(ts_ms), behavior)).encode()).hexdigest()
     return "h:" + digest[:24]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from export.artifact import Vocabularies
 from streams.recall import RecallResult, recall
 from streams.store import ItemHit, StoredInterest, VectorStore
 
@@ -51,7 +52,7 @@ class RecentUsers:
         self._users: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     def touch(self, user_id: str, at_ms: int) -> None:
-        """Record a write of `user_id`'s vectors at `at_ms` (epoch ms); the oldest user drops out when full."""
+        """Record a write of `user_id`'s vectors at `at_ms` (epoch ms); when full, the oldest drops out."""
         entry = self._users.pop(user_id, {"writes": 0})
         self._users[user_id] = {"updated_at_ms": int(at_ms), "writes": entry["writes"] + 1}
         while len(self._users) > self.capacity:
@@ -74,13 +75,12 @@ class ItemCatalogue:
     features: Mapping[str, Sequence[Sequence[str]]]  # name -> per item index, the raw values
 
     @classmethod
-    def from_vocabularies(cls, vocab: Any) -> ItemCatalogue:
-        """From an artifact's `Vocabularies` (export/artifact.py). `item_titles` is optional in the artifact
-        (absent in artifacts without a title column, and in older ones), hence the getattr."""
+    def from_vocabularies(cls, vocab: Vocabularies) -> ItemCatalogue:
+        """From an artifact's vocabularies (`item_titles` is None when the training data had no titles)."""
         index_of = {raw: index for index, raw in enumerate(vocab.item_ids) if index > 0}
         features = {name: [[values[v] for v in row if v] for row in vocab.item_feature_matrix[name]]
                     for name, values in vocab.item_features.items() if name in vocab.item_feature_matrix}
-        return cls(index_of, getattr(vocab, "item_titles", None), features)
+        return cls(index_of, vocab.item_titles, features)
 
     def describe(self, item_id: str) -> dict[str, Any]:
         """`{item_id, title, features}`: title None and features {} for an item the artifact lacks."""
@@ -125,8 +125,8 @@ def build_user_view(
     entries = list((history or {}).get("items", []))
     shown = [{**catalogue.describe(str(item_id)), "ts_ms": int(ts_ms), "event_id": str(event_id)}
              for item_id, ts_ms, event_id, *_ in reversed(entries[-history_shown:] if history_shown else [])]
-    merged = [{"rank": rank, **catalogue.describe(item.item_id), "score": float(item.score), "slot": item.slot,
-               "label": interest_label(item.slot)}
+    merged = [{"rank": rank, **catalogue.describe(item.item_id), "score": float(item.score),
+               "slot": item.slot, "label": interest_label(item.slot)}
               for rank, item in enumerate(recalled.items, start=1)]
     counts: dict[int, int] = {}
     for item in recalled.items:
@@ -188,7 +188,8 @@ def inspect_user(
 def error_page(status: int, message: str) -> str:
     """A small self-contained HTML page for an error (a bad user id: 400), the message escaped."""
     text = html.escape(message)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{status} · mindstream inspector'
-            f'</title><link rel="stylesheet" href="/ui/static/inspector.css"></head><body><main class="error">'
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<title>{status} · mindstream inspector</title>'
+            f'<link rel="stylesheet" href="/ui/static/inspector.css"></head><body><main class="error">'
             f'<h1>{status}</h1><p id="error">{text}</p><p><a href="/ui">Back to the inspector</a></p>'
             f'</main></body></html>')

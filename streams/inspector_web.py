@@ -26,7 +26,8 @@ STATIC_DIR = ("static", "inspector")
 CONTENT_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".png": "image/png",
                  ".svg": "image/svg+xml"}
 # The pages load only their own files: no inline script, nothing from another origin.
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:", "Cache-Control": "no-store"}
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+                "Cache-Control": "no-store"}
 RECENT_SHOWN = 50
 
 RouteToOwner = Callable[[Any, Any, str], Awaitable[Any | None]]
@@ -44,19 +45,19 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def register_inspector(app: Any, *, store: Callable[[], VectorStore], vocabulary: Callable[[], Any],
+def register_inspector(app: Any, *, recent: RecentUsers, resources: Callable[[], tuple[VectorStore, Any]],
                        history_of: Callable[[str], Mapping[str, Any] | None],
-                       popular: Callable[[int], list], answer_from_the_owner: RouteToOwner) -> RecentUsers:
-    """Add the /ui views to the faust `app` and return the RecentUsers the worker updates after each write.
+                       popular: Callable[[int], list], answer_from_the_owner: RouteToOwner) -> None:
+    """Add the /ui views to the faust `app`.
 
     Args:
-        store, vocabulary: blocking callables (run in a thread) giving the open VectorStore and the served
-            artifact's Vocabularies.
+        recent: the users the worker wrote last (it touches them after each write; /ui lists them).
+        resources: blocking (run in a thread): the open VectorStore and the served artifact's Vocabularies;
+            raises StoreError while the store is not open.
         history_of: user id -> the user's history-table entry; called on the event loop.
         popular: n -> the cold-start items, as `/recall` uses them; called on the event loop.
         answer_from_the_owner: the worker's routing (`/recall`'s): the owner's reply, or None to answer here.
     """
-    recent = RecentUsers()
     files = static_files()
     catalogue: list[ItemCatalogue] = []  # built from the artifact on first use
 
@@ -102,13 +103,11 @@ def register_inspector(app: Any, *, store: Callable[[], VectorStore], vocabulary
         history = history_of(user_id)
         cold_start = popular(n)  # on the event loop, as /recall does
         try:
-            opened = await asyncio.to_thread(store)
+            opened, vocabularies = await asyncio.to_thread(resources)
             if not catalogue:
-                catalogue.append(ItemCatalogue.from_vocabularies(await asyncio.to_thread(vocabulary)))
+                catalogue.append(ItemCatalogue.from_vocabularies(vocabularies))
             view = await asyncio.to_thread(inspect_user, opened, user_id, history, catalogue[0],
                                            diversity=diversity, n=n, fallback=cold_start)
         except StoreError as exc:  # an outage: the writer reconnects; say so instead of a 500
             return self.json({"error": str(exc)}, status=503)
         return self.json(view, headers={"Cache-Control": "no-store"})
-
-    return recent

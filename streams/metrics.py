@@ -12,15 +12,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS_IN = Counter("mindstream_events_in", "Messages read from the interactions topic", registry=REGISTRY)
-EVENTS_APPLIED = Counter("mindstream_events_applied", "Events appended to a user's history", registry=REGISTRY)
+EVENTS_APPLIED = Counter("mindstream_events_applied", "Events appended to a user's history",
+                         registry=REGISTRY)
 EVENTS_DUPLICATE = Counter("mindstream_events_duplicate",
                            "Duplicate deliveries dropped by event id", registry=REGISTRY)
 EVENTS_DLQ = Counter("mindstream_events_dlq", "Messages sent to the dead-letter topic, by reason kind",
                      ["kind"], registry=REGISTRY)
-PROFILES_IN = Counter("mindstream_profiles_in", "Messages read from the user-profiles topic", registry=REGISTRY)
+PROFILES_IN = Counter("mindstream_profiles_in", "Messages read from the user-profiles topic",
+                      registry=REGISTRY)
 USERS_RECOMPUTED = Counter("mindstream_users_recomputed", "Users whose interests were recomputed",
                            registry=REGISTRY)
-BATCH_RETRIES = Counter("mindstream_batch_retries", "Retries of a batch's tower+store step", registry=REGISTRY)
+BATCH_RETRIES = Counter("mindstream_batch_retries", "Retries of a batch's tower+store step",
+                        registry=REGISTRY)
 BATCH_EVENTS = Histogram("mindstream_batch_events", "Events per micro-batch",
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)
 BATCH_USERS = Histogram("mindstream_batch_users", "Distinct users recomputed per micro-batch",
@@ -28,7 +31,8 @@ BATCH_USERS = Histogram("mindstream_batch_users", "Distinct users recomputed per
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TOWER_SECONDS = Histogram("mindstream_tower_seconds", "Wall time of one user-tower call (encode + infer)",
                           buckets=_LATENCY_BUCKETS, registry=REGISTRY)
-UPSERT_SECONDS = Histogram("mindstream_upsert_seconds", "Wall time of one vector-store write (upsert + delete)",
+UPSERT_SECONDS = Histogram("mindstream_upsert_seconds",
+                           "Wall time of one vector-store write (upsert + delete)",
                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 FRESHNESS_SECONDS = Histogram(
     "mindstream_freshness_seconds",
@@ -37,7 +41,8 @@ FRESHNESS_SECONDS = Histogram(
 RECALL_SECONDS = Histogram("mindstream_recall_seconds", "Wall time of one recall request",
                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 ASSIGNED_PARTITIONS = Gauge("mindstream_assigned_partitions",
-                            "Partitions of the interactions topic this worker owns now (moves on a rebalance)",
+                            "Partitions of the interactions topic this worker owns now "
+                            "(moves on a rebalance)",
                             registry=REGISTRY)
 STALL_RECOVERIES = Counter("mindstream_stall_recoveries",
                            "Seeks back to the committed offsets after partitions stopped moving with a lag",

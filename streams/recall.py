@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from export.merge import InterestList, merge_with_search, validate_diversity
-from streams.store import VectorStore, validate_user_id
+from streams.ids import validate_user_id
+from streams.store import VectorStore
 
 __all__ = [
     "MAX_N",

@@ -10,12 +10,13 @@ The faust agent (streams/app.py) is a thin shell around these functions:
 
 History table value (docs/ARCHITECTURE.md), JSON-able so it travels through the changelog:
 
-    {"items": [[raw_item_id, ts_ms, event_id], ...],   # oldest first: by ts, ties in arrival order; last max_len
+    {"items": [[raw_item_id, ts_ms, event_id], ...],   # by ts, ties in arrival order; the last max_len
      "seen":  [event_id, ...]}                           # the last max_seen event ids applied, oldest first
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streams.events import Interaction
+from streams.ids import interest_key
 
 History = dict[str, list]
 
@@ -53,7 +55,7 @@ def apply_events(history: Mapping[str, list] | None, events: Sequence[Interactio
     item fell out of the window). The input is not modified.
     """
     history = history or empty_history()
-    items = list(history.get("items", []))  # shallow: item triples are never mutated (py-spy: copying them was ~8% of a drain)
+    items = list(history.get("items", []))  # shallow: item triples are never mutated, so never copied
     seen = list(history.get("seen", []))
     seen_set = set(seen)
     applied: list[Interaction] = []
@@ -100,7 +102,8 @@ def plan_batch(current: Mapping[str, Mapping[str, list] | None], events: Sequenc
         by_user.setdefault(event.user_id, []).append(event)
     plan = BatchPlan()
     for user_id, user_events in by_user.items():
-        new_history, applied = apply_events(current.get(user_id), user_events, max_len=max_len, max_seen=max_seen)
+        new_history, applied = apply_events(current.get(user_id), user_events, max_len=max_len,
+                                            max_seen=max_seen)
         applied_ids = {id(e) for e in applied}
         plan.duplicates.extend(e for e in user_events if id(e) not in applied_ids)
         if applied:
@@ -123,8 +126,11 @@ class UserInterests:
     known_items: int
 
 
+Profiles = Mapping[str, Mapping[str, object] | None]
+
+
 def compute_interests(runtime: TowerRuntime, histories: Mapping[str, Mapping[str, list]],
-                      profiles: Mapping[str, Mapping[str, object] | None] | None = None) -> list[UserInterests]:
+                      profiles: Profiles | None = None) -> list[UserInterests]:
     """Run the user tower once for every user in `histories` (a batch of B users).
 
     A user none of whose items the model knows gets no vectors (cold start): the tower would still emit
@@ -134,11 +140,13 @@ def compute_interests(runtime: TowerRuntime, histories: Mapping[str, Mapping[str
     if not user_ids:
         return []
     profiles = profiles or {}
-    history, history_mask = runtime.encode_histories([history_item_ids(histories[u]) for u in user_ids])  # (B, L)
+    # (B, L) each
+    history, history_mask = runtime.encode_histories([history_item_ids(histories[u]) for u in user_ids])
     profile = runtime.encode_profiles([profiles.get(u) for u in user_ids])  # (B, P)
     out = runtime.infer(history, history_mask, profile)  # (B, K, d), (B, K)
     vectors = np.asarray(out.interest_vectors, dtype=np.float32)
-    valid = np.asarray(out.valid_interest_mask, dtype=bool) & np.asarray(history_mask, dtype=bool).any(axis=1)[:, None]
+    has_known_items = np.asarray(history_mask, dtype=bool).any(axis=1)  # (B,)
+    valid = np.asarray(out.valid_interest_mask, dtype=bool) & has_known_items[:, None]
     result = []
     for b, user_id in enumerate(user_ids):
         slots = [int(s) for s in np.flatnonzero(valid[b])]
@@ -146,11 +154,6 @@ def compute_interests(runtime: TowerRuntime, histories: Mapping[str, Mapping[str
                                     event_ts_ms=latest_event_ts(histories[user_id]),
                                     known_items=int(np.asarray(history_mask[b]).sum())))
     return result
-
-
-def interest_key(user_id: str, slot: int) -> str:
-    """Primary key of one interest vector in `user_interests` (docs/ARCHITECTURE.md)."""
-    return f"{user_id}#{slot}"
 
 
 @dataclass
@@ -174,11 +177,32 @@ def store_operations(interests: Sequence[UserInterests], *, num_interests: int, 
     for ui in interests:
         for slot, vector in zip(ui.slots, ui.interest_vectors, strict=True):
             rows.append({"pk": interest_key(ui.user_id, slot), "user_id": ui.user_id, "slot": slot,
-                         "vector": vector.tolist(), "model_version": model_version,  # tolist: 20x faster than float(x) per element
+                         # tolist: far faster than float(x) per element
+                         "vector": vector.tolist(), "model_version": model_version,
                          "event_ts_ms": ui.event_ts_ms, "updated_at_ms": updated_at_ms})
         valid = set(ui.slots)
         delete_keys.extend(interest_key(ui.user_id, s) for s in range(num_interests) if s not in valid)
     return rows, delete_keys
+
+
+def interest_rows(user_id: str, interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, *,
+                  model_version: str, event_ts_ms: int,
+                  updated_at_ms: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """One user's tower output → `store_operations` (rows to write, keys to delete), without a runtime.
+
+    interest_vectors (K, d), valid_interest_mask (K,) bool: valid slots become rows, the others delete keys.
+    """
+    vectors = np.asarray(interest_vectors, dtype=np.float32)
+    mask = np.asarray(valid_interest_mask, dtype=bool)
+    if vectors.ndim != 2 or mask.shape != (vectors.shape[0],):
+        raise ValueError(f"expected interest_vectors (K, d) and valid_interest_mask (K,), "
+                         f"got {vectors.shape} and {mask.shape}")
+    slots = [int(s) for s in np.flatnonzero(mask)]
+    interests = UserInterests(user_id=user_id, slots=slots, interest_vectors=vectors[slots],
+                              event_ts_ms=int(event_ts_ms), known_items=0)
+    updated = int(updated_at_ms if updated_at_ms is not None else time.time() * 1000)
+    return store_operations([interests], num_interests=vectors.shape[0], model_version=model_version,
+                            updated_at_ms=updated)
 
 
 def recompute(runtime: TowerRuntime, histories: Mapping[str, Mapping[str, list]],

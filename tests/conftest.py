@@ -9,19 +9,16 @@ the script's --exit-with watchdog stops the broker.
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-# gRPC (pymilvus' transport) >= 1.80 runs its fork handlers in a child made by fork() while this process
-# holds a channel, and that child can abort (SIGABRT, "epoll_wait error: Bad file descriptor") before it execs:
-# grpc/grpc#43055. Tests open Milvus Lite in-process, then spawn workers with a preexec_fn (which forces
-# fork() over vfork()): measured 12 of 200 such spawns dying. Set before anything imports grpc.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+import pytest
 
-import subprocess  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-from helpers import create_topics, delete_topics, free_port, unique_name  # noqa: E402
+# Importing `support` sets GRPC_ENABLE_FORK_SUPPORT=false before anything imports grpc (support/__init__.py).
+from support.basics import free_port, unique_name
+from support.topics import create_topics, delete_topics
+from support.worker import Worker, cleanup_topics, index_items, worker_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -90,7 +87,7 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only: a test that needs a broken or different artifact copies it or builds its own.
     """
-    from artifact_fixture import build_tiny_artifact
+    from support.artifact import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("tiny-artifact") / "artifact", num_items=40)
 
@@ -133,3 +130,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap: str, artifact_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
+    tmp = tmp_path_factory.mktemp("stream-worker")
+    env = worker_env(kafka_bootstrap, tmp)
+    index_items(env, artifact_dir)
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        cleanup_topics(kafka_bootstrap, env)

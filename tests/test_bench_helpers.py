@@ -1,4 +1,5 @@
-"""The benchmark scripts' own logic (no timing asserted): freshness matching, Zipf draws, the report writer."""
+"""The benchmark scripts' own logic (no timing asserted): freshness matching, Zipf draws, the report
+writer."""
 
 from __future__ import annotations
 
@@ -46,22 +47,29 @@ def test_seeded_histories_keep_the_newest_items_and_every_event_id() -> None:
 
 
 def _results() -> dict:
-    phase = {"rate": 1000, "achieved_rate": 1000.0, "events": 3, "not_readable_within_30s": 0, "n": 3, "p50_ms": 40.0,
+    phase = {"rate": 1000, "achieved_rate": 1000.0, "events": 3, "not_readable_within_30s": 0, "n": 3,
+             "p50_ms": 40.0,
              "p99_ms": 90.0, "mean_ms": 45.0, "max_ms": 95.0, "latencies_ms": [30.0, 40.0, 95.0],
              "batch_events_mean": 5.0, "batch_users_mean": 4.0, "tower_ms_mean": 1.0, "upsert_ms_mean": 8.0}
     slow = {**phase, "rate": 100, "p50_ms": 20.0, "p99_ms": 30.0}
-    drain = {"events": 100, "events_per_s": 6000.0, "interval_p50_events_per_s": 6100.0, "burst_produce_s": 0.1,
-             "drain_s": 1.0, "series": [(0.0, 0), (1.0, 100)], "batch_events_mean": 100.0, "batch_users_mean": 60.0,
+    drain = {"events": 100, "events_per_s": 6000.0, "interval_p50_events_per_s": 6100.0,
+             "burst_produce_s": 0.1,
+             "drain_s": 1.0, "series": [(0.0, 0), (1.0, 100)], "batch_events_mean": 100.0,
+             "batch_users_mean": 60.0,
              "tower_ms_mean": 5.0, "upsert_ms_mean": 10.0}
     return {
-        "mode": "quick", "machine": {"date": "d", "commit": "c", "cpus": 2, "cpu": "x", "load_at_start": [1, 1, 1]},
-        "stream": {"setup": {"users": 10, "zipf_users_s": 1.1, "zipf_items_s": 0.8, "items": 5, "history_median": 3,
+        "mode": "quick",
+        "machine": {"date": "d", "commit": "c", "cpus": 2, "cpu": "x", "load_at_start": [1, 1, 1]},
+        "stream": {"setup": {"users": 10, "zipf_users_s": 1.1, "zipf_items_s": 0.8, "items": 5,
+                             "history_median": 3,
                              "history_p90": 5, "max_history_length": 50, "batch_window_s": 0.005},
                    "freshness": [slow, phase], "max_sustainable_rate": 1000, "throughput_1_worker": drain,
                    "naive_peer": {"events": 10, "events_per_s": 100.0, "worker_vs_naive": 60.0}},
         "tower": {"setup": "s", "rows": [
-            {"engine": "pytorch eager", "batch": 1, "L": 5, "p50_ms": 1.0, "p99_ms": 2.0, "users_per_s": 1000.0, "speedup_vs_torch": 1.0},
-            {"engine": "onnxruntime", "batch": 1, "L": 5, "p50_ms": 0.5, "p99_ms": 1.0, "users_per_s": 2000.0, "speedup_vs_torch": 2.0}]},
+            {"engine": "pytorch eager", "batch": 1, "L": 5, "p50_ms": 1.0, "p99_ms": 2.0,
+             "users_per_s": 1000.0, "speedup_vs_torch": 1.0},
+            {"engine": "onnxruntime", "batch": 1, "L": 5, "p50_ms": 0.5, "p99_ms": 1.0, "users_per_s": 2000.0,
+             "speedup_vs_torch": 2.0}]},
         "recall": {"error": "RuntimeError: boom"},
     }
 

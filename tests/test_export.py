@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from artifact_fixture import build_tiny_artifact, build_tiny_run
+from support.artifact import build_tiny_artifact, build_tiny_run
 
 from export.artifact import MANIFEST_FILE, ArtifactError, sha256_file
 from export.cli import main as export_main
@@ -41,7 +41,8 @@ def runtime(tiny) -> UserTowerRuntime:
 
 def torch_interests(checkpoint, history: np.ndarray, mask: np.ndarray, profile: np.ndarray):
     with torch.no_grad():
-        out = checkpoint.mind.interests(torch.from_numpy(history), torch.from_numpy(mask), torch.from_numpy(profile))
+        out = checkpoint.mind.interests(torch.from_numpy(history), torch.from_numpy(mask),
+                                        torch.from_numpy(profile))
     return out.interest_vectors.numpy(), out.valid_interest_mask.numpy(), out.coupling.numpy()
 
 
@@ -193,14 +194,16 @@ def test_a_history_of_only_unknown_items_gives_one_finite_interest(tiny, runtime
 
 
 def test_unknown_missing_and_none_profile_values_map_to_index_zero(runtime):
-    profile = runtime.encode_profiles([{"cohort": "c"}, {"cohort": "zzz"}, {"cohort": None}, {}, None, {"other": "a"}])
+    profile = runtime.encode_profiles([{"cohort": "c"}, {"cohort": "zzz"}, {"cohort": None}, {}, None,
+                                       {"other": "a"}])
     assert profile.dtype == np.int64 and profile.shape == (6, 1)
     assert profile[:, 0].tolist() == [3, 0, 0, 0, 0, 0]
 
 
 def test_infer_rejects_histories_longer_than_the_tower_was_built_for(runtime):
     with pytest.raises(ValueError, match="max_history_length"):
-        runtime.infer(np.ones((1, MAX_LEN + 1), np.int64), np.ones((1, MAX_LEN + 1), bool), np.zeros((1, 1), np.int64))
+        runtime.infer(np.ones((1, MAX_LEN + 1), np.int64), np.ones((1, MAX_LEN + 1), bool),
+                      np.zeros((1, 1), np.int64))
 
 
 def test_infer_raw_chunks_a_large_batch_into_the_same_result(runtime):
@@ -231,7 +234,8 @@ def test_integer_ids_match_their_decimal_strings_and_coupling_can_be_exported(tm
     assert coupling.shape == (1, 3, 4)
     np.testing.assert_allclose(coupling, expected_coupling, atol=TOLERANCE)
     # adaptive_interests=False: every user gets all K interests, in torch and in ONNX alike
-    assert valid.all() and runtime.infer(history, mask, runtime.encode_profiles([None])).valid_interest_mask.all()
+    assert valid.all() and runtime.infer(history, mask,
+                                         runtime.encode_profiles([None])).valid_interest_mask.all()
 
 
 # --- refusing bad exports and bad artifacts --------------------------------------------------------------
@@ -256,12 +260,14 @@ def test_a_youtube_dnn_checkpoint_is_refused_with_one_line(tmp_path, capsys):
     from model.baselines import build_model
     from model.checkpoint import save_checkpoint
     from model.config import FeatureSpec, MindConfig, vocabularies_of
-    from model.data import synthetic_planted
+    from model.synthetic import synthetic_planted
 
     data, _ = synthetic_planted(num_users=10, num_clusters=2, items_per_cluster=5, max_interests=2)
-    model = build_model("youtube_dnn", MindConfig(embedding_dim=8), FeatureSpec.from_data(data), data.item_features)
+    model = build_model("youtube_dnn", MindConfig(embedding_dim=8), FeatureSpec.from_data(data),
+                        data.item_features)
     (tmp_path / "run").mkdir()
-    save_checkpoint(tmp_path / "run", model, vocabularies=vocabularies_of(data), item_feature_matrix=data.item_features)
+    save_checkpoint(tmp_path / "run", model, vocabularies=vocabularies_of(data),
+                    item_feature_matrix=data.item_features)
     assert export_main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert "youtube_dnn" in err and "only MIND" in err and len(err.splitlines()) == 1
@@ -289,13 +295,17 @@ def test_item_vectors_of_the_wrong_shape_are_refused_even_with_a_matching_hash(t
     artifact = copy_artifact(tiny, tmp_path)
     np.save(artifact / "item_vectors.npy", np.zeros((5, 8), np.float32))
     manifest = json.loads((artifact / MANIFEST_FILE).read_text())
-    rewrite_manifest(artifact, files={**manifest["files"], "item_vectors.npy": sha256_file(artifact / "item_vectors.npy")})
-    with pytest.raises(ArtifactError, match=r"item_vectors.npy: float32 \(5, 8\), manifest expects float32 \(41, 8\)"):
+    rewrite_manifest(artifact,
+                     files={**manifest["files"],
+                            "item_vectors.npy": sha256_file(artifact / "item_vectors.npy")})
+    with pytest.raises(ArtifactError,
+                       match=r"item_vectors.npy: float32 \(5, 8\), manifest expects float32 \(41, 8\)"):
         UserTowerRuntime.load(artifact)
 
 
 def test_a_manifest_of_another_model_version_is_refused(tiny, runtime):
-    with pytest.raises(ArtifactError, match=rf"model version {runtime.manifest.model_version} ≠ expected abc"):
+    with pytest.raises(ArtifactError,
+                       match=rf"model version {runtime.manifest.model_version} ≠ expected abc"):
         UserTowerRuntime.load(tiny[0], expected_model_version="abc")
     assert UserTowerRuntime.load(tiny[0], expected_model_version=runtime.manifest.model_version).manifest
 
@@ -323,7 +333,9 @@ def test_an_onnx_graph_with_another_signature_is_refused(tiny, tmp_path):
         node.input[:] = ["lengths" if i == "history_mask" else i for i in node.input]
     onnx.save(model, str(artifact / "user_tower.onnx"))
     manifest = json.loads((artifact / MANIFEST_FILE).read_text())
-    rewrite_manifest(artifact, files={**manifest["files"], "user_tower.onnx": sha256_file(artifact / "user_tower.onnx")})
+    rewrite_manifest(artifact,
+                     files={**manifest["files"],
+                            "user_tower.onnx": sha256_file(artifact / "user_tower.onnx")})
     with pytest.raises(ArtifactError, match="user_tower.onnx: input history_mask is absent"):
         UserTowerRuntime.load(artifact)
 
@@ -372,7 +384,8 @@ def test_importing_and_using_the_runtime_does_not_import_torch(tiny):
         "out = rt.infer_raw([rt.item_ids()[:5]], [{'cohort': 'a'}])\n"
         "from export.cli import smoke_check\n"
         "smoke_check(rt)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model', 'onnx', 'onnxscript'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model', "
+        "'onnx', 'onnxscript'))\n"
         "print('LEAKED', bad) if bad else print('CLEAN', out.interest_vectors.shape)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

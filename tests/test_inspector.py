@@ -3,10 +3,10 @@ data that carries its pages. The page itself is tested in a real Chromium: tests
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import tomllib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,9 +28,9 @@ VOCAB = Vocabularies(
 )
 
 
-def titled(vocab: Vocabularies, titles: list[str]) -> SimpleNamespace:
+def titled(vocab: Vocabularies, titles: list[str]) -> Vocabularies:
     """The vocabularies of an artifact that carries item titles (vocab.json `item_titles`)."""
-    return SimpleNamespace(**vocab.to_dict(), item_titles=titles)
+    return dataclasses.replace(vocab, item_titles=titles)
 
 
 def interest(slot: int, vector: list[float]) -> StoredInterest:
@@ -40,8 +40,10 @@ def interest(slot: int, vector: list[float]) -> StoredInterest:
 
 def test_catalogue_gives_titles_and_features_and_degrades_to_the_id():
     catalogue = ItemCatalogue.from_vocabularies(titled(VOCAB, ["", "Heat", "Up", ""]))
-    assert catalogue.describe("m2") == {"item_id": "m2", "title": "Up", "features": {"genre": ["Drama", "Comedy"]}}
-    assert catalogue.describe("m3") == {"item_id": "m3", "title": None, "features": {}}  # empty title, no genre
+    assert catalogue.describe("m2") == {"item_id": "m2", "title": "Up",
+                                        "features": {"genre": ["Drama", "Comedy"]}}
+    # an empty title and no genre; an item the artifact does not know
+    assert catalogue.describe("m3") == {"item_id": "m3", "title": None, "features": {}}
     assert catalogue.describe("ghost") == {"item_id": "ghost", "title": None, "features": {}}
 
 
@@ -68,7 +70,8 @@ def test_user_view_counts_each_interests_share_of_the_merged_list():
     assert [item["item_id"] for item in first["top_items"]] == ["m1", "m2"]
     assert first["top_items"][1]["features"] == {"genre": ["Drama", "Comedy"]}
     assert [(m["rank"], m["item_id"], m["slot"], m["label"]) for m in view["merged"]] == [
-        (1, "m1", 0, "interest 0"), (2, "m3", 2, "interest 2"), (3, "m2", 0, "interest 0"), (4, "ghost", 2, "interest 2")]
+        (1, "m1", 0, "interest 0"), (2, "m3", 2, "interest 2"), (3, "m2", 0, "interest 0"),
+        (4, "ghost", 2, "interest 2")]
     # newest first, each with its time and what the artifact knows of it
     assert [(h["item_id"], h["ts_ms"], h["event_id"]) for h in view["history"]] == [
         ("m2", 3_000, "e3"), ("ghost", 2_000, "e2"), ("m1", 1_000, "e1")]
@@ -78,25 +81,27 @@ def test_user_view_counts_each_interests_share_of_the_merged_list():
 def test_user_view_lists_only_the_newest_history_entries_but_counts_them_all():
     history = {"items": [[f"m{i % 3 + 1}", i, f"e{i}"] for i in range(10)]}
     recalled = RecallResult("u1", [], "v1", cold_start=True, interests_used=0)
-    view = build_user_view("u1", history, [], [], recalled, ItemCatalogue.from_vocabularies(VOCAB), diversity=0.0,
-                           history_shown=3)
+    view = build_user_view("u1", history, [], [], recalled, ItemCatalogue.from_vocabularies(VOCAB),
+                           diversity=0.0, history_shown=3)
     assert [h["event_id"] for h in view["history"]] == ["e9", "e8", "e7"]
     assert view["history_length"] == 10
 
 
 def test_user_without_vectors_is_in_the_no_interests_state_with_the_cold_start_list():
     recalled = RecallResult("u1", [RecalledItem("m1", 7.0, None)], "v1", cold_start=True, interests_used=0)
-    view = build_user_view("u1", None, [], [], recalled, ItemCatalogue.from_vocabularies(VOCAB), diversity=0.0)
+    view = build_user_view("u1", None, [], [], recalled, ItemCatalogue.from_vocabularies(VOCAB),
+                           diversity=0.0)
     assert view["state"] == "no_interests" and view["interests"] == [] and view["history"] == []
     assert view["cold_start"] is True
-    assert [(m["item_id"], m["slot"], m["label"]) for m in view["merged"]] == [("m1", None, "popular (no interests yet)")]
+    assert [(m["item_id"], m["slot"], m["label"]) for m in view["merged"]] == [
+        ("m1", None, "popular (no interests yet)")]
 
 
 def test_user_view_refuses_hit_lists_that_do_not_match_the_interests():
     recalled = RecallResult("u1", [], "v1", cold_start=False, interests_used=1)
     with pytest.raises(ValueError, match="1 interests but 0 hit lists"):
-        build_user_view("u1", None, [interest(0, [1.0, 0.0])], [], recalled, ItemCatalogue.from_vocabularies(VOCAB),
-                        diversity=0.0)
+        build_user_view("u1", None, [interest(0, [1.0, 0.0])], [], recalled,
+                        ItemCatalogue.from_vocabularies(VOCAB), diversity=0.0)
 
 
 def test_recent_users_are_newest_first_bounded_and_count_writes():

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,17 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from support.basics import wait_until
 from support.chromium import Chromium, Page, ensure_chromium
-from test_streams_worker import (
-    Worker,
-    cleanup_topics,
-    event,
-    expected_interests,
-    get_json,
-    produce,
-    worker_env,
-)
+from support.worker import Worker, event, get_json
 
 pytestmark = pytest.mark.timeout(300)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,21 +35,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
         yield chromium
 
 
-@pytest.fixture(scope="module")
-def inspector_worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A running worker on its own topics and Milvus Lite file, the artifact's items indexed."""
-    tmp = tmp_path_factory.mktemp("inspector-worker")
-    env = worker_env(kafka_bootstrap, tmp)
-    indexed = subprocess.run([sys.executable, "-m", "streams.cli", "index-items", str(artifact_dir)],
-                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert indexed.returncode == 0, indexed.stderr
-    worker = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        cleanup_topics(kafka_bootstrap, env)
+def interest_count(runtime, items: list[str]) -> int:
+    """K'u of a history, from the tower itself (offline): the number of valid interests."""
+    history, mask = runtime.encode_histories([items])
+    return int(runtime.infer(history, mask, runtime.encode_profiles([None])).valid_interest_mask[0].sum())
 
 
 # What the page shows, read from its DOM: interest cards and merged rows with the slot of each.
@@ -82,19 +61,21 @@ def page_state(page: Page) -> dict:
 
 def shown(view: dict) -> list[list[str]]:
     """The merged list of a JSON answer as the page's rows carry it: [item, slot, label]."""
-    return [[m["item_id"], "" if m["slot"] is None else str(m["slot"]), m["label"]] for m in view["merged"]]
+    return [[m["item_id"], "" if m["slot"] is None else str(m["slot"]), m["label"]]
+            for m in view["merged"]]
 
 
 def wait_for_page(worker: Worker, page: Page, predicate, what: str) -> dict:
     try:
-        return wait_until(lambda: (lambda s: s if predicate(s) else None)(page_state(page)), WAIT_S, interval=0.3,
-                          what=what)
+        return wait_until(lambda: (lambda s: s if predicate(s) else None)(page_state(page)), WAIT_S,
+                          interval=0.3, what=what)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}; page: {page_state(page)}; worker log:\n{worker.log_tail()}") from None
 
 
-def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(inspector_worker, browser, runtime):
-    worker, user = inspector_worker, "viewer-1"
+def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(worker: Worker, browser,
+                                                                                runtime):
+    user = "viewer-1"
     items = list(runtime.item_ids())
     page = browser.new_page(width=1280, height=1250)  # tall enough for the screenshot to show every part
     page.navigate(f"{worker.url}/ui/users/{user}")
@@ -107,8 +88,8 @@ def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(
     # Two events: one interest (K'u = max(1, min(K, floor(log2 2))) = 1, confirmed offline below).
     now = time.time()
     first = [(items[0], now - 20), (items[1], now - 19)]
-    produce(worker, [event(user, item, ts) for item, ts in first])
-    assert len(expected_interests(runtime, first)) == 1
+    worker.produce([event(user, item, ts) for item, ts in first])
+    assert interest_count(runtime, [item for item, _ in first]) == 1
     state = wait_for_page(worker, page, lambda s: len(s["cards"]) == 1 and len(s["history"]) == 2,
                           "one interest on the page")
     assert not state["noInterests"]
@@ -120,10 +101,11 @@ def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(
     # Two more events from other items: four in the history, and a second interest opens.
     second = [(items[len(items) // 2], now - 10), (items[len(items) // 2 + 1], now - 9)]
     history = first + second
-    produce(worker, [event(user, item, ts) for item, ts in second])
-    expected_count = len(expected_interests(runtime, history))
+    worker.produce([event(user, item, ts) for item, ts in second])
+    expected_count = interest_count(runtime, [item for item, _ in history])
     assert expected_count == 2
-    state = wait_for_page(worker, page, lambda s: len(s["cards"]) == expected_count and len(s["history"]) == 4,
+    state = wait_for_page(worker, page,
+                          lambda s: len(s["cards"]) == expected_count and len(s["history"]) == 4,
                           "the new interest on the page")
     assert state["marker"] == "still the first load"  # updated in place: no reload happened
     new_slots = {card["slot"] for card in state["cards"]} - one_slot
@@ -153,26 +135,26 @@ def test_the_open_page_shows_a_new_interest_and_the_new_recall_without_a_reload(
     assert page_state(page)["marker"] == "still the first load"
 
 
-def test_the_index_lists_the_users_the_worker_wrote(inspector_worker, browser, runtime):
-    worker, user = inspector_worker, "listed-1"
-    produce(worker, [event(user, runtime.item_ids()[3], time.time() - 5)])
+def test_the_index_lists_the_users_the_worker_wrote(worker: Worker, browser, runtime):
+    user = "listed-1"
+    worker.produce([event(user, runtime.item_ids()[3], time.time() - 5)])
     page = browser.new_page()
     page.navigate(f"{worker.url}/ui")
     listed = "[...document.querySelectorAll('#recent tbody tr')].map(r => r.dataset.user)"
-    rows = wait_until(lambda: (lambda r: r if user in r else None)(page.evaluate(listed)), WAIT_S, interval=0.3,
-                      what=f"{user} in the recent users")
+    rows = wait_until(lambda: (lambda r: r if user in r else None)(page.evaluate(listed)), WAIT_S,
+                      interval=0.3, what=f"{user} in the recent users")
     assert rows[0] == user  # the newest write first
     # The search box opens a user's page.
     page.evaluate(f"(() => {{ document.getElementById('search-user').value = '{user}';"
                   " document.querySelector('#search button').click(); })()")
-    wait_until(lambda: page.evaluate("location.pathname + ' ' + document.readyState") == f"/ui/users/{user} complete",
+    opened = f"/ui/users/{user} complete"
+    wait_until(lambda: page.evaluate("location.pathname + ' ' + document.readyState") == opened,
                WAIT_S, interval=0.2, what="the searched user's page")
     wait_until(lambda: page_state(page)["history"] == [runtime.item_ids()[3]], WAIT_S, interval=0.3,
                what=f"{user}'s history on the searched page")
 
 
-def test_a_bad_user_id_gets_a_400_page(inspector_worker, browser):
-    worker = inspector_worker
+def test_a_bad_user_id_gets_a_400_page(worker: Worker, browser):
     page = browser.new_page()
     url = f"{worker.url}/ui/users/not%20valid"
     page.navigate(url)
@@ -184,4 +166,5 @@ def test_a_bad_user_id_gets_a_400_page(inspector_worker, browser):
     assert raised.value.code == 400 and "is not valid" in json.loads(raised.value.read())["error"]
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(f"{worker.url}/ui/api/users/ok?diversity=-1", timeout=10)
-    assert raised.value.code == 400 and "diversity must be a number" in json.loads(raised.value.read())["error"]
+    assert raised.value.code == 400
+    assert "diversity must be a number" in json.loads(raised.value.read())["error"]

@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import delete_topics, die_with_parent, unique_name
 from kafka import KafkaConsumer, KafkaProducer
+from support.basics import die_with_parent, unique_name
+from support.topics import delete_topics
 
 # A ceiling against hanging forever, not a performance assertion.
 RECEIVE_TIMEOUT_S = 60.0
@@ -56,7 +57,8 @@ def test_keyed_messages_round_trip_through_a_two_partition_topic(kafka_bootstrap
         ((record.key.decode(), json.loads(record.value)) for record in records), key=lambda kv: kv[1]["seq"]
     )
     assert received == sent
-    # The default partitioner hashes the key: one key, one partition, and with 10 keys both partitions are used.
+    # The default partitioner hashes the key: one key, one partition, and with 10 keys both partitions are
+    # used.
     partitions_by_key: dict[str, set[int]] = {}
     for record in records:
         partitions_by_key.setdefault(record.key.decode(), set()).add(record.partition)

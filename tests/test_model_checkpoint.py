@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model_mind import NUM_ITEMS, batch, tiny_features, tiny_model
+from support.tiny_model import NUM_ITEMS, batch, tiny_features, tiny_model
 
 from model.checkpoint import CHECKPOINT_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 
@@ -12,7 +12,8 @@ from model.checkpoint import CHECKPOINT_KEYS, CheckpointError, load_checkpoint, 
 def vocabularies():
     return {
         "item_ids": ["<pad>"] + [f"movie-{i}" for i in range(1, NUM_ITEMS + 1)],
-        "item_features": {"genre": ["<unk>", "a", "b", "c", "d", "e"], "year_bucket": ["<unk>", "1980s", "1990s", "2000s"]},
+        "item_features": {"genre": ["<unk>", "a", "b", "c", "d", "e"],
+                          "year_bucket": ["<unk>", "1980s", "1990s", "2000s"]},
         "profile": {"age_bucket": ["<unk>", "18", "25", "35", "45"], "gender": ["<unk>", "F", "M"]},
     }
 
@@ -44,10 +45,12 @@ def test_load_checkpoint_rebuilds_a_model_with_identical_vectors(tmp_path, kind)
 def test_model_version_changes_when_the_weights_change(tmp_path):
     model = tiny_model()
     _, matrices = tiny_features()
-    first = save_checkpoint(tmp_path / "a.pt", model, vocabularies=vocabularies(), item_feature_matrix=matrices)
+    first = save_checkpoint(tmp_path / "a.pt", model, vocabularies=vocabularies(),
+                            item_feature_matrix=matrices)
     with torch.no_grad():
         model.routing.bilinear.add_(1e-3)
-    assert save_checkpoint(tmp_path / "b.pt", model, vocabularies=vocabularies(), item_feature_matrix=matrices) != first
+    assert save_checkpoint(tmp_path / "b.pt", model, vocabularies=vocabularies(),
+                           item_feature_matrix=matrices) != first
 
 
 def test_missing_or_corrupt_checkpoint_raises_one_clear_error(tmp_path):

@@ -75,7 +75,8 @@ def numpy_routing(embeddings, mask, valid, bilinear, logits0, iterations):
 
 
 def test_routing_one_round_matches_hand_computation():
-    routing = InterestRouting(dim=2, num_interests=2, max_history_length=3, iterations=1, logit_std=1.0, seed=0)
+    routing = InterestRouting(dim=2, num_interests=2, max_history_length=3, iterations=1, logit_std=1.0,
+                              seed=0)
     with torch.no_grad():
         routing.bilinear.copy_(torch.eye(2))
         routing.routing_logits.copy_(torch.tensor([[0.0, math.log(3)], [math.log(3), 0.0], [5.0, -5.0]]))
@@ -93,7 +94,8 @@ def test_routing_one_round_matches_hand_computation():
 def test_routing_three_rounds_matches_numpy_reference():
     rng = np.random.default_rng(3)
     length, dim, k = 6, 5, 3
-    routing = InterestRouting(dim=dim, num_interests=k, max_history_length=8, iterations=3, logit_std=1.0, seed=7)
+    routing = InterestRouting(dim=dim, num_interests=k, max_history_length=8, iterations=3, logit_std=1.0,
+                              seed=7)
     bilinear = rng.normal(size=(dim, dim)).astype(np.float32)
     with torch.no_grad():
         routing.bilinear.copy_(torch.from_numpy(bilinear))
@@ -109,7 +111,8 @@ def test_routing_three_rounds_matches_numpy_reference():
 
 
 def test_routing_softmax_runs_over_interests_for_each_behaviour():
-    routing = InterestRouting(dim=4, num_interests=3, max_history_length=10, iterations=3, logit_std=1.0, seed=1)
+    routing = InterestRouting(dim=4, num_interests=3, max_history_length=10, iterations=3, logit_std=1.0,
+                              seed=1)
     e = torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1, 6:] = False
@@ -120,7 +123,8 @@ def test_routing_softmax_runs_over_interests_for_each_behaviour():
 
 
 def test_routing_ignores_padded_behaviours_whatever_their_embeddings():
-    routing = InterestRouting(dim=4, num_interests=3, max_history_length=12, iterations=3, logit_std=1.0, seed=2)
+    routing = InterestRouting(dim=4, num_interests=3, max_history_length=12, iterations=3, logit_std=1.0,
+                              seed=2)
     generator = torch.Generator().manual_seed(5)
     e = torch.randn(1, 5, 4, generator=generator)
     valid = torch.tensor([[True, True, True]])
@@ -134,9 +138,12 @@ def test_routing_ignores_padded_behaviours_whatever_their_embeddings():
 
 
 def test_routing_logits_are_a_frozen_seeded_buffer():
-    first = InterestRouting(dim=4, num_interests=3, max_history_length=200, iterations=3, logit_std=2.0, seed=11)
-    again = InterestRouting(dim=4, num_interests=3, max_history_length=200, iterations=3, logit_std=2.0, seed=11)
-    other = InterestRouting(dim=4, num_interests=3, max_history_length=200, iterations=3, logit_std=2.0, seed=12)
+    first = InterestRouting(dim=4, num_interests=3, max_history_length=200, iterations=3, logit_std=2.0,
+                            seed=11)
+    again = InterestRouting(dim=4, num_interests=3, max_history_length=200, iterations=3, logit_std=2.0,
+                            seed=11)
+    other = InterestRouting(dim=4, num_interests=3, max_history_length=200, iterations=3, logit_std=2.0,
+                            seed=12)
     assert "routing_logits" in dict(first.named_buffers())
     assert "routing_logits" not in dict(first.named_parameters())
     torch.testing.assert_close(first.routing_logits, again.routing_logits)
@@ -161,7 +168,8 @@ def test_routing_stop_gradient_still_trains_bilinear_and_embeddings():
         valid = torch.tensor([[True, False], [True, True], [True, True]])
         capsules, _ = routing(e, mask, valid)
         capsules.pow(2).sum().backward()
-        assert bool(torch.isfinite(routing.bilinear.grad).all()) and float(routing.bilinear.grad.abs().sum()) > 0
+        grad = routing.bilinear.grad
+        assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
         assert bool(torch.isfinite(e.grad).all()) and float(e.grad.abs().sum()) > 0
 
 
@@ -207,7 +215,8 @@ def test_label_aware_weights_average_at_p0_and_approach_hard_max_as_p_grows():
     valid = torch.ones(1, 4, dtype=torch.bool)
     hard = label_aware_weights(scores, valid, math.inf)
     torch.testing.assert_close(hard, torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
-    gaps = [float((label_aware_weights(scores, valid, p) - hard).abs().max()) for p in (1, 10, 100, 1000, 1e5)]
+    gaps = [float((label_aware_weights(scores, valid, p) - hard).abs().max())
+            for p in (1, 10, 100, 1000, 1e5)]
     assert all(later < earlier for earlier, later in zip(gaps, gaps[1:], strict=False))
     assert gaps[-1] < 1e-6
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.config import MindConfig
-from model.data import synthetic_planted, user_split
+from model.data import user_split
 from model.evaluate import (
     evaluate_scorer,
     model_scorer,
@@ -19,6 +19,7 @@ from model.evaluate import (
     top_n_excluding_history,
     user_split_cases,
 )
+from model.synthetic import synthetic_planted
 from model.train import NegativeSampler, build_samples, make_batch, sampled_softmax_loss, train_model
 
 
@@ -29,7 +30,8 @@ def test_samples_are_every_position_after_the_first_with_the_previous_items_as_h
     batch = make_batch(samples, np.arange(len(samples)), 2, np.array([[1], [2], [3]]))
     assert batch["target"].tolist() == [6, 7, 8, 2, 3]
     assert batch["history"].tolist() == [[5, 0], [5, 6], [6, 7], [1, 0], [1, 2]]  # left-aligned, last 2
-    assert batch["history_mask"].tolist() == [[True, False], [True, True], [True, True], [True, False], [True, True]]
+    assert batch["history_mask"].tolist() == [[True, False], [True, True], [True, True], [True, False],
+                                              [True, True]]
     assert batch["profile"].tolist() == [[1], [1], [1], [3], [3]]
 
 
@@ -98,7 +100,8 @@ SYNTHETIC_CONFIG = MindConfig(embedding_dim=16, hidden_dim=32, profile_embedding
 
 @pytest.fixture(scope="module")
 def planted():
-    """Planted interests (16 clusters of 20 items, users with 1-4 clusters), MIND K=4 and K=1 trained on it."""
+    """Planted interests (16 clusters of 20 items, users with 1-4 clusters), MIND K=4 and K=1 trained on
+    it."""
     torch.set_num_threads(1)  # on an oversubscribed CPU one thread is faster than two
     data, truth = synthetic_planted(num_users=500, num_clusters=16, items_per_cluster=20, seed=1)
     split = user_split(data, seed=0)

@@ -12,10 +12,12 @@ with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which 
     warnings.simplefilter("ignore")
     from export.merge import InterestList, merge_interests
     from streams.recall import MAX_N, RecalledItem, recall, validate_n
-    from streams.store import StoreError, VectorStore, interest_rows
+    from streams.store import StoreError, VectorStore
+    from streams.updater import interest_rows
 
 
-@pytest.mark.parametrize(("given", "expected"), [(1, 1), ("50", 50), (" 7 ", 7), (MAX_N, MAX_N), (np.int64(3), 3)])
+@pytest.mark.parametrize(("given", "expected"),
+                         [(1, 1), ("50", 50), (" 7 ", 7), (MAX_N, MAX_N), (np.int64(3), 3)])
 def test_n_in_range_is_accepted(given: object, expected: int) -> None:
     assert validate_n(given) == expected
 
@@ -35,14 +37,16 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     vector_store = VectorStore(str(tmp_path_factory.mktemp("milvus") / "recall.db"), collection_prefix="r_")
     item_vectors = rng.standard_normal((4000, 16)).astype(np.float32)
     vector_store.ensure_collections(16, "v1")
-    vector_store.upsert_items([f"m{j + 1}" for j in range(4000)], item_vectors, model_version="v1", progress=False)
+    vector_store.upsert_items([f"m{j + 1}" for j in range(4000)], item_vectors, model_version="v1",
+                              progress=False)
     vector_store.create_item_index("FLAT", model_version="v1")
     vector_store.item_vectors = item_vectors  # for the numpy reference below
     yield vector_store
     vector_store.drop_all()
 
 
-def numpy_f_score_top_n(items: np.ndarray, user_vectors: np.ndarray, slots: list[int], n: int) -> list[tuple[str, int]]:
+def numpy_f_score_top_n(items: np.ndarray, user_vectors: np.ndarray, slots: list[int],
+                        n: int) -> list[tuple[str, int]]:
     scores = user_vectors @ items.T  # (K'u, N)
     best = scores.max(axis=0)
     order = np.argsort(-best, kind="stable")[:n]
@@ -53,13 +57,15 @@ def test_recall_equals_a_numpy_f_score_over_the_users_valid_interests(store: Vec
     rng = np.random.default_rng(1)
     interest_vectors = rng.standard_normal((4, 16)).astype(np.float32)
     valid = np.array([True, True, False, True])
-    store.write_user_interests(*interest_rows("u1", interest_vectors, valid, model_version="v1", event_ts_ms=10))
+    store.write_user_interests(*interest_rows("u1", interest_vectors, valid, model_version="v1",
+                                              event_ts_ms=10))
 
     result = recall(store, "u1", 60)
 
     expected = numpy_f_score_top_n(store.item_vectors, interest_vectors[valid], [0, 1, 3], 60)
     assert [(item.item_id, item.slot) for item in result.items] == expected
-    assert (result.user_id, result.model_version, result.cold_start, result.interests_used) == ("u1", "v1", False, 3)
+    assert (result.user_id, result.model_version, result.cold_start,
+            result.interests_used) == ("u1", "v1", False, 3)
     scores = [item.score for item in result.items]
     assert scores == sorted(scores, reverse=True)
     assert {item.slot for item in result.items} <= {0, 1, 3}
@@ -78,7 +84,8 @@ def test_recall_excluding_items_equals_the_numpy_f_score_top_n_of_the_items_left
 
     assert [(item.item_id, item.slot) for item in result.items] == unfiltered[40:70]
     assert not excluded & {item.item_id for item in result.items}
-    assert [(i.item_id, i.slot) for i in recall(store, "ex", 30).items] == unfiltered[:30]  # default: nothing left out
+    # default: nothing left out
+    assert [(i.item_id, i.slot) for i in recall(store, "ex", 30).items] == unfiltered[:30]
 
 
 @pytest.mark.parametrize("diversity", [0.25, 1.0])
@@ -110,12 +117,15 @@ def test_a_cold_start_answer_leaves_excluded_items_out_too(store: VectorStore) -
     assert asked == [4] and [item.item_id for item in result.items] == ["m2", "m4"]
 
 
-def test_one_interest_recall_is_that_interests_search(store: VectorStore) -> None:
+def test_one_interest_recall_is_the_numpy_top_n_of_that_interest(store: VectorStore) -> None:
     vector = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
-    store.write_user_interests(*interest_rows("42", vector, np.array([True]), model_version="v1", event_ts_ms=1))
+    store.write_user_interests(*interest_rows("42", vector, np.array([True]), model_version="v1",
+                                              event_ts_ms=1))
     result = recall(store, 42, 5)
-    assert [item.item_index for item in result.items] == [h.item_index for h in store.search_items(vector, 5)[0]]
-    assert {item.slot for item in result.items} == {0}
+    best = np.argsort(-(store.item_vectors @ vector[0]), kind="stable")[:5]
+    assert [(item.item_id, item.slot) for item in result.items] == [(f"m{j + 1}", 0) for j in best]
+    np.testing.assert_allclose([item.score for item in result.items], (store.item_vectors @ vector[0])[best],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_user_without_vectors_gets_the_fallback_as_a_cold_start(store: VectorStore) -> None:
@@ -130,13 +140,20 @@ def test_a_user_without_vectors_gets_the_fallback_as_a_cold_start(store: VectorS
     assert recall(store, "newcomer", 3).items == []
 
 
-def test_recall_validates_user_and_n_before_touching_the_store(store: VectorStore) -> None:
+class UntouchableStore:
+    """A store any use of which fails the test."""
+
+    def __getattr__(self, name: str) -> None:
+        raise AssertionError(f"recall used the store ({name}) before validating its input")
+
+
+def test_recall_validates_user_and_n_before_touching_the_store() -> None:
     with pytest.raises(ValueError, match="user id"):
-        recall(store, "a#b", 5)
+        recall(UntouchableStore(), "a#b", 5)
     with pytest.raises(ValueError, match="between 1 and"):
-        recall(store, "u1", 0)
+        recall(UntouchableStore(), "u1", 0)
     with pytest.raises(ValueError, match="diversity"):
-        recall(store, "u1", 5, diversity=-1)
+        recall(UntouchableStore(), "u1", 5, diversity=-1)
 
 
 def test_recall_on_a_store_without_a_model_says_what_to_run(tmp_path) -> None:

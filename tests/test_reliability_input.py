@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_reliability_worker import payloads
+from support.payloads import labelled_payloads, payloads
 
 from export.artifact import ArtifactError
 from export.runtime import UserTowerRuntime
@@ -38,8 +38,10 @@ from streams.store import USER_ID_PATTERN
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Every reason the wire contract (docs/ARCHITECTURE.md, streams/events.py) allows, by its first words.
-REASONS = ("empty message", "bad JSON", "not an object", "missing field ", "wrong type for ", "user_id format",
-           "item_id is empty", "item_id too long", "item_id contains control characters", "ts is not a finite",
+REASONS = ("empty message", "bad JSON", "not an object", "missing field ",
+           "wrong type for ", "user_id format",
+           "item_id is empty", "item_id too long", "item_id contains control characters",
+           "ts is not a finite",
            "ts negative", "ts too far in the future", "behavior too long", "event_id length")
 NOW_MS = 1_796_000_000_000  # a fixed "now" (2026-11-29), so the examples replay identically
 
@@ -58,16 +60,28 @@ def test_every_payload_is_either_a_valid_interaction_or_a_rejection_with_a_docum
         return
     assert isinstance(result, Interaction)
     assert USER_ID_PATTERN.fullmatch(result.user_id)
-    assert 1 <= len(result.item_id) <= MAX_ITEM_ID_LENGTH and not any(ord(c) < 32 or ord(c) == 127 for c in result.item_id)
+    assert 1 <= len(result.item_id) <= MAX_ITEM_ID_LENGTH
+    assert not any(ord(c) < 32 or ord(c) == 127 for c in result.item_id)
     assert 0 <= result.ts_ms <= NOW_MS + 86_400_000
     assert 1 <= len(result.event_id) <= MAX_EVENT_ID_LENGTH
     assert len(result.behavior) <= MAX_BEHAVIOR_LENGTH
     # Deterministic (so a re-sent event is the same event) and stable through the wire form.
     assert parse_event(raw, now_ms=NOW_MS) == result
     # (re-sent as seconds: a millisecond value below 10^11 would read as seconds, by the documented rule)
-    again = parse_event(encode_event(result.user_id, result.item_id, result.ts_ms / 1000, event_id=result.event_id,
+    again = parse_event(encode_event(result.user_id, result.item_id, result.ts_ms / 1000,
+                                     event_id=result.event_id,
                                      behavior=result.behavior), now_ms=NOW_MS)
     assert again == result
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=labelled_payloads())
+def test_a_payload_breaking_one_rule_is_rejected_for_that_rule_and_an_intact_one_is_accepted(payload):
+    result = parse_event(payload.raw)  # the generator's timestamps are relative to the real clock
+    if payload.expected is None:
+        assert isinstance(result, Interaction), result
+    else:
+        assert isinstance(result, Rejection) and result.reason.startswith(payload.expected), (payload, result)
 
 
 @settings(max_examples=300, deadline=None)
@@ -101,7 +115,8 @@ def test_edge_values_have_their_documented_outcome():
     assert parse(behavior="b" * 33).reason.startswith("behavior too long")
     assert parse(extra={"x": [1]}).item_id == "i1"  # unknown fields are ignored
     assert parse_event(None).reason.startswith("empty message")
-    assert parse_event(b"[" * 100_000).reason.startswith("bad JSON")  # deep nesting: a reason, not a RecursionError
+    # deep nesting: a reason, not a RecursionError
+    assert parse_event(b"[" * 100_000).reason.startswith("bad JSON")
 
 
 # --- broken artifacts ------------------------------------------------------------------------------------
@@ -123,7 +138,8 @@ def _broken(artifact_dir: Path, tmp: Path, name: str) -> Path:
     elif name in ("corrupted-onnx", "corrupted-onnx-rehashed"):
         (out / "user_tower.onnx").write_bytes(b"\x08\x07garbage" * 100)
         if name == "corrupted-onnx-rehashed":  # the hash matches, so onnxruntime itself must refuse it
-            manifest["files"]["user_tower.onnx"] = hashlib.sha256((out / "user_tower.onnx").read_bytes()).hexdigest()
+            onnx_bytes = (out / "user_tower.onnx").read_bytes()
+            manifest["files"]["user_tower.onnx"] = hashlib.sha256(onnx_bytes).hexdigest()
             (out / "manifest.json").write_text(json.dumps(manifest))
     elif name == "truncated-item-vectors":
         data = (out / "item_vectors.npy").read_bytes()
@@ -135,7 +151,8 @@ BROKEN = ["missing-onnx", "missing-manifest", "manifest-not-json", "future-forma
           "corrupted-onnx-rehashed", "truncated-item-vectors"]
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(*argv: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MINDSTREAM_", "MILVUS_", "KAFKA_"))}
     return subprocess.run([*argv], env={**base, **(env or {})}, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout)
@@ -155,7 +172,8 @@ def assert_one_clear_line(result: subprocess.CompletedProcess[str], prog: str, *
 
 
 @pytest.mark.parametrize("name", BROKEN)
-def test_a_broken_artifact_is_refused_with_one_line_by_the_runtime_and_every_cli(artifact_dir, tmp_path, name):
+def test_a_broken_artifact_is_refused_with_one_line_by_the_runtime_and_every_cli(
+        artifact_dir, tmp_path, name):
     broken = _broken(artifact_dir, tmp_path, name)
     with pytest.raises(ArtifactError) as refused:
         UserTowerRuntime.load(broken)
@@ -167,9 +185,11 @@ def test_a_broken_artifact_is_refused_with_one_line_by_the_runtime_and_every_cli
         assert_one_clear_line(run_cli(str(BIN / "mind-export"), "verify", str(broken)), "mind-export"),
     ]
     if name in ("future-format", "corrupted-onnx-rehashed"):  # the store/rebuild paths load it the same way
-        lines.append(assert_one_clear_line(run_cli(str(BIN / "mind-stream"), "index-items", str(broken), env=env),
+        lines.append(assert_one_clear_line(run_cli(str(BIN / "mind-stream"), "index-items", str(broken),
+                                                   env=env),
                                            "mind-stream index-items"))
-        lines.append(assert_one_clear_line(run_cli(str(BIN / "mind-stream"), "rebuild", "--artifact", str(broken),
+        lines.append(assert_one_clear_line(run_cli(str(BIN / "mind-stream"), "rebuild", "--artifact",
+                                                   str(broken),
                                                    env=env), "mind-stream rebuild"))
     print(f"\n{name}:\n  " + "\n  ".join(lines))
 
@@ -187,13 +207,15 @@ def _cases(tmp: Path) -> list[tuple[list[str], dict[str, str], str, str]]:
         ([ms, "worker", "--artifact", str(tmp / "nope")], {}, "mind-stream worker", "nope"),
         ([ms, "worker", "--batch-size", "many"], {}, "mind-stream worker", "MINDSTREAM_BATCH_SIZE"),
         ([ms, "worker", "--partitions", "0"], {}, "mind-stream worker", "MINDSTREAM_PARTITIONS"),
-        ([ms, "worker"], {"KAFKA_SECURITY_PROTOCOL": "TLS1.0"}, "mind-stream worker", "KAFKA_SECURITY_PROTOCOL"),
+        ([ms, "worker"], {"KAFKA_SECURITY_PROTOCOL": "TLS1.0"}, "mind-stream worker",
+         "KAFKA_SECURITY_PROTOCOL"),
         ([ms, "worker", "--no-such-flag"], {}, "mind-stream: error", "--no-such-flag"),
         ([ms, "produce", str(tmp / "missing.csv")], {}, "mind-stream produce", "no such file"),
         ([ms, "produce", str(no_header)], dead_broker, "mind-stream produce", "header"),
         ([ms, "recall", "bad user!"], {}, "mind-stream recall", "not valid"),
         ([ms, "recall", "u1", "--n", "0"], {}, "mind-stream recall", "n must be"),
-        ([ms, "recall", "u1", "--url", "http://127.0.0.1:1", "--milvus-prefix", "1bad"], {}, "mind-stream recall",
+        ([ms, "recall", "u1", "--url", "http://127.0.0.1:1", "--milvus-prefix", "1bad"], {},
+         "mind-stream recall",
          "prefix"),
         ([ms, "recall", "u1", "--url", "http://127.0.0.1:1", "--milvus-uri", str(tmp / "s.sqlite")], {},
          "mind-stream recall", ".db"),
@@ -202,17 +224,23 @@ def _cases(tmp: Path) -> list[tuple[list[str], dict[str, str], str, str]]:
         ([ms, "worker", "--session-timeout", "1"], {}, "mind-stream worker", "MINDSTREAM_SESSION_TIMEOUT_S"),
         ([ms, "worker"], {"MINDSTREAM_WEB_URL": "worker:6066"}, "mind-stream worker", "MINDSTREAM_WEB_URL"),
         ([ms, "index-items", str(tmp / "nope")], {}, "mind-stream index-items", "not a directory"),
-        ([ms, "rollback"], {"MINDSTREAM_MILVUS_URI": str(tmp / "empty.db")}, "mind-stream rollback", "no model version"),
+        ([ms, "rollback"], {"MINDSTREAM_MILVUS_URI": str(tmp / "empty.db")}, "mind-stream rollback",
+         "no model version"),
         ([ms, "rebuild", "--artifact", str(tmp / "nope")], {}, "mind-stream rebuild", "not a directory"),
-        ([ms, "rebuild", "--artifact", str(tmp), "--milvus-uri", str(tmp / "store.txt")], {}, "mind-stream rebuild", ".db"),
-        ([ms, "rebuild", "--artifact", str(tmp), "--milvus-prefix", "1bad"], {}, "mind-stream rebuild", "prefix"),
+        ([ms, "rebuild", "--artifact", str(tmp), "--milvus-uri", str(tmp / "store.txt")], {},
+         "mind-stream rebuild", ".db"),
+        ([ms, "rebuild", "--artifact", str(tmp), "--milvus-prefix", "1bad"], {}, "mind-stream rebuild",
+         "prefix"),
         ([me, str(tmp / "no-run"), "--out", str(tmp / "out")], {}, "mind-export", "no-run"),
         ([me, "verify", str(tmp / "nope")], {}, "mind-export", "nope"),
-        ([me, str(tmp / "no-run"), "--out", str(tmp / "out"), "--tolerance", "tiny"], {}, "mind-export: error", "tiny"),
-        ([mm, "train", "--data", "no-such-dataset", "--out", str(tmp / "run")], {}, "mind-model", "no-such-dataset"),
+        ([me, str(tmp / "no-run"), "--out", str(tmp / "out"), "--tolerance", "tiny"], {},
+         "mind-export: error", "tiny"),
+        ([mm, "train", "--data", "no-such-dataset", "--out", str(tmp / "run")], {}, "mind-model",
+         "no-such-dataset"),
         ([mm, "evaluate", str(tmp / "no-run")], {}, "mind-model", "no-run"),
         ([mm, "explain", str(tmp / "no-run"), "u1"], {}, "mind-model", "no-run"),
-        ([mm, "train", "--data", "ml-100k", "--out", str(tmp / "r"), "--model", "bogus"], {}, "mind-model", "bogus"),
+        ([mm, "train", "--data", "ml-100k", "--out", str(tmp / "r"), "--model", "bogus"], {}, "mind-model",
+         "bogus"),
     ]
 
 

@@ -17,20 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port, wait_until
-from test_reliability_worker import (
-    WAIT_S,
-    KillableWorker,
+from support.artifact import build_tiny_artifact
+from support.basics import free_port, wait_until
+from support.synthetic_stream import (
     check_histories,
     count_mismatches,
     expected_vectors,
-    index_items,
     make_stream,
     stored_vectors_of,
 )
-from test_streams_worker import committed_lag, worker_env
+from support.worker import Worker, committed_lag, index_items, worker_env
 
 pytestmark = pytest.mark.timeout(600)
+WAIT_S = 240  # ceiling against hanging (2 shared cores), not a performance assertion
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
 
@@ -49,13 +48,16 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def _script(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # "use mine" would start nothing
-        return subprocess.run(["bash", str(KAFKA_SCRIPT), *args], capture_output=True, text=True, env=env, timeout=240)
+        # "use mine" would start nothing
+        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+        return subprocess.run(["bash", str(KAFKA_SCRIPT), *args], capture_output=True, text=True, env=env,
+                              timeout=240)
 
     def start(self) -> None:
         fetched = self._script("fetch")
         assert fetched.returncode == 0, fetched.stderr
-        started = self._script("start", "--port", str(self.port), "--controller-port", str(self.controller_port),
+        started = self._script("start", "--port", str(self.port), "--controller-port",
+                               str(self.controller_port),
                                "--dir", str(self.dir), "--exit-with", str(os.getpid()))
         assert started.returncode == 0, started.stderr
         assert started.stdout.strip().splitlines()[-1] == self.bootstrap
@@ -76,7 +78,6 @@ def own_broker(tmp_path: Path):
 
 
 def test_a_broker_restart_while_producing_and_consuming_loses_nothing(own_broker, tmp_path):
-    from artifact_fixture import build_tiny_artifact
     from kafka import KafkaProducer
 
     from export.runtime import UserTowerRuntime
@@ -87,17 +88,20 @@ def test_a_broker_restart_while_producing_and_consuming_loses_nothing(own_broker
     index_items(env, artifact_dir)
     n_users, n_events = 300, 3000
     stream = make_stream(list(runtime.item_ids()), n_users, n_events, seed_=5, user_prefix="k")
-    w = KillableWorker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log", own_session=True)
     w.start()
     topic = env["MINDSTREAM_TOPIC_INTERACTIONS"]
-    producer = KafkaProducer(bootstrap_servers=own_broker.bootstrap, acks="all", retries=1_000_000, linger_ms=5,
-                             delivery_timeout_ms=240_000, request_timeout_ms=10_000, reconnect_backoff_max_ms=2000)
+    producer = KafkaProducer(bootstrap_servers=own_broker.bootstrap, acks="all", retries=1_000_000,
+                             linger_ms=5,
+                             delivery_timeout_ms=240_000, request_timeout_ms=10_000,
+                             reconnect_backoff_max_ms=2000)
     failed: list[tuple[bytes, bytes]] = []
     sent = threading.Event()
 
     def paced_producer() -> None:
         for i, (key, value) in enumerate(stream.messages):
-            producer.send(topic, key=key, value=value).add_errback(lambda _exc, m=(key, value): failed.append(m))
+            producer.send(topic, key=key,
+                          value=value).add_errback(lambda _exc, m=(key, value): failed.append(m))
             if i % 50 == 0:
                 time.sleep(0.25)  # ~200 events/s: the stream spans the broker's outage
         sent.set()
@@ -106,7 +110,8 @@ def test_a_broker_restart_while_producing_and_consuming_loses_nothing(own_broker
     try:
         thread.start()
         third = len(stream.messages) // 3
-        wait_until(lambda: w.metric_or_zero("mindstream_events_in_total") >= third, WAIT_S, what="a third consumed")
+        wait_until(lambda: w.metric_or_zero("mindstream_events_in_total") >= third, WAIT_S,
+                   what="a third consumed")
         outage_started = time.monotonic()
         own_broker.stop()
         time.sleep(3)
@@ -131,7 +136,8 @@ def test_a_broker_restart_while_producing_and_consuming_loses_nothing(own_broker
     repeated, wrong_history = check_histories(env, stream, runtime.manifest.max_history_length)
     users = sorted(stream.events_of)
     wrong = count_mismatches(stored_vectors_of(env, users), expected_vectors(runtime, stream, users))
-    print(f"\nbroker restart: {len(stream.messages)} messages over {n_users} users, broker down {outage_s:.1f}s "
+    print(f"\nbroker restart: {len(stream.messages)} messages over {n_users} users, "
+          f"broker down {outage_s:.1f}s "
           f"(stop + 3 s + start), producer re-sent {len(resent)}, lag 0 {catch_up_s:.1f}s after it was back, "
           f"worker survived {worker_alive}; wrong vectors {len(wrong)}, wrong histories {wrong_history}, "
           f"repeated events {repeated}")

@@ -22,8 +22,10 @@ from streams.cli import build_parser
 from streams.config import _ENV, SECRET_FIELDS, ConfigError, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SASL_ENV = {"KAFKA_BOOTSTRAP": "broker-a.example:9094,broker-b.example:9094", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "mind", "KAFKA_SASL_PASSWORD": "s3cret-pw",
+SASL_ENV = {"KAFKA_BOOTSTRAP": "broker-a.example:9094,broker-b.example:9094",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "mind",
+            "KAFKA_SASL_PASSWORD": "s3cret-pw",
             "MINDSTREAM_MILVUS_TOKEN": "root:milvus-secret"}
 
 
@@ -42,15 +44,18 @@ def test_sasl_ssl_settings_reach_kafka_python():
     kwargs = Settings.from_env(dict(SASL_ENV, KAFKA_SSL_CAFILE="/etc/ca.pem")).kafka_python_kwargs()
     assert kwargs == {"bootstrap_servers": ["broker-a.example:9094", "broker-b.example:9094"],
                       "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
-                      "sasl_plain_username": "mind", "sasl_plain_password": "s3cret-pw", "ssl_cafile": "/etc/ca.pem"}
-    ssl_only = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/etc/ca.pem"}).kafka_python_kwargs()
-    assert ssl_only == {"bootstrap_servers": ["localhost:9092"], "security_protocol": "SSL", "ssl_cafile": "/etc/ca.pem"}
+                      "sasl_plain_username": "mind", "sasl_plain_password": "s3cret-pw",
+                      "ssl_cafile": "/etc/ca.pem"}
+    ssl_only = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                                  "KAFKA_SSL_CAFILE": "/etc/ca.pem"}).kafka_python_kwargs()
+    assert ssl_only == {"bootstrap_servers": ["localhost:9092"], "security_protocol": "SSL",
+                        "ssl_cafile": "/etc/ca.pem"}
 
 
 def test_sasl_ssl_settings_reach_the_faust_app_itself():
-    """Import the real streams.app in a child with SASL_SSL in its environment and read what faust got."""
+    """Import the real streams.worker.app in a child with SASL_SSL in its environment and read what faust got."""
     probe = (
-        "import json, streams.app as a\n"
+        "import json, streams.worker.app as a\n"
         "c = a.app.conf.broker_credentials\n"
         "print(json.dumps({'type': type(c).__name__, 'username': c.username, 'password': c.password,\n"
         "  'mechanism': str(getattr(c.mechanism, 'value', c.mechanism)), 'tls': c.ssl_context is not None,\n"
@@ -58,11 +63,13 @@ def test_sasl_ssl_settings_reach_the_faust_app_itself():
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDSTREAM_", "KAFKA_"))}
     env.update(SASL_ENV)
-    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, capture_output=True,
+                            text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout.strip().splitlines()[-1])
-    assert got == {"type": "SASLCredentials", "username": "mind", "password": "s3cret-pw", "mechanism": "SCRAM-SHA-512",
+    assert got == {"type": "SASLCredentials", "username": "mind", "password": "s3cret-pw",
+                   "mechanism": "SCRAM-SHA-512",
                    "tls": True, "broker": ["kafka://broker-a.example:9094", "kafka://broker-b.example:9094"],
                    "web_bind": "127.0.0.1"}
 
@@ -73,7 +80,8 @@ def test_ssl_without_sasl_gives_faust_ssl_credentials_with_the_ca_bundle(tmp_pat
     cafile = Path(ssl.get_default_verify_paths().cafile or "")
     if not cafile.is_file():  # a CA bundle of our own: any PEM certificate will do for load_verify_locations
         pytest.fail("this machine has no default CA bundle to point KAFKA_SSL_CAFILE at", pytrace=False)
-    credentials = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(cafile)}).faust_broker_credentials()
+    credentials = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                                     "KAFKA_SSL_CAFILE": str(cafile)}).faust_broker_credentials()
     assert isinstance(credentials, faust.SSLCredentials)
     assert credentials.context.verify_mode == ssl.CERT_REQUIRED and credentials.context.check_hostname
 
@@ -122,6 +130,7 @@ def test_deployment_files_only_set_settings_the_worker_reads():
     text = (REPO_ROOT / "deploy" / "docker-compose.yml").read_text()
     worker = text[text.index("\n  worker:"):]
     names = set(re.findall(r"^\s+([A-Z][A-Z0-9_]+):", worker, re.MULTILINE))
-    names |= set(re.findall(r"\b(MINDSTREAM_[A-Z0-9_]+|KAFKA_[A-Z0-9_]+)=", (REPO_ROOT / "deploy" / "Dockerfile").read_text()))
+    names |= set(re.findall(r"\b(MINDSTREAM_[A-Z0-9_]+|KAFKA_[A-Z0-9_]+)=",
+                            (REPO_ROOT / "deploy" / "Dockerfile").read_text()))
     assert names, "no worker environment found in deploy/"
     assert names - known == set(), f"set in deploy/ but read by nothing: {sorted(names - known)}"

@@ -15,7 +15,9 @@ import pytest
 
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
-    from streams.store import StoreError, VectorStore, interest_key, interest_rows, validate_user_id
+    from streams.ids import interest_key
+    from streams.store import StoreError, VectorStore, validate_user_id
+    from streams.updater import interest_rows
 
 _prefixes = itertools.count()
 
@@ -106,7 +108,8 @@ def test_writing_the_same_rows_twice_leaves_the_same_state(store: VectorStore) -
 
     assert store.count_user_interests() == 9
     for user in ("a", "b", "c"):
-        assert [(s.slot, s.event_ts_ms, s.updated_at_ms) for s in second[user]] == [(0, 7, 100), (1, 7, 100), (2, 7, 100)]
+        assert [(s.slot, s.event_ts_ms, s.updated_at_ms) for s in second[user]] == [
+            (0, 7, 100), (1, 7, 100), (2, 7, 100)]
         np.testing.assert_array_equal(
             np.stack([s.vector for s in first[user]]), np.stack([s.vector for s in second[user]])
         )
@@ -115,13 +118,15 @@ def test_writing_the_same_rows_twice_leaves_the_same_state(store: VectorStore) -
 def test_slots_that_became_invalid_are_deleted(store: VectorStore) -> None:
     rng = np.random.default_rng(3)
     store.ensure_collections(8, "v1")
-    rows, deletes = interest_rows("u", random_unit_vectors(rng, 6, 8), np.ones(6, bool), model_version="v1", event_ts_ms=1)
+    rows, deletes = interest_rows("u", random_unit_vectors(rng, 6, 8), np.ones(6, bool), model_version="v1",
+                                  event_ts_ms=1)
     store.write_user_interests(rows, deletes)
     assert [s.slot for s in store.get_user_interests("u")["u"]] == [0, 1, 2, 3, 4, 5]
 
     # The mask now keeps two of four slots; slots 4 and 5 (a larger K before) are deleted explicitly.
     newer = random_unit_vectors(rng, 4, 8)
-    rows, deletes = interest_rows("u", newer, np.array([True, False, True, False]), model_version="v1", event_ts_ms=2)
+    rows, deletes = interest_rows("u", newer, np.array([True, False, True, False]), model_version="v1",
+                                  event_ts_ms=2)
     store.write_user_interests(rows, [*deletes, interest_key("u", 4), interest_key("u", 5)])
 
     stored = store.get_user_interests("u")["u"]
@@ -161,7 +166,11 @@ def test_flat_search_equals_numpy_brute_force(store: VectorStore) -> None:
         np.testing.assert_allclose([h.score for h in hits[q]], expected_scores[q], rtol=1e-5, atol=1e-5)
 
 
-def test_ivf_flat_probing_every_list_is_exact_and_a_filter_applies(store: VectorStore) -> None:
+def test_an_ivf_flat_index_on_lite_still_gives_the_exact_top_n_and_a_filter_applies(
+        store: VectorStore) -> None:
+    """The IVF_FLAT path (index creation, search params) on Milvus Lite, which ignores nlist / nprobe and
+    searches these 2000 rows exhaustively (streams/store/items.py): the answer must be numpy's exact top-n. This
+    does not test IVF probing itself, which only a Milvus server does."""
     rng = np.random.default_rng(5)
     items = random_unit_vectors(rng, 2000, 8)
     queries = rng.standard_normal((3, 8)).astype(np.float32)
@@ -300,7 +309,8 @@ def test_readers_never_see_a_user_without_vectors_while_the_user_is_rewritten(st
         except Exception as exc:
             errors.append(exc)
 
-    store.write_user_interests(interest_rows("u", vectors, np.ones(3, bool), model_version="v1", event_ts_ms=0)[0])
+    store.write_user_interests(interest_rows("u", vectors, np.ones(3, bool), model_version="v1",
+                                             event_ts_ms=0)[0])
     thread = threading.Thread(target=reader)
     thread.start()
     try:
@@ -328,7 +338,8 @@ def test_rows_in_the_updater_format_and_deletes_of_unwritten_users_apply(store: 
     store.write_user_interests([], ["b#1"])
 
     stored = store.get_user_interests(["a", "b"])
-    assert {user: [s.slot for s in interests] for user, interests in stored.items()} == {"a": [0, 1], "b": [0]}
+    slots = {user: [s.slot for s in interests] for user, interests in stored.items()}
+    assert slots == {"a": [0, 1], "b": [0]}
     with pytest.raises(ValueError, match="does not match"):
         store.write_user_interests([{**rows[0], "pk": "a#9"}])
     with pytest.raises(ValueError, match="written to version v1"):
@@ -340,7 +351,8 @@ def test_reading_more_users_than_one_query_carries_returns_every_user(store: Vec
 
     store.ensure_collections(4, "v1")
     users = [f"user{u}" for u in range(store_module.READ_USERS_PER_QUERY + 44)]
-    rows = [{"user_id": u, "slot": 0, "vector": np.ones(4, np.float32), "event_ts_ms": i} for i, u in enumerate(users)]
+    rows = [{"user_id": u, "slot": 0, "vector": np.ones(4, np.float32),
+             "event_ts_ms": i} for i, u in enumerate(users)]
     store.write_user_interests(rows)
 
     stored = store.get_user_interests(users)
@@ -354,9 +366,12 @@ def test_older_generations_are_cleaned_up_later_and_never_read(lite_uri: str) ->
     try:
         store.ensure_collections(4, "v1")
         first, second = np.eye(4, dtype=np.float32)[:2], np.eye(4, dtype=np.float32)[2:]
-        store.write_user_interests(interest_rows("u", first, np.ones(2, bool), model_version="v1", event_ts_ms=1)[0])
-        store.write_user_interests(interest_rows("u", second, np.ones(2, bool), model_version="v1", event_ts_ms=2)[0])
-        raw = store._client.query(store.interests_collection("v1"), filter='user_id == "u"', output_fields=["generation"])
+        store.write_user_interests(interest_rows("u", first, np.ones(2, bool), model_version="v1",
+                                                 event_ts_ms=1)[0])
+        store.write_user_interests(interest_rows("u", second, np.ones(2, bool), model_version="v1",
+                                                 event_ts_ms=2)[0])
+        raw = store._client.query(store.interests_collection("v1"), filter='user_id == "u"',
+                                  output_fields=["generation"])
         assert len(raw) == 4  # both generations are stored until the cleanup runs
 
         stored = store.get_user_interests("u")["u"]
@@ -364,31 +379,41 @@ def test_older_generations_are_cleaned_up_later_and_never_read(lite_uri: str) ->
         np.testing.assert_array_equal(np.stack([s.vector for s in stored]), second)
 
         store.flush_cleanup()
-        raw = store._client.query(store.interests_collection("v1"), filter='user_id == "u"', output_fields=["generation"])
+        raw = store._client.query(store.interests_collection("v1"), filter='user_id == "u"',
+                                  output_fields=["generation"])
         assert len(raw) == 2
     finally:
         store.drop_all()
 
 
-def test_a_write_cleans_up_once_enough_replaced_rows_wait_and_rows_of_an_earlier_store_go_too(lite_uri: str) -> None:
+def test_a_write_cleans_up_once_enough_replaced_rows_wait_and_rows_of_an_earlier_store_go_too(
+        lite_uri: str) -> None:
     prefix = f"t{next(_prefixes)}_"
-    earlier = VectorStore(lite_uri, collection_prefix=prefix, cleanup_interval_s=3600, cleanup_batch_rows=10**9)
+    earlier = VectorStore(lite_uri, collection_prefix=prefix, cleanup_interval_s=3600,
+                          cleanup_batch_rows=10**9)
     earlier.ensure_collections(4, "v1")
     vectors = np.eye(4, dtype=np.float32)[:2]
     for event_ts_ms in (1, 2):  # the earlier process leaves two generations of "old" (it never cleaned up)
-        earlier.write_user_interests(interest_rows("old", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=event_ts_ms)[0])
+        earlier.write_user_interests(interest_rows("old", vectors, np.ones(2, bool), model_version="v1",
+                                                   event_ts_ms=event_ts_ms)[0])
     store = VectorStore(lite_uri, collection_prefix=prefix, cleanup_interval_s=3600, cleanup_batch_rows=7)
     try:
         def stored_generations(user: str) -> int:
-            rows = store._client.query(store.interests_collection("v1"), filter=f'user_id == "{user}"', output_fields=["generation"])
+            rows = store._client.query(store.interests_collection("v1"), filter=f'user_id == "{user}"',
+                                       output_fields=["generation"])
             return len({row["generation"] for row in rows})
 
         for event_ts_ms in (3, 4):
-            store.write_user_interests(interest_rows("new", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=event_ts_ms)[0])
-        store.write_user_interests(interest_rows("old", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=5)[0])
-        assert (stored_generations("new"), stored_generations("old")) == (2, 3)  # 2 + 2 + 2 rows wait (a user new to this store counts its new rows): below 7
-        store.write_user_interests(interest_rows("new", vectors, np.ones(2, bool), model_version="v1", event_ts_ms=6)[0])
-        assert (stored_generations("new"), stored_generations("old")) == (1, 1)  # 8 waited: that write cleaned up
+            store.write_user_interests(interest_rows("new", vectors, np.ones(2, bool), model_version="v1",
+                                                     event_ts_ms=event_ts_ms)[0])
+        store.write_user_interests(interest_rows("old", vectors, np.ones(2, bool), model_version="v1",
+                                                 event_ts_ms=5)[0])
+        # 2 + 2 + 2 rows wait (a user new to this store counts its new rows): below 7
+        assert (stored_generations("new"), stored_generations("old")) == (2, 3)
+        store.write_user_interests(interest_rows("new", vectors, np.ones(2, bool), model_version="v1",
+                                                 event_ts_ms=6)[0])
+        # 8 waited: that write cleaned up
+        assert (stored_generations("new"), stored_generations("old")) == (1, 1)
         assert [s.event_ts_ms for s in store.get_user_interests("old")["old"]] == [5, 5]
         assert store.count_user_interests() == 4
     finally:

@@ -25,7 +25,8 @@ def test_index_items_writes_every_item_with_its_id_side_features_and_vector(arti
     rows = store.get_items(range(1, 41))
     assert [row["item_id"] for row in rows] == item_ids
     side = runtime.item_side_features()
-    assert [row["side"] for row in rows] == [{name: values[j] for name, values in side.items()} for j in range(40)]
+    assert [row["side"] for row in rows] == [{name: values[j] for name, values in side.items()}
+                                             for j in range(40)]
     # Searching with an item's own vector finds the item's exact inner product at the top of an IP search
     # over the artifact's vectors (numpy reference).
     vectors = runtime.item_vectors()

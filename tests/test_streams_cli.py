@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import UserError, build_parser, format_recall, read_events, to_message
+from streams.cli import UserError, build_parser, format_recall
 from streams.config import ConfigError, Settings
 from streams.events import Interaction, parse_event
+from streams.produce import read_events, to_message
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,12 @@ def test_csv_with_header_becomes_events_the_worker_accepts(tmp_path):
                        {"user_id": "u2", "item_id": "i9", "ts": "978300761.5"}]
     key, value = to_message(records[0], stamp_now=False)
     assert key == b"7"
-    assert parse_event(value) == Interaction("7", "1193", 978_300_760_000, parse_event(value).event_id, "rating")
+    # Sent without an event id: the id is derived from (user, item, time, behavior), so a re-send is
+    # recognised.
+    fields = ("7", "1193", "978300760000", "rating")
+    derived = "h:" + hashlib.sha256("\x1f".join(fields).encode()).hexdigest()[:24]
+    assert parse_event(value) == Interaction("7", "1193", 978_300_760_000, derived, "rating")
+    assert "event_id" not in json.loads(value)
 
 
 def test_headerless_tsv_needs_columns_and_reads_movielens_u_data(tmp_path):
@@ -60,7 +67,8 @@ def test_short_row_names_the_line(tmp_path):
 
 def test_format_recall_shows_rank_item_score_and_interest():
     text = format_recall({"user_id": "u", "cold_start": False,
-                          "items": [{"item_id": "42", "score": 1.5, "slot": 2}, {"item_id": "7", "score": 1.0, "slot": 0}]})
+                          "items": [{"item_id": "42", "score": 1.5, "slot": 2},
+                                    {"item_id": "7", "score": 1.0, "slot": 0}]})
     lines = text.splitlines()
     assert lines[0].startswith("recall for user u: 2 items")
     assert lines[1].split() == ["1", "42", "1.5000", "slot", "2"]

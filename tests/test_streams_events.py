@@ -93,7 +93,8 @@ def test_malformed_event_is_rejected_with_a_specific_reason(raw, reason_start):
 
 
 def test_nan_and_infinite_ts_are_rejected():
-    assert parse_event(b'{"user_id":"u","item_id":"i","ts":NaN}', now_ms=NOW_MS).reason == "ts is not a finite number"
+    assert parse_event(b'{"user_id":"u","item_id":"i","ts":NaN}',
+                       now_ms=NOW_MS).reason == "ts is not a finite number"
     assert isinstance(parse_event(b'{"user_id":"u","item_id":"i","ts":Infinity}', now_ms=NOW_MS), Rejection)
 
 
@@ -113,7 +114,8 @@ def test_any_bytes_give_an_interaction_or_a_rejection_never_an_exception(raw):
 
 
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+                    lambda children: (st.lists(children, max_size=3)
+                                      | st.dictionaries(st.text(max_size=8), children, max_size=4)),
                     max_leaves=10),
        st.sampled_from(["user_id", "item_id", "ts", "event_id", "behavior"]))
 def test_any_json_value_in_any_field_never_raises(value, field):

@@ -7,7 +7,6 @@ tests/test_streams_worker.py.
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,8 +25,13 @@ from streams.updater import (
 K = 4
 
 
+# Valid slots the fake tower reports for n known items (a table, so no test re-derives it from a formula).
+VALID_SLOTS_BY_LENGTH = {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2}
+
+
 class FakeTower:
-    """Knows items i1..i50; K'u = max(1, min(K, floor(log2 n))); vectors encode (row sum, slot)."""
+    """Knows items i1..i50; valid slots from VALID_SLOTS_BY_LENGTH; vectors encode (row sum, slot,
+    profile)."""
 
     def __init__(self) -> None:
         self.manifest = SimpleNamespace(model_version="v1", num_interests=K, max_history_length=6)
@@ -35,7 +39,8 @@ class FakeTower:
         self.batch_sizes: list[int] = []
 
     def encode_histories(self, histories):
-        rows = [[int(x[1:]) for x in h if x.startswith("i") and x[1:].isdigit() and int(x[1:]) <= 50][-6:] for h in histories]
+        rows = [[int(x[1:]) for x in h if x.startswith("i") and x[1:].isdigit() and int(x[1:]) <= 50][-6:]
+                for h in histories]
         length = max([len(r) for r in rows], default=0) or 1
         hist = np.zeros((len(rows), length), np.int64)
         mask = np.zeros((len(rows), length), bool)
@@ -50,8 +55,7 @@ class FakeTower:
     def infer(self, history, history_mask, profile):
         self.infer_calls += 1
         self.batch_sizes.append(history.shape[0])
-        n = history_mask.sum(axis=1)
-        k = np.maximum(1, np.minimum(K, np.floor(np.log2(np.maximum(n, 1))))).astype(int)
+        k = np.array([VALID_SLOTS_BY_LENGTH[int(n)] for n in history_mask.sum(axis=1)])
         valid = np.arange(K)[None, :] < k[:, None]
         vectors = np.zeros((history.shape[0], K, 3), np.float32)
         vectors[:, :, 0] = history.sum(axis=1)[:, None]
@@ -65,7 +69,8 @@ def ev(user: str, item: str, ts: int, eid: str | None = None) -> Interaction:
 
 
 def test_events_are_kept_in_ts_order_ties_in_arrival_order_and_trimmed_to_max_len():
-    history, applied = apply_events(None, [ev("u", "a", 30), ev("u", "b", 10), ev("u", "c", 30), ev("u", "d", 20)],
+    history, applied = apply_events(None,
+                                    [ev("u", "a", 30), ev("u", "b", 10), ev("u", "c", 30), ev("u", "d", 20)],
                                     max_len=3, max_seen=10)
     assert [it[0] for it in history["items"]] == ["d", "a", "c"]
     assert len(applied) == 4 and len(history["seen"]) == 4
@@ -73,7 +78,8 @@ def test_events_are_kept_in_ts_order_ties_in_arrival_order_and_trimmed_to_max_le
 
 def test_duplicate_event_id_is_appended_once_across_and_within_batches():
     first, _ = apply_events(None, [ev("u", "a", 1, "e1")], max_len=10, max_seen=10)
-    second, applied = apply_events(first, [ev("u", "a", 1, "e1"), ev("u", "b", 2, "e2"), ev("u", "b", 2, "e2")],
+    second, applied = apply_events(first,
+                                   [ev("u", "a", 1, "e1"), ev("u", "b", 2, "e2"), ev("u", "b", 2, "e2")],
                                    max_len=10, max_seen=10)
     assert [it[0] for it in second["items"]] == ["a", "b"]
     assert [e.event_id for e in applied] == ["e2"]
@@ -89,7 +95,8 @@ def test_seen_ids_outlive_the_item_window_but_are_bounded():
 
 def test_plan_batch_collapses_users_and_reports_duplicates():
     current = {"u1": apply_events(None, [ev("u1", "i1", 1, "x")], max_len=5, max_seen=5)[0]}
-    plan = plan_batch(current, [ev("u1", "i1", 1, "x"), ev("u2", "i2", 2), ev("u1", "i3", 3), ev("u2", "i4", 4)],
+    plan = plan_batch(current,
+                      [ev("u1", "i1", 1, "x"), ev("u2", "i2", 2), ev("u1", "i3", 3), ev("u2", "i4", 4)],
                       max_len=5, max_seen=5)
     assert list(plan.histories) == ["u1", "u2"]
     assert [it[0] for it in plan.histories["u1"]["items"]] == ["i1", "i3"]
@@ -107,7 +114,8 @@ def test_one_tower_call_per_batch_and_only_valid_slots_become_rows():
     tower = FakeTower()
     histories = {
         "short": apply_events(None, [ev("short", "i1", 1)], max_len=6, max_seen=9)[0],  # K'u = 1
-        "long": apply_events(None, [ev("long", f"i{j}", j) for j in range(1, 6)], max_len=6, max_seen=9)[0],  # 5 → 2
+        # 5 → 2
+        "long": apply_events(None, [ev("long", f"i{j}", j) for j in range(1, 6)], max_len=6, max_seen=9)[0],
     }
     result = recompute(tower, histories, {"long": {"cohort": "a"}}, updated_at_ms=99)
     assert tower.infer_calls == 1 and tower.batch_sizes == [2]
@@ -118,7 +126,8 @@ def test_one_tower_call_per_batch_and_only_valid_slots_become_rows():
     long_rows = [r for r in result.rows if r["user_id"] == "long"]
     assert long_rows[1]["vector"] == [15.0, 1.0, 1.0]  # sum of i1..i5, slot 1, profile known
     assert result.updates == [
-        {"user_id": "short", "model_version": "v1", "num_interests": 1, "event_ts_ms": 1, "updated_at_ms": 99},
+        {"user_id": "short", "model_version": "v1", "num_interests": 1, "event_ts_ms": 1,
+         "updated_at_ms": 99},
         {"user_id": "long", "model_version": "v1", "num_interests": 2, "event_ts_ms": 5, "updated_at_ms": 99},
     ]
 
@@ -132,14 +141,15 @@ def test_user_whose_items_are_all_unknown_gets_no_vector_and_all_slots_deleted()
     assert rows == [] and deletes == [interest_key("cold", s) for s in range(K)]
 
 
-def test_interest_count_grows_with_history_length():
+def test_a_growing_history_keeps_exactly_the_slots_the_tower_marks_valid():
     tower = FakeTower()
-    counts = []
+    slots = []
     for n in (1, 2, 4, 6):
-        history, _ = apply_events(empty_history(), [ev("u", f"i{j}", j) for j in range(1, n + 1)], max_len=6, max_seen=9)
+        history, _ = apply_events(empty_history(), [ev("u", f"i{j}", j) for j in range(1, n + 1)], max_len=6,
+                                  max_seen=9)
         (ui,) = compute_interests(tower, {"u": history})
-        counts.append(len(ui.slots))
-    assert counts == [max(1, min(K, math.floor(math.log2(n)))) for n in (1, 2, 4, 6)] == [1, 1, 2, 2]
+        slots.append(ui.slots)
+    assert slots == [[0], [0], [0, 1], [0, 1]]
 
 
 def test_primary_keys_are_unique_within_a_call():

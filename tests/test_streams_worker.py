@@ -16,13 +16,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import delete_topics, die_with_parent, free_port, unique_name, wait_until
+from support.basics import wait_until
+from support.topics import read_topic
+from support.worker import (
+    Worker,
+    cleanup_topics,
+    committed_lag,
+    dlq_messages,
+    event,
+    get_json,
+    worker_env,
+)
 
 from export.runtime import UserTowerRuntime
 
@@ -31,155 +39,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 60  # ceiling against hanging, not a performance assertion
 
 
-@dataclass
-class Worker:
-    """One `mind-stream worker` subprocess and the settings it runs with."""
-
-    env: dict[str, str]
-    artifact_dir: Path
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    started_logs: list[Path] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.env['MINDSTREAM_WEB_PORT']}"
-
-    def start(self) -> None:
-        log = self.log_path.with_name(f"{self.log_path.stem}-{len(self.started_logs)}.log")
-        self.started_logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--artifact", str(self.artifact_dir), "--loglevel", "info"],
-            env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-        )
-        wait_until(self._healthy, WAIT_S, interval=0.3, what=f"worker healthy at {self.url} (log {log})")
-
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-        try:
-            return get_json(f"{self.url}/healthz").get("status") == "ok"
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # graceful: faust commits offsets and flushes the changelog
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.5):
-        """`wait_until`, and on timeout the worker's log tail in the error: a stalled worker says why."""
-        try:
-            return wait_until(predicate, timeout, interval=interval, what=what)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; worker log {self.started_logs[-1]}:\n{self.log_tail()}") from None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.started_logs[-1].read_text(errors="replace").splitlines()[-lines:])
-
-    def interests(self, user: str) -> dict:
-        return get_json(f"{self.url}/users/{user}/interests")
-
-    def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " ") or line.startswith(name + "{"):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def worker_env(kafka_bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
-    """Settings of a worker on its own topics, consumer group, Milvus Lite file, data dir and web port."""
-    app_id = unique_name("mstest")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDSTREAM_", "MILVUS_"))}
-    env.update({
-        "KAFKA_BOOTSTRAP": kafka_bootstrap, "MINDSTREAM_APP_ID": app_id,
-        "MINDSTREAM_TOPIC_INTERACTIONS": f"{app_id}-interactions", "MINDSTREAM_TOPIC_PROFILES": f"{app_id}-profiles",
-        "MINDSTREAM_TOPIC_UPDATES": f"{app_id}-updates", "MINDSTREAM_TOPIC_DLQ": f"{app_id}-dlq",
-        "MINDSTREAM_PARTITIONS": "3", "MINDSTREAM_MILVUS_URI": str(tmp / "milvus.db"),
-        "MINDSTREAM_DATA_DIR": str(tmp / "faust-data"), "MINDSTREAM_WEB_PORT": str(free_port()),
-        "MINDSTREAM_BATCH_WINDOW_S": "0.05", "MINDSTREAM_ORT_THREADS": "1", **extra,
-    })  # fmt: skip
-    return env
-
-
-def cleanup_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
-    app_id = env["MINDSTREAM_APP_ID"]
-    topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
-    topics += [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog", f"{app_id}-__assignor-__leader"]
-    delete_topics(kafka_bootstrap, topics)
-
-
-@pytest.fixture(scope="module")
-def worker(kafka_bootstrap: str, artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
-    tmp = tmp_path_factory.mktemp("stream-worker")
-    env = worker_env(kafka_bootstrap, tmp)
-    indexed = subprocess.run([sys.executable, "-m", "streams.cli", "index-items", str(artifact_dir)],
-                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert indexed.returncode == 0, indexed.stderr
-    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    w.start()
-    try:
-        yield w
-    finally:
-        w.stop()
-        cleanup_topics(kafka_bootstrap, env)
-
-
 # --- helpers: produce, expected vectors ----------------------------------------------------------------
 
 
-def produce(worker: Worker, messages: list[tuple[bytes | None, bytes]], topic_env: str = "MINDSTREAM_TOPIC_INTERACTIONS") -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"], acks="all")
-    try:
-        for key, value in messages:
-            producer.send(worker.env[topic_env], key=key, value=value)
-        producer.flush(timeout=30)
-    finally:
-        producer.close()
-
-
-def event(user: str, item: str, ts_s: float, **extra: object) -> tuple[bytes, bytes]:
-    return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": ts_s, **extra}).encode()
-
-
 def cli_recall(worker: Worker, user: str, n: int, *flags: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json", *flags],
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", user, "--n", str(n), "--json",
+                             *flags],
                             env=worker.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def committed_lag(worker: Worker) -> int:
-    """Messages of the interactions topic not yet covered by the worker's committed offsets."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    topic = worker.env["MINDSTREAM_TOPIC_INTERACTIONS"]
-    # A consumer that never subscribes only reads the group's committed offsets; it does not join the group.
-    consumer = KafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"], group_id=worker.env["MINDSTREAM_APP_ID"],
-                             enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        ends = consumer.end_offsets(partitions)
-        return sum(end - (consumer.committed(tp) or 0) for tp, end in ends.items())
-    finally:
-        consumer.close()
-
-
-def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]], profile: dict | None = None) -> np.ndarray:
+def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float]],
+                       profile: dict | None = None) -> np.ndarray:
     """Offline recompute: (item, ts) pairs → the valid interest vectors (K'u, d), as the worker must store."""
     items = [item for item, _ in sorted(history, key=lambda p: p[1])][-runtime.manifest.max_history_length:]
     hist, mask = runtime.encode_histories([items])
@@ -188,7 +60,8 @@ def expected_interests(runtime: UserTowerRuntime, history: list[tuple[str, float
 
 
 def stored_vectors(answer: dict) -> np.ndarray:
-    return np.array([row["vector"] for row in sorted(answer["interests"], key=lambda r: r["slot"])], dtype=np.float32)
+    return np.array([row["vector"] for row in sorted(answer["interests"],
+                                                     key=lambda r: r["slot"])], dtype=np.float32)
 
 
 def wait_for_user(worker: Worker, user: str, latest_ts_s: float, history_length: int) -> dict:
@@ -198,12 +71,14 @@ def wait_for_user(worker: Worker, user: str, latest_ts_s: float, history_length:
     def reflected() -> dict | None:
         answer = worker.interests(user)
         rows = answer["interests"]
-        if rows and all(r["event_ts_ms"] == latest_ms for r in rows) and answer["history_length"] == history_length:
+        if (rows and all(r["event_ts_ms"] == latest_ms for r in rows)
+                and answer["history_length"] == history_length):
             return answer
         return None
 
     try:
-        return wait_until(reflected, WAIT_S, interval=0.2, what=f"vectors of {user} reflecting ts {latest_ms}")
+        return wait_until(reflected, WAIT_S, interval=0.2,
+                          what=f"vectors of {user} reflecting ts {latest_ms}")
     except TimeoutError:
         print(worker.log_tail())
         raise
@@ -223,7 +98,7 @@ def test_events_of_several_users_become_the_vectors_an_offline_recompute_gives(w
     histories = {u: [(items[(7 * k + 3 * j) % len(items)], now - 100 + j) for j in range(n)]
                  for k, (u, n) in enumerate(lengths.items())}
     messages = [event(u, item, ts) for u, h in histories.items() for item, ts in h]
-    produce(worker, messages)
+    worker.produce(messages)
     max_len = runtime.manifest.max_history_length
     counts = {}
     for user, history in histories.items():
@@ -244,13 +119,16 @@ def test_interest_count_grows_as_one_users_history_grows(worker, runtime):
     history: list[tuple[str, float]] = []
     seen_counts = []
     for n_new in (1, 1, 2, 4):
-        new = [(items[(5 * len(history) + j) % len(items)], now - 50 + len(history) + j) for j in range(n_new)]
+        new = [(items[(5 * len(history) + j) % len(items)],
+                now - 50 + len(history) + j) for j in range(n_new)]
         history += new
-        produce(worker, [event("grower", item, ts) for item, ts in new])
+        worker.produce([event("grower", item, ts) for item, ts in new])
         answer = wait_for_user(worker, "grower", history[-1][1], len(history))
-        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5,
+                                   atol=1e-6)
         seen_counts.append(len(answer["interests"]))
-    assert seen_counts == sorted(seen_counts) and seen_counts[-1] > seen_counts[0]  # 1, 1, 2, 3 for 1, 2, 4, 8 items
+    # 1, 1, 2, 3 for 1, 2, 4, 8 items
+    assert seen_counts == sorted(seen_counts) and seen_counts[-1] > seen_counts[0]
 
 
 def test_a_duplicate_delivery_changes_nothing(worker, runtime):
@@ -258,11 +136,11 @@ def test_a_duplicate_delivery_changes_nothing(worker, runtime):
     now = time.time()
     history = [(items[j], now - 30 + j) for j in range(5)]
     messages = [event("dup", item, ts, event_id=f"dup-{j}") for j, (item, ts) in enumerate(history)]
-    produce(worker, messages)
+    worker.produce(messages)
     before = wait_for_user(worker, "dup", history[-1][1], 5)
     duplicates_before = worker.metric("mindstream_events_duplicate_total")
     # The same five events delivered twice more.
-    produce(worker, messages + messages)
+    worker.produce(messages + messages)
     wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= duplicates_before + 10, WAIT_S,
                what="10 duplicates counted")
     after = worker.interests("dup")
@@ -272,11 +150,12 @@ def test_a_duplicate_delivery_changes_nothing(worker, runtime):
 
 def test_an_event_without_id_sent_twice_is_applied_once(worker, runtime):
     item, ts = items_of(runtime)[3], time.time() - 20
-    produce(worker, [event("noid", item, ts)])
+    worker.produce([event("noid", item, ts)])
     first = wait_for_user(worker, "noid", ts, 1)
     dup_before = worker.metric("mindstream_events_duplicate_total")
-    produce(worker, [event("noid", item, ts)])
-    wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= dup_before + 1, WAIT_S, what="duplicate")
+    worker.produce([event("noid", item, ts)])
+    wait_until(lambda: worker.metric("mindstream_events_duplicate_total") >= dup_before + 1, WAIT_S,
+               what="duplicate")
     assert worker.interests("noid") == first  # both deliveries derive the same event id
 
 
@@ -286,11 +165,11 @@ def test_a_burst_for_one_user_ends_in_one_consistent_state(worker, runtime, kafk
     # 40 events, timestamps deliberately out of order: the history is ordered by ts, not arrival.
     history = [(items[(11 * j) % len(items)], now - 60 + ((j * 17) % 40)) for j in range(40)]
     applied_before = worker.metric("mindstream_events_applied_total")
-    produce(worker, [event("burst", item, ts) for item, ts in history])
+    worker.produce([event("burst", item, ts) for item, ts in history])
     # The newest ts is the 8th event sent: a batch that ends after it already looks final by ts and length,
     # so wait for all 40 to be applied (the counter moves after the store write) before reading.
-    wait_until(lambda: worker.metric("mindstream_events_applied_total") >= applied_before + len(history), WAIT_S,
-               what="the 40 burst events applied")
+    wait_until(lambda: worker.metric("mindstream_events_applied_total") >= applied_before + len(history),
+               WAIT_S, what="the 40 burst events applied")
     latest = max(ts for _, ts in history)
     answer = wait_for_user(worker, "burst", latest, runtime.manifest.max_history_length)
     expected = expected_interests(runtime, history)
@@ -298,12 +177,9 @@ def test_a_burst_for_one_user_ends_in_one_consistent_state(worker, runtime, kafk
     assert [row["slot"] for row in answer["interests"]] == list(range(len(expected)))  # no stale slot left
 
     # The last interest-update for the user reflects the final state.
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(worker.env["MINDSTREAM_TOPIC_UPDATES"], bootstrap_servers=kafka_bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000, enable_auto_commit=False)
-    updates = [json.loads(m.value) for m in consumer if m.key == b"burst"]
-    consumer.close()
+    updates = [json.loads(m.value) for m in read_topic(kafka_bootstrap,
+                                                       worker.env["MINDSTREAM_TOPIC_UPDATES"], 3000)
+               if m.key == b"burst"]
     assert updates, "no interest-updates message for the burst user"
     assert updates[-1]["event_ts_ms"] == int(round(latest * 1000))
     assert updates[-1]["num_interests"] == len(expected)
@@ -321,37 +197,36 @@ def test_malformed_events_go_to_the_dlq_with_reasons_and_good_ones_around_them_a
         (b"x", json.dumps({"item_id": items[0], "ts": now}).encode(), "missing field user_id"),
         (b"x", json.dumps({"user_id": "x", "ts": now}).encode(), "missing field item_id"),
         (b"x", json.dumps({"user_id": "x", "item_id": items[0]}).encode(), "missing field ts"),
-        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": "yesterday"}).encode(), "wrong type for ts"),
-        (b"x", json.dumps({"user_id": {"id": 1}, "item_id": items[0], "ts": now}).encode(), "wrong type for user_id"),
-        (b"x", json.dumps({"user_id": "bad user!", "item_id": items[0], "ts": now}).encode(), "user_id format"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": "yesterday"}).encode(),
+         "wrong type for ts"),
+        (b"x", json.dumps({"user_id": {"id": 1}, "item_id": items[0], "ts": now}).encode(),
+         "wrong type for user_id"),
+        (b"x", json.dumps({"user_id": "bad user!", "item_id": items[0], "ts": now}).encode(),
+         "user_id format"),
         (b"x", json.dumps({"user_id": "x", "item_id": "i" * 500, "ts": now}).encode(), "item_id too long"),
         (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": -5}).encode(), "ts negative"),
-        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": now + 10 * 86400}).encode(), "ts too far"),
+        (b"x", json.dumps({"user_id": "x", "item_id": items[0], "ts": now + 10 * 86400}).encode(),
+         "ts too far"),
         (None, b"", "bad JSON"),
     ]
     good_before = [(items[1], now - 10), (items[2], now - 9)]
     good_after = [(items[4], now - 8), (items[5], now - 7)]
     messages = [event("mixed", i, t) for i, t in good_before] + [(k, v) for k, v, _ in bad]
     messages += [event("mixed", i, t) for i, t in good_after]
-    produce(worker, messages)
+    worker.produce(messages)
     history = good_before + good_after
     answer = wait_for_user(worker, "mixed", history[-1][1], 4)
-    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5,
+                               atol=1e-6)
 
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(worker.env["MINDSTREAM_TOPIC_DLQ"], bootstrap_servers=kafka_bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000, enable_auto_commit=False)
-    dead = []
-    deadline = time.monotonic() + WAIT_S
-    while len(dead) < len(bad) and time.monotonic() < deadline:
-        dead += [(m.key, m.value, dict(m.headers)) for m in consumer]
-    consumer.close()
-    by_value = {value: headers for _, value, headers in dead}
+    dead = wait_until(lambda: len(found := dlq_messages(worker.env)) >= len(bad) and found, WAIT_S,
+                      what=f"{len(bad)} messages in the DLQ")
+    by_value = {m.value: dict(m.headers) for m in dead}
     for _key, value, reason in bad:
         assert value in by_value, f"{value[:40]!r} ({reason}) not in the DLQ"
         assert by_value[value]["mindstream-reason"].decode().startswith(reason), by_value[value]
-        assert by_value[value]["mindstream-source"].startswith(worker.env["MINDSTREAM_TOPIC_INTERACTIONS"].encode())
+        source_topic = worker.env["MINDSTREAM_TOPIC_INTERACTIONS"].encode()
+        assert by_value[value]["mindstream-source"].startswith(source_topic)
     assert worker.proc.poll() is None  # the agent (and the worker) survived all of it
 
 
@@ -359,13 +234,14 @@ def test_a_profile_change_refreshes_that_users_vectors(worker, runtime):
     items = items_of(runtime)
     now = time.time()
     history = [(items[(13 * j) % len(items)], now - 15 + j) for j in range(6)]
-    produce(worker, [event("profiled", item, ts) for item, ts in history])
+    worker.produce([event("profiled", item, ts) for item, ts in history])
     before = wait_for_user(worker, "profiled", history[-1][1], 6)
-    np.testing.assert_allclose(stored_vectors(before), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(before), expected_interests(runtime, history), rtol=1e-5,
+                               atol=1e-6)
     profile = {"cohort": runtime.vocab.profile["cohort"][2]}
     expected = expected_interests(runtime, history, profile)
     assert not np.allclose(stored_vectors(before), expected, atol=1e-4)  # the profile matters to this tower
-    produce(worker, [(b"profiled", json.dumps(profile).encode()), (b"bad key!", b"{}"), (b"profiled2", b"[]")],
+    worker.produce([(b"profiled", json.dumps(profile).encode()), (b"bad key!", b"{}"), (b"profiled2", b"[]")],
             topic_env="MINDSTREAM_TOPIC_PROFILES")
 
     def refreshed() -> bool:
@@ -373,8 +249,20 @@ def test_a_profile_change_refreshes_that_users_vectors(worker, runtime):
         return vectors.shape == expected.shape and np.allclose(vectors, expected, rtol=1e-5, atol=1e-6)
 
     wait_until(refreshed, WAIT_S, interval=0.2, what="vectors recomputed with the new profile")
-    # The two bad profile messages are dead-lettered, not fatal.
-    wait_until(lambda: worker.metric("mindstream_profiles_in_total") == 3, WAIT_S, what="3 profile messages read")
+    # The two bad profile messages are dead-lettered with their reasons, not fatal.
+    wait_until(lambda: worker.metric("mindstream_profiles_in_total") == 3, WAIT_S,
+               what="3 profile messages read")
+    profiles_topic = worker.env["MINDSTREAM_TOPIC_PROFILES"].encode()
+
+    def dead_profiles() -> dict[bytes, str]:
+        return {m.key: dict(m.headers)["mindstream-reason"].decode() for m in dlq_messages(worker.env)
+                if dict(m.headers)["mindstream-source"].startswith(profiles_topic + b"/")}
+
+    dead = wait_until(lambda: len(found := dead_profiles()) >= 2 and found, WAIT_S,
+                      what="2 profiles dead-lettered")
+    assert sorted(dead) == [b"bad key!", b"profiled2"]
+    assert dead[b"bad key!"].startswith("user_id format: profile key 'bad key!'")
+    assert dead[b"profiled2"].startswith("not an object")
     assert worker.proc.poll() is None
 
 
@@ -387,7 +275,7 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     items = items_of(runtime)
     now = time.time()
     first = [(items[(3 * j) % len(items)], now - 40 + j) for j in range(6)]
-    produce(worker, [event("restart", item, ts) for item, ts in first])
+    worker.produce([event("restart", item, ts) for item, ts in first])
     wait_for_user(worker, "restart", first[-1][1], 6)
     cold = get_json(f"{worker.url}/recall/nobody-yet?n=3")
     assert cold["cold_start"] and len(cold["items"]) == 3  # popular items, not an error
@@ -406,10 +294,11 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     shutil.rmtree(worker.env["MINDSTREAM_DATA_DIR"], ignore_errors=True)
     worker.start()
     second = [(items[(3 * j + 1) % len(items)], now - 20 + j) for j in range(3)]
-    produce(worker, [event("restart", item, ts) for item, ts in second])
+    worker.produce([event("restart", item, ts) for item, ts in second])
     history = first + second
     answer = wait_for_user(worker, "restart", second[-1][1], len(history))
-    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, history), rtol=1e-5,
+                               atol=1e-6)
     # Resumed from committed offsets: this worker read only the 3 new events, none of the earlier ones.
     assert worker.metric("mindstream_events_in_total") == 3
 
@@ -420,7 +309,8 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     deeper = get_json(f"{worker.url}/recall/restart?n={10 + len(seen)}")
     excluding = get_json(f"{worker.url}/recall/restart?n=10&exclude_seen=true")
     assert excluding["items"] == [i for i in deeper["items"] if i["item_id"] not in seen][:10]
-    assert len(excluding["items"]) == 10 and seen & {i["item_id"] for i in deeper["items"]}  # something to leave out
+    # something to leave out
+    assert len(excluding["items"]) == 10 and seen & {i["item_id"] for i in deeper["items"]}
     assert cli_recall(worker, "restart", 10, "--exclude-seen") == excluding
     with pytest.raises(urllib.error.HTTPError) as refused_flag:
         urllib.request.urlopen(f"{worker.url}/recall/restart?n=5&exclude_seen=maybe", timeout=5)
@@ -451,7 +341,7 @@ def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_
     second = [(items[(7 * j + 2) % len(items)], now - 20 + j) for j in range(4)]
     try:
         w.start()
-        produce(w, [event("rocky", item, ts) for item, ts in first])
+        w.produce([event("rocky", item, ts) for item, ts in first])
         wait_for_user(w, "rocky", first[-1][1], 5)
         wait_until(lambda: committed_lag(w) == 0, WAIT_S, interval=0.5, what="offsets committed")
         w.stop()
@@ -459,9 +349,10 @@ def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_
         assert tables, "RocksDB wrote no table files under the data dir"
         shutil.rmtree(env["MINDSTREAM_DATA_DIR"])
         w.start()
-        produce(w, [event("rocky", item, ts) for item, ts in second])
+        w.produce([event("rocky", item, ts) for item, ts in second])
         answer = wait_for_user(w, "rocky", second[-1][1], 9)
-        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, first + second), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored_vectors(answer), expected_interests(runtime, first + second),
+                                   rtol=1e-5, atol=1e-6)
         assert w.metric("mindstream_events_in_total") == 4
     finally:
         w.stop()
@@ -471,13 +362,15 @@ def test_rocksdb_table_store_is_restored_from_the_changelog_after_its_files_are_
 def test_worker_refuses_an_input_topic_whose_partition_count_its_changelogs_would_not_match(
         kafka_bootstrap, artifact_dir, new_topic, tmp_path):
     topic = new_topic(partitions=2, prefix="interactions")
-    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_TOPIC_INTERACTIONS=topic, MINDSTREAM_PARTITIONS="3")
+    env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_TOPIC_INTERACTIONS=topic,
+                     MINDSTREAM_PARTITIONS="3")
     result = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--artifact", str(artifact_dir)],
                             env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     try:
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
-            f"mind-stream worker: topic {topic} has 2 partitions but MINDSTREAM_PARTITIONS is 3; pass --partitions 2 "
+            f"mind-stream worker: topic {topic} has 2 partitions but MINDSTREAM_PARTITIONS is "
+            "3; pass --partitions 2 "
             "(the table changelogs must match the input topics)")
     finally:
         cleanup_topics(kafka_bootstrap, env)
@@ -487,21 +380,22 @@ def test_when_the_vector_stores_server_dies_the_batch_is_retried_on_a_new_connec
         kafka_bootstrap, artifact_dir, runtime, tmp_path):
     """Kill the worker's Milvus Lite server: the write fails with a StoreError. A store outage is not the
     events' fault, so the batch is retried (unacked) on a fresh connection with a new Lite server, and the
-    events end up applied, none dead-lettered; the worker keeps running. (Changed by the reliability
-    engineer, issue 7: it used to dead-letter after MAX_ATTEMPTS; tests/test_reliability_worker.py holds
-    the longer outage.)"""
+    events end up applied, none dead-lettered; the worker keeps running (tests/test_reliability_worker.py
+    holds the longer outage)."""
     env = worker_env(kafka_bootstrap, tmp_path, MINDSTREAM_MAX_ATTEMPTS="2")
     w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp_path / "worker.log")
     items = items_of(runtime)
     now = time.time()
-    messages = [event("lost1", items[0], now - 3), event("lost1", items[1], now - 2), event("lost2", items[2], now - 1)]
+    messages = [event("lost1", items[0], now - 3), event("lost1", items[1], now - 2),
+                event("lost2", items[2], now - 1)]
     try:
         w.start()
-        children = subprocess.run(["pgrep", "-P", str(w.proc.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(["pgrep", "-P", str(w.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
         assert children, "no Milvus Lite server process under the worker"
         for pid in children:
             os.kill(int(pid), signal.SIGKILL)
-        produce(w, messages)
+        w.produce(messages)
 
         def written() -> bool:  # the HTTP read answers 503 until the store is reconnected
             try:
@@ -512,7 +406,8 @@ def test_when_the_vector_stores_server_dies_the_batch_is_retried_on_a_new_connec
 
         wait_until(written, WAIT_S, interval=0.3, what="vectors written after the store came back")
         lost1 = wait_for_user(w, "lost1", now - 2, 2)
-        np.testing.assert_allclose(stored_vectors(lost1), expected_interests(runtime, [(items[0], now - 3), (items[1], now - 2)]),
+        np.testing.assert_allclose(stored_vectors(lost1),
+                                   expected_interests(runtime, [(items[0], now - 3), (items[1], now - 2)]),
                                    rtol=1e-5, atol=1e-6)
         wait_for_user(w, "lost2", now - 1, 1)
         assert w.metric("mindstream_batch_retries_total") >= 1

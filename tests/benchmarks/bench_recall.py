@@ -1,10 +1,11 @@
 """Recall latency: K = 4 interests × top-50 in Milvus Lite (FLAT, IVF_FLAT) against exact brute force.
 
 For each corpus size (default 100k and 1M random 64-d items) the same item vectors go into a Milvus Lite
-file through `streams.store.VectorStore` and into numpy on one thread (and faiss-cpu when it happens to be installed; it
-is not a dependency). Every request is one batched search of 4 query vectors for their top 50 — exactly
-what `streams.recall.recall` sends. Reported per engine: p50 / p99 over repeated requests, the ratio of each
-to exact numpy brute force measured in the same run, and for IVF_FLAT its recall@50 against the exact top 50.
+file through `streams.store.VectorStore` and into numpy on one thread (and faiss-cpu when it happens to be
+installed; it is not a dependency). Every request is one batched search of 4 query vectors for their
+top 50 — exactly what `streams.recall.recall` sends. Reported per engine: p50 / p99 over repeated
+requests, the ratio of each to exact numpy brute force measured in the same run, and for IVF_FLAT its
+recall@50 against the exact top 50.
 The full `recall()` path (pointer + user vectors + search + max-merge) is timed on the FLAT index too.
 
     .venv/bin/python tests/benchmarks/bench_recall.py            # 100k and 1M
@@ -40,7 +41,8 @@ if not _had_blas_threads:
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
     from streams.recall import recall  # noqa: E402
-    from streams.store import VectorStore, interest_rows  # noqa: E402
+    from streams.store import VectorStore  # noqa: E402
+    from streams.updater import interest_rows  # noqa: E402
 
 DIM = 64
 NUM_INTERESTS = 4
@@ -52,7 +54,8 @@ def percentile_ms(seconds: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000.0, q))
 
 
-def time_interleaved(requests: Sequence[Callable[[int], Any]], repeats: int, warmup: int = 5) -> list[list[float]]:
+def time_interleaved(requests: Sequence[Callable[[int], Any]], repeats: int,
+                     warmup: int = 5) -> list[list[float]]:
     """Per request function, its latencies (s). Request i of every function runs back to back, so load from
     other processes on this shared machine hits the engine and its baseline alike."""
     for i in range(warmup):
@@ -89,10 +92,12 @@ def faiss_searcher(items: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]
     return lambda queries, n: index.search(queries, n)[1]
 
 
-def row(size: int, engine: str, timings: list[float], baseline: list[float] | None, **extra: Any) -> dict[str, Any]:
+def row(size: int, engine: str, timings: list[float], baseline: list[float] | None,
+        **extra: Any) -> dict[str, Any]:
     """One table row; ratios are against the numpy timings measured interleaved with this engine's."""
     p50, p99 = percentile_ms(timings, 50), percentile_ms(timings, 99)
-    result = {"items": size, "engine": engine, "p50_ms": p50, "p99_ms": p99, "requests": len(timings), **extra}
+    result = {"items": size, "engine": engine, "p50_ms": p50, "p99_ms": p99, "requests": len(timings),
+              **extra}
     if baseline is not None:
         result["numpy_p50_ms"] = percentile_ms(baseline, 50)
         result["numpy_p99_ms"] = percentile_ms(baseline, 99)
@@ -115,7 +120,8 @@ def bench_size(
 
     search = faiss_searcher(items)
     if search is not None:
-        numpy_t, faiss_t = time_interleaved([brute_force, lambda i: search(users[i % NUM_USERS], TOP_N)], repeats)
+        numpy_t, faiss_t = time_interleaved([brute_force,
+                                             lambda i: search(users[i % NUM_USERS], TOP_N)], repeats)
         rows.append(row(size, "faiss IndexFlatIP (exact)", faiss_t, numpy_t))
 
     store = VectorStore(str(workdir / f"bench_{size}.db"), collection_prefix="bench_")
@@ -129,7 +135,8 @@ def bench_size(
     build_s = time.perf_counter() - started
     for u in range(NUM_USERS):
         store.write_user_interests(
-            *interest_rows(f"user{u}", users[u], np.ones(NUM_INTERESTS, bool), model_version="bench", event_ts_ms=0)
+            *interest_rows(f"user{u}", users[u], np.ones(NUM_INTERESTS, bool), model_version="bench",
+                           event_ts_ms=0)
         )
 
     numpy_t, flat_t, recall_t = time_interleaved(
@@ -157,11 +164,13 @@ def bench_size(
         numpy_t, ivf_t = time_interleaved(
             [
                 brute_force,
-                lambda i, p=params: store.search_items(users[i % NUM_USERS], TOP_N, model_version="bench", search_params=p),
+                lambda i, p=params: store.search_items(users[i % NUM_USERS], TOP_N, model_version="bench",
+                                                       search_params=p),
             ],
             repeats,
         )
-        found = [store.search_items(users[u], TOP_N, model_version="bench", search_params=params) for u in range(NUM_USERS)]
+        found = [store.search_items(users[u], TOP_N, model_version="bench",
+                                    search_params=params) for u in range(NUM_USERS)]
         rows.append(
             row(size, f"Milvus Lite IVF_FLAT nlist={nlist} nprobe={nprobe}", ivf_t, numpy_t,
                 recall_at_50=recall_at(found, exact), index_build_s=build_s)
@@ -180,34 +189,40 @@ def recall_at(found: list[list[Any]], exact: list[np.ndarray]) -> float:
     return statistics.fmean(overlaps)
 
 
-def run(sizes: Sequence[int] = (100_000, 1_000_000), repeats: int = 200, nprobes: Sequence[int] | None = None) -> dict:
+def run(sizes: Sequence[int] = (100_000, 1_000_000), repeats: int = 200,
+        nprobes: Sequence[int] | None = None) -> dict:
     """Measure every size; returns {"name", "goal", "rows": [...]}, rows as printed by `format_table`."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_recall_") as workdir:
         for size in sizes:
-            rows += bench_size(size, repeats if size <= 100_000 else max(50, repeats // 2), Path(workdir), nprobes=nprobes)
+            rows += bench_size(size, repeats if size <= 100_000 else max(50, repeats // 2), Path(workdir),
+                               nprobes=nprobes)
             print(format_table([r for r in rows if r["items"] == size]), flush=True)
     return {
         "name": "recall latency",
         "goal": "p99 <= 15 ms at 100k items, within 1.5x of brute force",
-        "setup": f"{NUM_INTERESTS} interests x top-{TOP_N}, {DIM}-d random Gaussian items, Milvus Lite, one process",
+        "setup": f"{NUM_INTERESTS} interests x top-{TOP_N}, {DIM}-d random Gaussian items, "
+                 "Milvus Lite, one process",
         "rows": rows,
     }
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = f"{'items':>9}  {'engine':<58} {'p50 ms':>8} {'p99 ms':>8} {'p50/np':>7} {'p99/np':>7} {'rec@50':>7}"
+    head = (f"{'items':>9}  {'engine':<58} {'p50 ms':>8} {'p99 ms':>8} {'p50/np':>7} {'p99/np':>7} "
+            f"{'rec@50':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio50 = f"{r['p50_vs_numpy']:.2f}x" if "p50_vs_numpy" in r else "1.00x"
         ratio99 = f"{r['p99_vs_numpy']:.2f}x" if "p99_vs_numpy" in r else "1.00x"
         rec = f"{r['recall_at_50']:.3f}" if "recall_at_50" in r else ""
         lines.append(
-            f"{r['items']:>9}  {r['engine']:<58} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio50:>7} {ratio99:>7} {rec:>7}"
+            f"{r['items']:>9}  {r['engine']:<58} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{ratio50:>7} {ratio99:>7} {rec:>7}"
         )
     builds = [r for r in rows if "insert_s" in r]
     for r in builds:
-        lines.append(f"  {r['items']} items: insert {r['insert_s']:.1f} s, FLAT index {r['index_build_s']:.1f} s")
+        lines.append(f"  {r['items']} items: insert {r['insert_s']:.1f} s, FLAT index "
+                     f"{r['index_build_s']:.1f} s")
     for r in rows:
         if r["engine"].startswith("Milvus Lite IVF_FLAT"):
             lines.append(f"  {r['items']} items: IVF_FLAT index build {r['index_build_s']:.1f} s")
@@ -218,8 +233,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="corpus sizes")
-    parser.add_argument("--repeats", type=int, default=200, help="timed requests per engine (halved above 100k)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=None, help="IVF_FLAT nprobe values (default 16 and nlist/32)")
+    parser.add_argument("--repeats", type=int, default=200,
+                        help="timed requests per engine (halved above 100k)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=None,
+                        help="IVF_FLAT nprobe values (default 16 and nlist/32)")
     args = parser.parse_args(argv)
     run(args.sizes, args.repeats, args.nprobe)
     return 0

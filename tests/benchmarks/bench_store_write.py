@@ -1,59 +1,37 @@
-"""Store write cost: `VectorStore.write_user_interests` as the worker calls it, one store version against another.
+"""Store write cost: `VectorStore.write_user_interests` as the worker calls it, under one or more settings.
 
-    .venv/bin/python tests/benchmarks/bench_store_write.py [--baseline HEAD] [--users 20000] [--writes 400]
+    .venv/bin/python tests/benchmarks/bench_store_write.py [--users 20000] [--writes 400] \
+        [--variants '{"defaults": {}, "no batching of the cleanup": {"cleanup_batch_rows": 1e12}}']
 
-Each variant (the store module at a git revision, `--baseline`, and the working tree's `streams/store.py`) gets
-its own collections in one Milvus Lite file: `--users` users x `--slots` slots pre-filled, then `--writes` writes
-of `--batch-users` distinct users drawn Zipf(1.1) (the streaming benchmark's user skew), rows in the updater's
-format (`pk`, `vector` as a list). The variants are interleaved in rounds so machine noise hits both. Each write
-is timed including the once-per-`cleanup_interval_s` cleanup of replaced generations that may land in it. At the
-end the pending cleanup is flushed and each variant's row count must equal users x slots (a wrong cleanup shows
-up here). Also times the raw Lite calls behind it (insert, delete by keys / by filter). Prints numbers; asserts
-nothing about speed.
+Each variant (a label and the `VectorStore` keyword arguments it runs with) gets its own collections in one
+Milvus Lite file: `--users` users x `--slots` slots pre-filled, then `--writes` writes of `--batch-users`
+distinct users drawn Zipf(1.1) (the streaming benchmark's user skew), rows in the updater's format (`pk`,
+`vector` as a list). The variants are interleaved in rounds so machine noise hits all of them. Each write is
+timed including the once-per-`cleanup_interval_s` cleanup of replaced generations that may land in it. At the
+end the pending cleanup is flushed and each variant's row count must equal users x slots (a wrong cleanup
+shows up here). Also times the raw Lite calls behind a write (insert, delete by keys / by filter). Prints
+numbers; asserts nothing about speed. To compare two versions of the store, run it in each checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
 VERSION = "bench"
-
-
-def load_store_module(revision: str | None, work_dir: Path) -> ModuleType:
-    """`streams/store.py` at a git revision (None = the working tree) as a module of its own."""
-    if revision is None:
-        path = REPO_ROOT / "streams" / "store.py"
-        name = "store_working_tree"
-    else:
-        source = subprocess.run(["git", "show", f"{revision}:streams/store.py"], cwd=REPO_ROOT, check=True,
-                                capture_output=True, text=True).stdout
-        path = work_dir / f"store_{revision.replace('/', '_').replace('~', '_')}.py"
-        path.write_text(source)
-        name = path.stem
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def user_rows(user_ids: list[str], rng: np.random.Generator, *, slots: int, dim: int, ts: int) -> list[dict]:
     """Rows as `streams.updater.store_operations` makes them (vector as a list)."""
     vectors = rng.standard_normal((len(user_ids), slots, dim)).astype(np.float32)
-    return [{"pk": f"{u}#{s}", "user_id": u, "slot": s, "vector": vectors[i, s].tolist(), "model_version": VERSION,
+    return [{"pk": f"{u}#{s}", "user_id": u, "slot": s, "vector": vectors[i, s].tolist(),
+             "model_version": VERSION,
              "event_ts_ms": ts, "updated_at_ms": ts}
             for i, u in enumerate(user_ids) for s in range(slots)]  # fmt: skip
 
@@ -70,32 +48,29 @@ def zipf_batches(rng: np.random.Generator, users: int, batch_users: int, writes:
     return batches
 
 
-def run(baseline: str | None, *, users: int, slots: int, dim: int, batch_users: int, writes: int, rounds: int,
-        tree_variants: dict[str, dict] | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
-    """`tree_variants`: label -> VectorStore keyword arguments for the working tree's store (default: its defaults)."""
+def run(*, users: int, slots: int, dim: int, batch_users: int, writes: int, rounds: int,
+        variants: dict[str, dict] | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """`variants`: label -> VectorStore keyword arguments (default: one variant, the store's defaults)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pymilvus  # noqa: F401 - milvus-lite's pkg_resources warning, once
+    from streams.store import VectorStore
 
     work = Path(tempfile.mkdtemp(prefix="bench_store_write_"))
-    variants: dict[str, tuple[ModuleType, dict]] = {}
-    if baseline:
-        variants[f"baseline ({baseline})"] = (load_store_module(baseline, work), {})
-    tree = load_store_module(None, work)
-    for label, kwargs in (tree_variants or {"working tree": {}}).items():
-        variants[label] = (tree, kwargs)
     uri = str(work / "bench.db")
     stores = {}
-    for i, (label, (module, kwargs)) in enumerate(variants.items()):
-        store = module.VectorStore(uri, collection_prefix=f"v{i}_", **kwargs)
+    for i, (label, kwargs) in enumerate((variants or {"defaults": {}}).items()):
+        store = VectorStore(uri, collection_prefix=f"v{i}_", **kwargs)
         store.ensure_collections(dim, VERSION)
         rng = np.random.default_rng(seed)
         started = time.perf_counter()
         for start in range(0, users, 1000):
-            store.write_user_interests(user_rows([f"user{u}" for u in range(start, min(users, start + 1000))], rng,
+            store.write_user_interests(user_rows([f"user{u}" for u in range(start, min(users, start + 1000))],
+                                                 rng,
                                                  slots=slots, dim=dim, ts=0))
         store.flush_cleanup()
-        print(f"{label}: pre-filled {users} users x {slots} slots in {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"{label}: pre-filled {users} users x {slots} slots in {time.perf_counter() - started:.1f} s",
+              flush=True)
         stores[label] = store
 
     batches = zipf_batches(np.random.default_rng(seed + 1), users, batch_users, writes)
@@ -119,7 +94,8 @@ def run(baseline: str | None, *, users: int, slots: int, dim: int, batch_users: 
         ms = np.asarray(times[label]) * 1000
         results[label] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                           "max_ms": float(ms.max()), "mean_ms": float(ms.mean()), "flush_ms": flush_ms,
-                          "users_per_s": batch_users * len(ms) / ((ms.sum() + flush_ms) / 1000), "rows_after": stored}
+                          "users_per_s": batch_users * len(ms) / ((ms.sum() + flush_ms) / 1000),
+                          "rows_after": stored}
         store.drop_all()
         store.close()
     results["raw Lite calls"] = raw_lite_calls(uri, users=users, slots=slots, dim=dim)
@@ -127,19 +103,24 @@ def run(baseline: str | None, *, users: int, slots: int, dim: int, batch_users: 
 
 
 def raw_lite_calls(uri: str, *, users: int, slots: int, dim: int) -> dict[str, float]:
-    """p50 ms of the Lite calls behind a write, on a collection of users x slots rows."""
-    store_module = sys.modules["store_working_tree"]
-    store = store_module.VectorStore(uri, collection_prefix="raw_")
+    """p50 ms of the Lite calls behind a write, on a collection of users x slots rows (the store's schema)."""
+    from pymilvus import MilvusClient
+
+    from streams.store import VectorStore
+
+    store = VectorStore(uri, collection_prefix="raw_")
     store.ensure_collections(dim, VERSION)
     rng = np.random.default_rng(7)
     name = store.interests_collection(VERSION)
-    client = store._client
+    client = MilvusClient(uri)  # pymilvus shares the process's Lite server for the same file
     generation = 1
 
     def records(user_range: range, vector_kind: str = "list") -> list[dict]:
         vectors = rng.standard_normal((len(user_range) * slots, dim)).astype(np.float32)
-        return [{"key": f"user{u}#{s}#{generation}", "user_id": f"user{u}", "slot": s, "generation": generation,
-                 "vector": vectors[i * slots + s].tolist() if vector_kind == "list" else vectors[i * slots + s],
+        return [{"key": f"user{u}#{s}#{generation}", "user_id": f"user{u}", "slot": s,
+                 "generation": generation,
+                 "vector": (vectors[i * slots + s].tolist() if vector_kind == "list"
+                            else vectors[i * slots + s]),
                  "model_version": VERSION, "event_ts_ms": 1, "updated_at_ms": 1}
                 for i, u in enumerate(user_range) for s in range(slots)]  # fmt: skip
 
@@ -156,16 +137,19 @@ def raw_lite_calls(uri: str, *, users: int, slots: int, dim: int) -> dict[str, f
         out[label] = float(np.median(ms))
 
     picks = np.random.default_rng(8).permutation(users)
-    timed("insert 75 users, vectors as lists", lambda r: client.insert(name, records(range(users + 75 * r, users + 75 * r + 75))))
+    timed("insert 75 users, vectors as lists",
+          lambda r: client.insert(name, records(range(users + 75 * r, users + 75 * r + 75))))
     timed("insert 75 users, vectors as float32 arrays",
           lambda r: client.insert(name, records(range(2 * users + 75 * r, 2 * users + 75 * r + 75), "array")))
     timed("delete 75 users' rows by key", lambda r: client.delete(
         name, ids=[f"user{u}#{s}#1" for u in picks[75 * r : 75 * r + 75] for s in range(slots)]))
     timed("delete 700 users' rows by key", lambda r: client.delete(
-        name, ids=[f"user{u}#{s}#1" for u in picks[2000 + 700 * r : 2700 + 700 * r] for s in range(slots)]), repeats=5)
+        name, ids=[f"user{u}#{s}#1" for u in picks[2000 + 700 * r : 2700 + 700 * r] for s in range(slots)]),
+          repeats=5)
     timed("delete 700 users' rows by filter", lambda r: client.delete(
-        name, filter=f"user_id in {store_module._quoted_list(f'user{u}' for u in picks[8000 + 700 * r : 8700 + 700 * r])}"
+        name, filter=f"user_id in {json.dumps([f'user{u}' for u in picks[8000 + 700 * r : 8700 + 700 * r]])}"
                      " and generation < 2"), repeats=5)
+    client.close()
     store.drop_all()
     store.close()
     return out
@@ -173,27 +157,31 @@ def raw_lite_calls(uri: str, *, users: int, slots: int, dim: int) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="HEAD", help="git revision of streams/store.py to compare with ('' = none)")
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--slots", type=int, default=3)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--batch-users", type=int, default=75, help="users per write (the worker's users per batch)")
+    parser.add_argument("--batch-users", type=int, default=75,
+                        help="users per write (the worker's users per batch)")
     parser.add_argument("--writes", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=8, help="interleave the variants in this many rounds")
-    parser.add_argument("--tree-variants", type=json.loads, default=None,
-                        help='JSON {label: VectorStore kwargs} for the working tree, e.g. \'{"1 s": {"cleanup_batch_rows": 1e12}}\'')
+    parser.add_argument("--variants", type=json.loads, default=None,
+                        help='JSON {label: VectorStore kwargs}, e.g. \'{"1 s": {"cleanup_batch_rows": '
+                             '1e12}}\'')
     args = parser.parse_args()
-    results = run(args.baseline or None, users=args.users, slots=args.slots, dim=args.dim,
-                  batch_users=args.batch_users, writes=args.writes, rounds=args.rounds, tree_variants=args.tree_variants)
-    print(f"\n{args.users} users x {args.slots} slots, d={args.dim}; {args.writes} writes of {args.batch_users} users")
-    print("| store | write p50 ms | p99 ms | max ms | mean ms | final flush ms | users/s incl. flush | rows after flush |")
+    results = run(users=args.users, slots=args.slots, dim=args.dim, batch_users=args.batch_users,
+                  writes=args.writes, rounds=args.rounds, variants=args.variants)
+    print(f"\n{args.users} users x {args.slots} slots, d={args.dim}; {args.writes} writes of "
+          f"{args.batch_users} users")
+    print("| store | write p50 ms | p99 ms | max ms | mean ms | final flush ms | users/s incl. flush | rows "
+          "after flush |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, r in results.items():
         if label == "raw Lite calls":
             continue
         print(f"| {label} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['mean_ms']:.1f} | "
-              f"{r['flush_ms']:.0f} | {r['users_per_s']:,.0f} | {r['rows_after']:,} (expected {args.users * args.slots:,}) |")
-    print("\n| raw Lite call (working tree's collections) | p50 ms |\n| --- | --- |")
+              f"{r['flush_ms']:.0f} | {r['users_per_s']:,.0f} | {r['rows_after']:,} (expected "
+              f"{args.users * args.slots:,}) |")
+    print("\n| raw Lite call | p50 ms |\n| --- | --- |")
     for label, ms in results["raw Lite calls"].items():
         print(f"| {label} | {ms:.1f} |")
 

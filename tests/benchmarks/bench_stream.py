@@ -37,7 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import BIN, REPO_ROOT, Worker, http_json, path_size_mb, summary_ms
+from common import BIN, http_json, path_size_mb, summary_ms
+from support.basics import free_port
+from support.milvus import release_all_lite_servers
+from support.topics import create_topics, delete_topics
+from support.worker import Worker, index_items
 
 ZIPF_USERS = 1.1
 ZIPF_ITEMS = 0.8
@@ -55,7 +59,8 @@ def zipf_sampler(rng: np.random.Generator, n: int, s: float):  # noqa: ANN201
 
 def make_histories(rng: np.random.Generator, item_ids: list[str], users: int, max_len: int,
                    now_ms: int) -> dict[str, dict]:
-    """User id -> a histories-table value (docs/ARCHITECTURE.md) with a realistic number of past behaviours."""
+    """User id -> a histories-table value (docs/ARCHITECTURE.md) with a realistic number of past
+    behaviours."""
     lengths = np.clip(np.round(rng.lognormal(np.log(30), 1.0, users)), 1, 500).astype(int)
     pick_item = zipf_sampler(rng, len(item_ids), ZIPF_ITEMS)
     histories = {}
@@ -70,44 +75,34 @@ def make_histories(rng: np.random.Generator, item_ids: list[str], users: int, ma
 
 
 def kafka_kwargs() -> dict[str, Any]:
-    return {"bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092").split(",")}
+    return {"bootstrap_servers": bootstrap().split(",")}
 
 
-def create_topics(topics: dict[str, int], compact: set[str] = frozenset()) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(**kafka_kwargs())
-    try:
-        admin.create_topics([NewTopic(name, parts, 1, topic_configs={"cleanup.policy": "compact"} if name in compact else {})
-                             for name, parts in topics.items()])
-    finally:
-        admin.close()
+def bootstrap() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092")
 
 
-def delete_topics(topics: list[str]) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(**kafka_kwargs())
-    try:
-        admin.delete_topics(topics)
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
-    finally:
-        admin.close()
+def bench_worker(name: str, artifact: Path, workdir: Path, env: dict[str, str]) -> Worker:
+    """A worker of this benchmark with its own Milvus Lite file, data dir and web port under `workdir`."""
+    env = {**os.environ, **env, "MINDSTREAM_MILVUS_URI": str(workdir / f"{name}.db"),
+           "MINDSTREAM_WEB_PORT": str(free_port()), "MINDSTREAM_DATA_DIR": str(workdir / f"{name}-data")}
+    return Worker(env=env, artifact_dir=artifact, log_path=workdir / f"{name}.log", loglevel="warning")
 
 
 def seed_changelog(topic: str, histories: dict[str, dict], partitions: int) -> float:
-    """Write every user's table value to the histories changelog, as faust does (table keys and values are JSON)."""
+    """Write every user's table value to the histories changelog, as faust does (table keys and values
+    are JSON)."""
     from kafka import KafkaProducer
     from kafka.partitioner.default import murmur2
 
     started = time.perf_counter()
-    producer = KafkaProducer(acks=1, linger_ms=50, batch_size=1 << 20, max_request_size=8 << 20, **kafka_kwargs())
+    producer = KafkaProducer(acks=1, linger_ms=50, batch_size=1 << 20, max_request_size=8 << 20,
+                             **kafka_kwargs())
     for user, value in histories.items():
         # faust writes a key's changelog entry to the partition of the input event (raw user id key).
         partition = (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
-        producer.send(topic, key=json.dumps(user).encode(), value=json.dumps(value, separators=(",", ":")).encode(),
+        producer.send(topic, key=json.dumps(user).encode(),
+                      value=json.dumps(value, separators=(",", ":")).encode(),
                       partition=partition)
     producer.flush(timeout=300)
     producer.close()
@@ -115,7 +110,8 @@ def seed_changelog(topic: str, histories: dict[str, dict], partitions: int) -> f
 
 
 def event_value(user: str, item: str, ts_ms: int, event_id: str) -> bytes:
-    return json.dumps({"user_id": user, "item_id": item, "ts": ts_ms, "event_id": event_id, "behavior": "click"},
+    return json.dumps({"user_id": user, "item_id": item, "ts": ts_ms, "event_id": event_id,
+                       "behavior": "click"},
                       separators=(",", ":")).encode()
 
 
@@ -130,7 +126,8 @@ class EventSource:
         self.count = 0
 
     def batch(self, size: int) -> list[tuple[str, str]]:
-        return [(f"u{u}", self.item_ids[i]) for u, i in zip(self.pick_user(size).tolist(), self.pick_item(size).tolist(),
+        return [(f"u{u}", self.item_ids[i]) for u, i in zip(self.pick_user(size).tolist(),
+                                                            self.pick_item(size).tolist(),
                                                             strict=True)]
 
     def stamp(self, user: str, now_s: float) -> tuple[int, str]:
@@ -140,7 +137,8 @@ class EventSource:
         return ts, f"b{self.count}"
 
 
-def produce_burst(topic: str, source: EventSource, count: int) -> tuple[list[tuple[str, str, int, str]], float]:
+def produce_burst(topic: str, source: EventSource,
+                  count: int) -> tuple[list[tuple[str, str, int, str]], float]:
     """Send `count` events as fast as kafka-python can; returns the events and the seconds it took."""
     from kafka import KafkaProducer
 
@@ -166,7 +164,8 @@ class UpdatesListener:
     def __init__(self, topic: str) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(fetch_max_wait_ms=5, enable_auto_commit=False, group_id=None, **kafka_kwargs())
+        self.consumer = KafkaConsumer(fetch_max_wait_ms=5, enable_auto_commit=False, group_id=None,
+                                      **kafka_kwargs())
         parts = self.consumer.partitions_for_topic(topic) or {0}
         self.consumer.assign([TopicPartition(topic, p) for p in parts])
         self.consumer.seek_to_end()
@@ -245,14 +244,17 @@ def produce_paced(topic: str, source: EventSource, rate: float, seconds: float,
     return sent
 
 
-def match_freshness(sent: list[tuple[str, int, float]], arrivals: list[tuple[float, str, int]]) -> tuple[list[float], int]:
-    """Per sent event: first update of its user (arriving after the send) whose event_ts_ms ≥ the event's ts."""
+def match_freshness(sent: list[tuple[str, int, float]],
+                    arrivals: list[tuple[float, str, int]]) -> tuple[list[float], int]:
+    """Per sent event: first update of its user (arriving after the send) whose event_ts_ms ≥ the
+    event's ts."""
     by_user: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for arrived, user, event_ts in arrivals:
         by_user[user].append((arrived, event_ts))
     latencies, missing = [], 0
     for user, ts, when in sent:
-        hit = next((arrived for arrived, event_ts in by_user.get(user, ()) if event_ts >= ts and arrived >= when), None)
+        hit = next((arrived for arrived, event_ts in by_user.get(user, ())
+                    if event_ts >= ts and arrived >= when), None)
         if hit is None:
             missing += 1
         else:
@@ -277,7 +279,8 @@ def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource,
     listener = UpdatesListener(topics["updates"])
     before = worker.metrics()
     checker = InterestsProbe(worker.url) if probe else None
-    sent = produce_paced(topics["interactions"], source, rate, seconds, checker, probe_every=max(1, int(rate // 10)))
+    sent = produce_paced(topics["interactions"], source, rate, seconds, checker,
+                         probe_every=max(1, int(rate // 10)))
     deadline = time.time() + 30
     latencies, missing = match_freshness(sent, listener.arrivals)
     while missing and time.time() < deadline:
@@ -289,9 +292,11 @@ def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource,
     listener.close()
     after = worker.metrics()
     achieved = len(sent) / max(1e-9, sent[-1][2] - sent[0][2]) if len(sent) > 1 else 0.0
-    result = {"rate": rate, "achieved_rate": achieved, "events": len(sent), "not_readable_within_30s": missing,
+    result = {"rate": rate, "achieved_rate": achieved, "events": len(sent),
+              "not_readable_within_30s": missing,
               **summary_ms(latencies), **freshness_histogram(before, after),
-              "latencies_ms": [round(x * 1000, 3) for x in latencies],  # for the plot; dropped from printed JSON
+              # for the plot; dropped from printed JSON
+              "latencies_ms": [round(x * 1000, 3) for x in latencies],
               "batch_events_mean": _mean_of(before, after, "mindstream_batch_events"),
               "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
               "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
@@ -311,7 +316,8 @@ def _sustained(phase: dict[str, Any]) -> bool:
 def _freshness_logged(worker: Worker, topics: dict[str, str], source: EventSource, rate: float,
                       seconds: float) -> dict[str, Any]:
     phase = freshness_phase(worker, topics, source, rate, seconds, probe=rate == 100)
-    print(f"  streaming: freshness at {rate:,.0f} ev/s: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms"
+    print(f"  streaming: freshness at {rate:,.0f} ev/s: p50 {phase['p50_ms']:.1f} ms, p99 "
+          f"{phase['p99_ms']:.1f} ms"
           f" ({phase['n']} events, {phase['not_readable_within_30s']} missing)", flush=True)
     return phase
 
@@ -339,8 +345,9 @@ def drain_rate(workers: list[Worker], topic: str, source: EventSource, backlog: 
     while series[-1][1] < backlog and time.perf_counter() - started < timeout:
         time.sleep(0.25)
         series.append((time.perf_counter() - started, applied() - base))
-        if any(w.process.poll() is not None for w in workers):
-            raise RuntimeError("a worker died while draining; see " + ", ".join(str(w.log_path) for w in workers))
+        if any(w.proc.poll() is not None for w in workers):
+            raise RuntimeError("a worker died while draining; see "
+                               + ", ".join(str(w.started_logs[-1]) for w in workers))
     after = [w.metrics() for w in workers]
     t0 = next(t for t, n in series if n >= 0.1 * backlog and t >= produce_s)
     n0 = next(n for t, n in series if t == t0)
@@ -348,17 +355,23 @@ def drain_rate(workers: list[Worker], topic: str, source: EventSource, backlog: 
     interval_rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(series, series[1:], strict=False)
                       if a[0] >= t0 and b[0] <= t1 and b[0] > a[0]]
     return {"events": backlog, "events_per_s": (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan"),
-            "interval_p50_events_per_s": statistics.median(interval_rates) if interval_rates else float("nan"),
+            "interval_p50_events_per_s": (statistics.median(interval_rates) if interval_rates
+                                          else float("nan")),
             "burst_produce_s": produce_s, "drain_s": series[-1][0], "series": series,
-            "batch_events_mean": statistics.fmean(_mean_of(b, a, "mindstream_batch_events") for b, a in zip(before, after, strict=True)),
-            "batch_users_mean": statistics.fmean(_mean_of(b, a, "mindstream_batch_users") for b, a in zip(before, after, strict=True)),
-            "tower_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_tower_seconds") for b, a in zip(before, after, strict=True)),
-            "upsert_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_upsert_seconds") for b, a in zip(before, after, strict=True))}
+            "batch_events_mean": statistics.fmean(_mean_of(b, a, "mindstream_batch_events")
+                                                  for b, a in zip(before, after, strict=True)),
+            "batch_users_mean": statistics.fmean(_mean_of(b, a, "mindstream_batch_users")
+                                                 for b, a in zip(before, after, strict=True)),
+            "tower_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_tower_seconds")
+                                                     for b, a in zip(before, after, strict=True)),
+            "upsert_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_upsert_seconds")
+                                                      for b, a in zip(before, after, strict=True))}
 
 
 def naive_peer(run_dir: Path, topic: str, histories: dict[str, dict], count: int, workdir: Path,
                max_len: int) -> dict[str, Any]:
-    """The obvious implementation: kafka-python loop, PyTorch eager per event, one Milvus Lite upsert per event."""
+    """The obvious implementation: kafka-python loop, PyTorch eager per event, one Milvus Lite upsert per
+    event."""
     import torch
     from kafka import KafkaConsumer, TopicPartition
     from pymilvus import MilvusClient
@@ -394,7 +407,8 @@ def naive_peer(run_dir: Path, topic: str, histories: dict[str, dict], count: int
                     out = model.interests(torch.tensor([known]), torch.tensor([[k > 0 for k in known]]),
                                           torch.zeros((1, profile_fields), dtype=torch.long))
                 vectors, valid = out.interest_vectors[0].numpy(), out.valid_interest_mask[0].numpy()
-                rows = [{"pk": f"{user}#{k}", "vector": vectors[k].tolist()} for k in range(len(valid)) if valid[k]]
+                rows = [{"pk": f"{user}#{k}",
+                         "vector": vectors[k].tolist()} for k in range(len(valid)) if valid[k]]
                 client.upsert("naive_interests", rows)
                 done += 1
                 if done >= count:
@@ -404,19 +418,11 @@ def naive_peer(run_dir: Path, topic: str, histories: dict[str, dict], count: int
     elapsed = time.perf_counter() - started
     consumer.close()
     client.close()
-    release_lite_servers()
+    release_all_lite_servers()
     return {"events": done, "events_per_s": done / elapsed, "seconds": elapsed}
 
 
 # --- the whole streaming benchmark ------------------------------------------------------------------------
-
-
-def release_lite_servers() -> None:
-    """Stop the Milvus Lite server processes this process started (closing a client leaves them running,
-    and an idle Lite server still burns CPU that the next benchmark would then lose)."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_all()
 
 
 def read_artifact(artifact: Path) -> tuple[list[str], int]:
@@ -425,25 +431,22 @@ def read_artifact(artifact: Path) -> tuple[list[str], int]:
     return list(vocab["item_ids"][1:]), int(manifest["max_history_length"])
 
 
-def new_deployment(tag: str, partitions: int, histories: dict[str, dict], workdir: Path) -> tuple[dict[str, str], dict[str, str], float]:
+def new_deployment(tag: str, partitions: int, histories: dict[str, dict],
+                   workdir: Path) -> tuple[dict[str, str], dict[str, str], float]:
     """Topics for one app id, with the histories changelog pre-seeded; returns (topics, env, seed seconds)."""
     app_id = f"bench-{tag}-{os.getpid()}-{int(time.time())}"
-    topics = {"interactions": f"{app_id}-interactions", "profiles": f"{app_id}-profiles", "updates": f"{app_id}-updates",
+    topics = {"interactions": f"{app_id}-interactions", "profiles": f"{app_id}-profiles",
+              "updates": f"{app_id}-updates",
               "dlq": f"{app_id}-dlq", "changelog": f"{app_id}-histories-changelog"}
-    create_topics({topics["interactions"]: partitions, topics["profiles"]: partitions, topics["updates"]: 1,
-                   topics["dlq"]: 1, topics["changelog"]: partitions}, compact={topics["profiles"], topics["changelog"]})
+    create_topics(bootstrap(),
+                  {topics["interactions"]: partitions, topics["profiles"]: partitions, topics["updates"]: 1,
+                   topics["dlq"]: 1, topics["changelog"]: partitions},
+                   compact={topics["profiles"], topics["changelog"]})
     seed_s = seed_changelog(topics["changelog"], histories, partitions)
     env = {"MINDSTREAM_APP_ID": app_id, "MINDSTREAM_TOPIC_INTERACTIONS": topics["interactions"],
            "MINDSTREAM_TOPIC_PROFILES": topics["profiles"], "MINDSTREAM_TOPIC_UPDATES": topics["updates"],
            "MINDSTREAM_TOPIC_DLQ": topics["dlq"], "MINDSTREAM_PARTITIONS": str(partitions)}
     return topics, env, seed_s
-
-
-def index_items(artifact: Path, db: Path) -> None:
-    import subprocess
-
-    subprocess.run([str(BIN / "mind-stream"), "index-items", str(artifact), "--milvus-uri", str(db)], cwd=REPO_ROOT,
-                   check=True, capture_output=True)
 
 
 def wait_restored(worker: Worker, user: str, length: int, timeout: float = 600.0) -> float:
@@ -454,7 +457,8 @@ def wait_restored(worker: Worker, user: str, length: int, timeout: float = 600.0
         if answer and answer.get("history_length") == length:
             return time.monotonic() - started
         time.sleep(0.25)
-    raise RuntimeError(f"worker {worker.name}: table not restored after {timeout:.0f} s (log {worker.log_path})")
+    raise RuntimeError(f"worker {worker.url}: table not restored after {timeout:.0f} s (log "
+                       f"{worker.started_logs[-1]})")
 
 
 def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None = None,
@@ -486,11 +490,10 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
         topics, env, seed_s = new_deployment("w1", 1, histories, workdir)
         all_topics += topics.values()
         result["setup"]["seed_changelog_s"] = seed_s
-        worker = Worker("w1", artifact, workdir, {**env, **worker_env})
+        worker = bench_worker("w1", artifact, workdir, {**env, **worker_env})
         workers.append(worker)
-        index_items(artifact, worker.db)
-        worker.start()
-        ready_s = worker.wait_ready()
+        index_items(worker.env, artifact)
+        ready_s = worker.start(timeout=180)
         restore_s = wait_restored(worker, "u0", len(histories["u0"]["items"]))
         result["setup"]["worker_ready_s"], result["setup"]["table_restored_s"] = ready_s, ready_s + restore_s
         result["memory_after_restore"] = worker.memory_mb()
@@ -503,14 +506,16 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
         if profile:  # a separate, smaller drain: the sampler's own CPU must not lower the figure above
             spy = start_profiler(worker, profile)
             profiled = drain_rate([worker], topics["interactions"], source, backlog // 3)
-            result["profile"] = {**finish_profiler(spy, profile), "events_per_s_while_sampled": profiled["events_per_s"]}
+            result["profile"] = {**finish_profiler(spy, profile),
+                                 "events_per_s_while_sampled": profiled["events_per_s"]}
         result["freshness"] = []
         if "freshness" in parts:
             for rate in (100, 1000):
                 result["freshness"].append(_freshness_logged(worker, topics, source, rate, phase_s))
             # The most events/s a paced stream can sustain: the highest tried rate whose p99 stays under
             # SUSTAINED_P99_MS (no queue building up), trying fractions of the drain rate from the top.
-            candidates = sorted({round(max_rate * share, -2) for share in (0.8, 0.6, 0.45, 0.3, 0.2)} - {100, 1000}, reverse=True)
+            shares = (0.8, 0.6, 0.45, 0.3, 0.2)
+            candidates = sorted({round(max_rate * share, -2) for share in shares} - {100, 1000}, reverse=True)
             sustained = [p["rate"] for p in result["freshness"] if _sustained(p)]
             for rate in candidates:
                 if sustained and rate < max(sustained):
@@ -522,33 +527,38 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
                     break
             result["max_sustainable_rate"] = max(sustained) if sustained else None
         result["memory"] = {**worker.memory_mb(), "lite_file_mb": path_size_mb(worker.db),
-                            "users_in_table": users, "events_applied": worker.metrics().get("mindstream_events_applied_total")}
+                            "users_in_table": users,
+                            "events_applied": worker.metrics().get("mindstream_events_applied_total")}
         worker.stop()
         if "naive" not in parts and "two_workers" not in parts:
             return result
         # 2) the naive peer on the same backlog events (the first `naive_events` of them)
-        result["naive_peer"] = naive_peer(run_dir, topics["interactions"], histories, naive_events, workdir, max_len)
+        result["naive_peer"] = naive_peer(run_dir, topics["interactions"], histories, naive_events, workdir,
+                                          max_len)
         result["naive_peer"]["worker_vs_naive"] = max_rate / result["naive_peer"]["events_per_s"]
         print(f"  streaming: naive peer {result['naive_peer']['events_per_s']:.0f} events/s "
               f"(worker {result['naive_peer']['worker_vs_naive']:.1f}x)", flush=True)
         # 3) two workers, two partitions, each with its own Lite file
         topics2, env2, _ = new_deployment("w2", 2, histories, workdir)
         all_topics += topics2.values()
-        pair = [Worker(f"w2-{i}", artifact, workdir, {**env2, **worker_env}) for i in range(2)]
+        pair = [bench_worker(f"w2-{i}", artifact, workdir, {**env2, **worker_env}) for i in range(2)]
         workers += pair
         for w in pair:
-            index_items(artifact, w.db)
-            w.start()
+            index_items(w.env, artifact)
+            w.spawn()
         for w in pair:
-            w.wait_ready()
+            w.wait_ready(timeout=180)
         wait_restored_any(pair, {u: len(histories[u]["items"]) for u in ("u0", "u1", "u2", "u3", "u4", "u5")})
-        result["throughput_2_workers"] = drain_rate(pair, topics2["interactions"], EventSource(rng, users, item_ids), backlog)
-        result["throughput_2_workers"]["vs_1_worker"] = result["throughput_2_workers"]["events_per_s"] / max_rate
-        print(f"  streaming: 2 workers drained at {result['throughput_2_workers']['events_per_s']:,.0f} events/s", flush=True)
+        result["throughput_2_workers"] = drain_rate(pair, topics2["interactions"],
+                                                    EventSource(rng, users, item_ids), backlog)
+        two = result["throughput_2_workers"]
+        two["vs_1_worker"] = two["events_per_s"] / max_rate
+        print("  streaming: 2 workers drained at "
+              f"{result['throughput_2_workers']['events_per_s']:,.0f} events/s", flush=True)
     finally:
         for w in workers:
             w.stop()
-        delete_topics(all_topics)
+        delete_topics(bootstrap(), all_topics)
         result["seconds"] = time.perf_counter() - started
         if tmp is not None:
             tmp.cleanup()
@@ -561,7 +571,7 @@ def start_profiler(worker: Worker, out: Path) -> Any:
     import subprocess
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.process.pid), "--rate", "200",
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(worker.proc.pid), "--rate", "200",
                              "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -580,7 +590,7 @@ def finish_profiler(spy: Any, out: Path, top: int = 40) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [f for f in stack.split(";") if not f.startswith("thread (") and not f.startswith("process ")]
+        frames = [f for f in stack.split(";") if not f.startswith(("thread (", "process "))]
         if not frames:
             continue
         total += n
@@ -589,7 +599,8 @@ def finish_profiler(spy: Any, out: Path, top: int = 40) -> dict[str, Any]:
             inclusive[frame] += n
 
     def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
-        return [(f, c / total) for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:top]] if total else []
+        return [(f, c / total) for f, c in sorted(counts.items(),
+                                                  key=lambda kv: -kv[1])[:top]] if total else []
 
     return {"samples": total, "file": str(out), "self": ranked(self_count), "inclusive": ranked(inclusive)}
 
@@ -610,12 +621,15 @@ def wait_restored_any(workers: list[Worker], lengths: dict[str, int], timeout: f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
-    parser.add_argument("run_dir", type=Path, help="the checkpoint behind the artifact (for the naive PyTorch peer)")
+    parser.add_argument("run_dir", type=Path,
+                        help="the checkpoint behind the artifact (for the naive PyTorch peer)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch-window", type=float, default=0.005)
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (logs, Lite files)")
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the worker while it drains; collapsed stacks here")
-    parser.add_argument("--parts", default="freshness,naive,two_workers", help="what to run after the 1-worker drain")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy the worker while it drains; collapsed stacks here")
+    parser.add_argument("--parts", default="freshness,naive,two_workers",
+                        help="what to run after the 1-worker drain")
     args = parser.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,8 @@ def measure_batch(runtime, mind, histories: list[list[str]], profiles: list[dict
     ]
 
 
-def run(artifact_dir: Path, run_dir: Path | None = None, threads: int = 1, batches: tuple[int, ...] = (1, 64, 512),
+def run(artifact_dir: Path, run_dir: Path | None = None, threads: int = 1,
+        batches: tuple[int, ...] = (1, 64, 512),
         seconds: float = 2.0, echo: bool = True) -> dict:
     """Measure every engine at every batch size; returns {"name", "setup", "rows": [...]} (for run_all.py)."""
     import torch
@@ -93,14 +94,17 @@ def run(artifact_dir: Path, run_dir: Path | None = None, threads: int = 1, batch
     def raw_batch(batch: int) -> tuple[list[list[str]], list[dict[str, str]]]:
         lengths = [max_len] if batch == 1 else rng.integers(1, max_len + 1, batch).tolist()
         histories = [[ids[i] for i in rng.integers(0, len(ids), n)] for n in lengths]
-        profiles = [{f: values[rng.integers(0, len(values))] for f, values in profile_values.items() if values}
+        profiles = [{f: values[rng.integers(0,
+                                            len(values))] for f, values in profile_values.items() if values}
                     for _ in range(batch)]
         return histories, profiles
 
     setup = (f"artifact {artifact_dir}: model {manifest.model_version}, {manifest.num_items:,} items, "
-             f"d={manifest.embedding_dim}, K={manifest.num_interests}, max history {max_len}, opset {manifest.opset}; "
+             f"d={manifest.embedding_dim}, K={manifest.num_interests}, max history {max_len}, "
+             f"opset {manifest.opset}; "
              f"python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
-             f"{__import__('onnxruntime').__version__}, {threads} thread(s), CPU {platform.processor() or platform.machine()}")
+             f"{__import__('onnxruntime').__version__}, {threads} thread(s), CPU "
+             f"{platform.processor() or platform.machine()}")
     header = f"{'engine':<28}{'batch':>6}{'L':>5}{'median ms':>11}{'p99 ms':>9}{'users/s':>11}{'speedup':>9}"
     if echo:
         print(setup)
@@ -124,12 +128,15 @@ def run(artifact_dir: Path, run_dir: Path | None = None, threads: int = 1, batch
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact_dir", type=Path)
-    parser.add_argument("--run", type=Path, default=None, help="checkpoint for PyTorch eager (default: manifest source)")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for both engines (default 1)")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="checkpoint for PyTorch eager (default: manifest source)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads for both engines (default 1)")
     parser.add_argument("--batches", default="1,64,512", help="batch sizes (default 1,64,512)")
     parser.add_argument("--seconds", type=float, default=2.0, help="approximate time per measurement")
     args = parser.parse_args(argv)
-    run(args.artifact_dir, args.run, args.threads, tuple(int(b) for b in args.batches.split(",")), args.seconds)
+    run(args.artifact_dir, args.run, args.threads,
+        tuple(int(b) for b in args.batches.split(",")), args.seconds)
     return 0
 
 

@@ -31,6 +31,7 @@ import bench_quality
 import bench_stream
 import bench_tower
 from common import BIN, REPO_ROOT
+from support.milvus import release_all_lite_servers
 
 RUN_DIR = REPO_ROOT / "runs" / "bench-ml100k"
 ARTIFACT = REPO_ROOT / "artifacts" / "bench-ml100k"
@@ -42,10 +43,12 @@ REPORT = REPO_ROOT / "BENCHMARKS.md"
 def ensure_artifact() -> None:
     """The served model: one epoch of MIND on ml-100k, exported (skipped when both exist)."""
     if not (RUN_DIR / "checkpoint.pt").is_file():
-        subprocess.run([str(BIN / "mind-model"), "train", "--data", "ml-100k", "--out", str(RUN_DIR), "--epochs", "1",
+        subprocess.run([str(BIN / "mind-model"), "train", "--data", "ml-100k", "--out", str(RUN_DIR),
+                        "--epochs", "1",
                         "--no-progress"], cwd=REPO_ROOT, check=True)
     if not (ARTIFACT / "manifest.json").is_file():
-        subprocess.run([str(BIN / "mind-export"), str(RUN_DIR), "--out", str(ARTIFACT)], cwd=REPO_ROOT, check=True)
+        subprocess.run([str(BIN / "mind-export"), str(RUN_DIR), "--out", str(ARTIFACT)], cwd=REPO_ROOT,
+                       check=True)
 
 
 def step(results: dict[str, Any], key: str, title: str, fn: Any) -> None:
@@ -63,11 +66,15 @@ def step(results: dict[str, Any], key: str, title: str, fn: Any) -> None:
 
 
 def machine() -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                            text=True).stdout.strip()
     load = os.getloadavg()
-    # The checkout is shared while others work: name tracked files with uncommitted edits, which the run measured.
-    dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
-    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "uncommitted": dirty,
+    # The checkout is shared while others work: name tracked files with uncommitted edits, which the run
+    # measured.
+    dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                           text=True).stdout.split()
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+            "uncommitted": dirty,
             "python": platform.python_version(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
             "load_at_start": [round(x, 2) for x in load]}
 
@@ -87,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short development run (about 6 min)")
     parser.add_argument("--only", default="tower,recall,stream,quality",
                         help="comma-separated subset of tower, recall, stream, quality (default: all)")
-    parser.add_argument("--ml-1m", action="store_true", help="also compare quality on ml-1m (long: tens of minutes)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the worker while it drains (default in full mode)")
-    parser.add_argument("--report-only", action="store_true", help="rewrite BENCHMARKS.md from runs/bench/results.json")
+    parser.add_argument("--ml-1m", action="store_true",
+                        help="also compare quality on ml-1m (long: tens of minutes)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the worker while it drains (default in full mode)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite BENCHMARKS.md from runs/bench/results.json")
     args = parser.parse_args(argv)
     if args.report_only:
         import report
@@ -98,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {REPORT}")
         return 0
     if not os.environ.get("KAFKA_BOOTSTRAP"):
-        print("run_all.py: KAFKA_BOOTSTRAP is not set; run it under deploy/kafka/with-broker.sh (make bench does)",
+        print("run_all.py: KAFKA_BOOTSTRAP is not set; run it under "
+              "deploy/kafka/with-broker.sh (make bench does)",
               file=sys.stderr)
         return 2
     only = {p.strip() for p in args.only.split(",") if p.strip()}
@@ -118,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
              lambda: bench_stream.run(ARTIFACT, RUN_DIR, quick=quick, profile=profile))
     if "recall" in only:
         step(results, "recall", "recall latency: Milvus Lite vs numpy brute force",
-             lambda: bench_recall.run(sizes=(100_000,) if quick else (100_000, 1_000_000), repeats=60 if quick else 200))
-        bench_stream.release_lite_servers()
+             lambda: bench_recall.run(sizes=(100_000,) if quick else (100_000, 1_000_000),
+                                      repeats=60 if quick else 200))
+        release_all_lite_servers()
     if "quality" in only:
         epochs = 1 if quick else 4
         step(results, "quality_ml100k", f"quality on ml-100k ({epochs} epochs each)",

@@ -1,4 +1,4 @@
-"""A real headless Chromium for tests, driven over its DevTools protocol (CDP) with aiohttp's websocket client.
+"""A real headless Chromium for tests, driven over its DevTools protocol (CDP) by aiohttp's websocket client.
 
     path = ensure_chromium()                  # Debian's `chromium`; apt-get installs it when it is missing
     with Chromium.start(path, tmp_dir) as browser:
@@ -48,7 +48,8 @@ def ensure_chromium(path: Path = CHROMIUM) -> Path:
         raise ChromiumError(f"{path} is missing and installing it needs root: run "
                             "`sudo apt-get update && sudo apt-get install -y chromium`")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    for command in (["apt-get", "update"], install):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -129,7 +130,8 @@ class Page:
     def send(self, method: str, timeout_s: float = 30.0, **params: Any) -> dict:
         """One CDP command; its result (events arriving meanwhile are dropped). Raises ChromiumError."""
         self._next_id += 1
-        return self._loop.run_until_complete(asyncio.wait_for(self._call(self._next_id, method, params), timeout_s))
+        call = self._call(self._next_id, method, params)
+        return self._loop.run_until_complete(asyncio.wait_for(call, timeout_s))
 
     async def _call(self, call_id: int, method: str, params: dict) -> dict:
         await self._ws.send_json({"id": call_id, "method": method, "params": params})
@@ -154,14 +156,16 @@ class Page:
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise ChromiumError(f"{expression[:80]!r} threw: {details.get('exception', {}).get('description', details)}")
+            thrown = details.get("exception", {}).get("description", details)
+            raise ChromiumError(f"{expression[:80]!r} threw: {thrown}")
         return result["result"].get("value")
 
     def screenshot(self, path: Path, full_page: bool = False, colours: int | None = None) -> None:
         """The viewport (or the whole page) as a PNG at `path`; with `colours`, a palette PNG of that many
         colours (Pillow, from the train extra): a page of flat colours loses nothing visible, and a third
         of the bytes."""
-        data = base64.b64decode(self.send("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)["data"])
+        shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
+        data = base64.b64decode(shot["data"])
         if colours is None:
             path.write_bytes(data)
             return

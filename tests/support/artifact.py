@@ -4,7 +4,7 @@ A random-weight MIND (nothing trained) over `synthetic_planted` data is saved wi
 `save_checkpoint`, then exported by the real `mind-export` path: dynamo ONNX export, onnxruntime-vs-PyTorch
 parity on the data's histories, manifest with hashes. Use from any test module:
 
-    from artifact_fixture import build_tiny_artifact
+    from support.artifact import build_tiny_artifact
     artifact_dir = build_tiny_artifact(tmp_path / "artifact", num_items=40)
     runtime = UserTowerRuntime.load(artifact_dir)
 
@@ -48,8 +48,8 @@ def build_tiny_run(
 
     from model.checkpoint import save_checkpoint
     from model.config import FeatureSpec, MindConfig, vocabularies_of
-    from model.data import synthetic_planted
     from model.mind import MIND
+    from model.synthetic import synthetic_planted
 
     if num_items % num_clusters:
         raise ValueError(f"num_items ({num_items}) must be a multiple of num_clusters ({num_clusters})")
@@ -83,7 +83,8 @@ def build_tiny_run(
         model,
         vocabularies=vocabularies_of(data),
         item_feature_matrix=data.item_features,
-        dataset={"name": "synthetic", "description": f"synthetic_planted seed {seed}, random weights (untrained)"},
+        dataset={"name": "synthetic",
+                 "description": f"synthetic_planted seed {seed}, random weights (untrained)"},
     )
     return TinyRun(Path(run_dir), data, model_version)
 

@@ -1,7 +1,4 @@
-"""Small generic helpers for tests: free ports, waiting for a condition, unique names, Kafka topics.
-
-Import as `from helpers import ...`: pytest puts tests/ on sys.path (rootdir-style imports, no __init__.py).
-"""
+"""Small generic helpers: free ports, waiting for a condition, unique names, process trees (Linux /proc)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,8 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -57,38 +55,39 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def create_topics(bootstrap: str, partitions_by_topic: dict[str, int]) -> None:
-    """Create topics (replication factor 1) and wait until every partition has a leader.
+def children_of(pid: int) -> list[int]:
+    """Live (not zombie) child process ids of `pid`, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
-    Waiting for leaders spares the first producer a round of LEADER_NOT_AVAILABLE retries.
-    """
-    from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mindstream-tests")
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, `pid` first."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process in MiB (0 when it is gone)."""
     try:
-        admin.create_topics(
-            {
-                name: {"num_partitions": count, "replication_factor": 1}
-                for name, count in partitions_by_topic.items()
-            },
-            wait_for_metadata=True,
-        )
-    finally:
-        admin.close()
-
-
-def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
-    """Delete topics; ones already gone are fine (best effort cleanup on a shared broker)."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import UnknownTopicOrPartitionError
-
-    topics = list(topics)
-    if not topics:
-        return
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="mindstream-tests")
-    try:
-        admin.delete_topics(topics)
-    except UnknownTopicOrPartitionError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
         pass
-    finally:
-        admin.close()
+    return 0.0
