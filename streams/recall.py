@@ -127,8 +127,8 @@ def recall(
                                       complete=len(hits) < limit))
         return lists
 
-    merged = merge_with_search(search, n, diversity=diversity, slots=[interest.slot for interest in interests],
-                               max_depth=MAX_SEARCH_LIMIT)
+    merged = merge_with_search(search, n, diversity=diversity,
+                               slots=[interest.slot for interest in interests], max_depth=MAX_SEARCH_LIMIT)
     items = [RecalledItem(item_ids[int(index)], float(score), int(slot), int(index))
              for index, score, slot in zip(merged.item_index, merged.score, merged.slot, strict=True)]
     return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests))

@@ -89,7 +89,8 @@ def test_recall_excluding_items_equals_the_numpy_f_score_top_n_of_the_items_left
 
 
 @pytest.mark.parametrize("diversity", [0.25, 1.0])
-def test_diverse_recall_equals_the_served_merge_over_the_whole_catalogue(store: VectorStore, diversity: float) -> None:
+def test_diverse_recall_equals_the_served_merge_over_the_whole_catalogue(store: VectorStore,
+                                                                         diversity: float) -> None:
     rng = np.random.default_rng(5)
     interest_vectors = rng.standard_normal((3, 16)).astype(np.float32)
     store.write_user_interests(*interest_rows("dv", interest_vectors, np.ones(3, bool), model_version="v1",
