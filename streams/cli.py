@@ -2,7 +2,7 @@
 
     mind-stream worker --artifact DIR           the faust worker (wraps `faust -A streams.worker.app worker`)
     mind-stream produce FILE [--rate 100]       replay an interaction log (CSV/TSV/JSONL) into Kafka
-    mind-stream recall USER [--n 50]            top-N items: from the running worker, else from the store
+    mind-stream recall USER [--n 50] [--diversity λ]   top-N items: from the running worker, else the store
     mind-stream index-items ARTIFACT_DIR        load the artifact's item vectors into the vector store
     mind-stream rebuild / rollout / rollback    vectors from the Kafka log; model rollout and rollback
 
@@ -41,7 +41,8 @@ _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-si
                  "--batch-window": "batch_window_s", "--table-store": "table_store", "--web-host": "web_host",
                  "--web-port": "web_port", "--data-dir": "data_dir", "--max-history": "max_history",
                  "--max-seen": "max_seen", "--max-attempts": "max_attempts",
-                 "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s"}
+                 "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s",
+                 "--recall-diversity": "recall_diversity"}
 _OPS_FLAGS = {**_CONNECTION_FLAGS, "--app-id": "app_id", "--topic-interactions": "topic_interactions",
               "--topic-profiles": "topic_profiles", "--max-history": "max_history", "--max-seen": "max_seen"}
 _HELP = {
@@ -67,6 +68,8 @@ _HELP = {
     "session_timeout_s": "Kafka group session timeout, seconds: how soon a crashed worker's partitions move",
     "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from "
                        "its commit",
+    "recall_diversity": "recall diversity λ when a request names none (0 = max-merge; λ > 0 trades score "
+                        "for coverage of the user's interests)",
 }
 
 
@@ -126,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker base URL (default http://WEB_HOST:WEB_PORT from settings)")
     recall.add_argument("--exclude-seen", action="store_true",
                         help="leave out the items already in the user's history (needs the running worker)")
+    recall.add_argument("--diversity", default=None, metavar="λ",
+                        help="trade score for coverage of the user's interests: 0 = the paper's max-merge, "
+                             "larger = more interests represented (default: the worker's "
+                             "MINDSTREAM_RECALL_DIVERSITY)")
     recall.add_argument("--json", action="store_true", help="print the raw JSON answer")
     _add_setting_flags(recall, {**_STORE_FLAGS, "--web-host": "web_host", "--web-port": "web_port"})
 
@@ -217,11 +224,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
-                      exclude_seen: bool = False) -> dict[str, Any] | None:
-    """The worker's answer, or None when no worker listens there. A 400 becomes a UserError."""
+                      exclude_seen: bool = False, diversity: float | None = None) -> dict[str, Any] | None:
+    """The worker's answer, or None when no worker listens there. A 400 becomes a UserError.
+
+    `diversity` None leaves the choice to the worker (its MINDSTREAM_RECALL_DIVERSITY)."""
     url = f"{base_url.rstrip('/')}/recall/{urllib.parse.quote(user, safe='')}?n={n}"
     if exclude_seen:
         url += "&exclude_seen=true"
+    if diversity is not None:
+        url += f"&diversity={diversity!r}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.loads(response.read())
@@ -237,16 +248,17 @@ def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
-    from streams.recall import validate_n, validate_user_id
+    from streams.recall import validate_diversity, validate_n, validate_user_id
 
-    settings = _settings(args)
     try:
         user_id = validate_user_id(args.user)
         n = validate_n(args.n)
+        diversity = None if args.diversity is None else validate_diversity(args.diversity)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    settings = _settings(args)
     url = args.url or settings.web_url
-    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen)
+    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen, diversity=diversity)
     source = f"worker at {url}"
     if answer is None:
         from streams.recall import recall
@@ -258,7 +270,8 @@ def cmd_recall(args: argparse.Namespace) -> int:
         try:
             store = settings.open_store()
             try:
-                answer = recall(store, user_id, n).to_dict()
+                answer = recall(store, user_id, n, diversity=(settings.recall_diversity if diversity is None
+                                                              else diversity)).to_dict()
             finally:
                 store.close()
         except (StoreError, ValueError) as exc:

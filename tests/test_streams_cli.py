@@ -87,6 +87,11 @@ def test_settings_reject_bad_values_naming_the_env_var():
     kwargs = settings.kafka_python_kwargs()
     assert kwargs["bootstrap_servers"] == ["a:1", "b:2"] and kwargs["sasl_plain_username"] == "svc"
     assert Settings.from_env({}).web_host == "127.0.0.1"
+    assert Settings.from_env({}).recall_diversity == 0.0
+    assert Settings.from_env({"MINDSTREAM_RECALL_DIVERSITY": "0.5"}).recall_diversity == 0.5
+    for bad in ("-1", "nan", "many"):
+        with pytest.raises(ConfigError, match="MINDSTREAM_RECALL_DIVERSITY"):
+            Settings.from_env({"MINDSTREAM_RECALL_DIVERSITY": bad})
 
 
 def test_every_flag_of_every_command_has_help():
@@ -100,6 +105,9 @@ def test_every_flag_of_every_command_has_help():
 @pytest.mark.parametrize(("args", "message"), [
     (["recall", "bad user!"], "user id 'bad user!' is not valid"),
     (["recall", "u1", "--n", "0"], "n must be an integer between 1 and"),
+    (["recall", "u1", "--diversity", "much"], "diversity must be a number between 0 and"),
+    (["recall", "u1", "--diversity", "-1"], "diversity must be a number between 0 and"),
+    (["worker", "--recall-diversity", "-1", "--artifact", "x"], "MINDSTREAM_RECALL_DIVERSITY=-1: diversity"),
     (["produce", "/nonexistent/log.csv"], "/nonexistent/log.csv: no such file"),
     (["worker", "--artifact", "/nonexistent/artifact"], "/nonexistent/artifact"),
     (["index-items", "/nonexistent/artifact"], "/nonexistent/artifact: not a directory"),

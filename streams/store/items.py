@@ -1,7 +1,8 @@
 """The items collection of each model version: upsert, index, search.
 
 ``{prefix}items__{version}``: ``item_index`` int64 pk (1..num_items), ``item_id`` varchar (raw id), ``side``
-varchar (JSON of the item's side-feature values, e.g. ``{"genres": ["Action"]}``), ``vector`` float (d,),
+varchar (JSON of the item's side-feature values and, when the artifact has titles, its ``title``, e.g.
+``{"genre": ["Action"], "title": "Heat (1995)"}``), ``vector`` float (d,),
 metric IP. Index types: FLAT (exact; the default), IVF_FLAT and AUTOINDEX on Lite, HNSW too on a server.
 On Milvus Lite use FLAT: Lite searches its growing segments with an interim index that ignores IVF
 parameters (docs/ARCHITECTURE.md, "Decisions").
@@ -154,8 +155,9 @@ def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = 
                 search_params: Mapping[str, Any] | None = None, progress: bool = True) -> str:
     """Fill the `items` collection of the artifact's model version from the artifact, build its index.
 
-    Loads item ids, vectors and side features through `export.runtime`, creates the version's collections
-    if needed (the first version in a store becomes active), writes item index 1..N and builds the index.
+    Loads item ids, vectors, side features and titles through `export.runtime`, creates the version's
+    collections if needed (the first version in a store becomes active), writes item index 1..N and builds
+    the index. A title goes into the item's side data as "title" (a side feature of that name wins).
     Returns the model version. Raises `export.artifact.ArtifactError` for a bad artifact.
     """
     from export.runtime import UserTowerRuntime
@@ -168,6 +170,10 @@ def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = 
         vectors = vectors[1:]
     side_by_name = runtime.item_side_features() if hasattr(runtime, "item_side_features") else {}
     side = [{name: values[j] for name, values in side_by_name.items()} for j in range(len(item_ids))]
+    titles = runtime.item_titles() if hasattr(runtime, "item_titles") else None
+    for entry, title in zip(side, titles or (), strict=False):
+        if title:
+            entry.setdefault("title", title)
     store.ensure_collections(int(vectors.shape[1]), version)
     store.upsert_items(item_ids, vectors, model_version=version, side=side, batch_size=batch_size,
                        progress=progress)
