@@ -119,13 +119,15 @@ def recall(
                             interests_used=0, diversity=diversity)
     vectors = np.stack([interest.vector for interest in interests])  # (K'u, d)
     item_ids: dict[int, str] = {}
+    titles: dict[int, str | None] = {}
 
     def search(depth: int) -> list[InterestList]:
         limit = min(depth + len(excluded), MAX_SEARCH_LIMIT)
         lists = []
-        for hits in store.search_items(vectors, limit, model_version=version):
+        for hits in store.search_items(vectors, limit, model_version=version, titles=True):
             kept = [hit for hit in hits if hit.item_id not in excluded]
             item_ids.update((hit.item_index, hit.item_id) for hit in kept)
+            titles.update((hit.item_index, hit.title) for hit in kept)
             lists.append(InterestList(np.array([hit.item_index for hit in kept], dtype=np.int64),
                                       np.array([hit.score for hit in kept], dtype=np.float64),
                                       complete=len(hits) < limit))
@@ -133,9 +135,6 @@ def recall(
 
     merged = merge_with_search(search, n, diversity=diversity,
                                slots=[interest.slot for interest in interests], max_depth=MAX_SEARCH_LIMIT)
-    indices = merged.item_index.tolist()
-    titles = {row["item_index"]: row["side"].get("title")
-              for row in (store.get_items(indices, model_version=version) if indices else [])}
     items = [RecalledItem(item_ids[int(index)], float(score), int(slot), int(index), titles.get(int(index)))
              for index, score, slot in zip(merged.item_index, merged.score, merged.slot, strict=True)]
     return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests),

@@ -37,11 +37,12 @@ _log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ItemHit:
-    """One search result: the item and its inner product with the query vector."""
+    """One search result: the item, its inner product with the query vector and, when asked, its title."""
 
     item_index: int
     item_id: str
     score: float
+    title: str | None = None
 
 
 class Items:
@@ -140,13 +141,17 @@ class Items:
                 for i in (int(i) for i in item_indices) if i in by_index]
 
     def search(self, queries: np.ndarray, top_n: int, *, version: str, filter: str,
-               search_params: Mapping[str, Any] | None) -> list[list[ItemHit]]:
-        """Top-`top_n` items per query (float32 (Q, d)), best first; ONE batched search call."""
+               search_params: Mapping[str, Any] | None, titles: bool = False) -> list[list[ItemHit]]:
+        """Top-`top_n` items per query (float32 (Q, d)), best first; ONE batched search call.
+
+        `titles`: the side data comes back with each hit (cheaper than a second read of the winners)."""
         params = {"metric_type": "IP", "params": dict(search_params or self._registry.search_params(version))}
+        fields = ["item_id", "side"] if titles else ["item_id"]
         results = self._db.call("search items", self._db.client.search, self._db.items_name(version),
-                                data=queries, limit=int(top_n), filter=filter, output_fields=["item_id"],
+                                data=queries, limit=int(top_n), filter=filter, output_fields=fields,
                                 search_params=params)
-        return [[ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"]))
+        return [[ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"]),
+                         json.loads(hit["entity"]["side"]).get("title") if titles else None)
                  for hit in hits] for hits in results]
 
 
