@@ -80,6 +80,16 @@ def _add_setting_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -
                                  f"default {default_of(field) or 'unset'})")
 
 
+def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are off anyway when stderr is not a terminal)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on stderr: on a terminal, unless --no-progress."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__ and v is not None}
     return Settings.from_env(**overrides)
@@ -94,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run the faust worker: interactions -> tower -> Milvus, with HTTP recall",
                             description="Run the faust worker (wraps `faust -A streams.worker.app worker`).")
     _add_setting_flags(worker, {**_CONNECTION_FLAGS, **_TOPIC_FLAGS, **_WORKER_FLAGS})
-    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
-                        help="worker log level (default info)")
+    worker.add_argument("--log-level", "--loglevel", dest="loglevel", default="info",
+                        choices=["debug", "info", "warning", "error"], help="worker log level (default info)")
 
     produce = sub.add_parser("produce", help="replay an interaction log (CSV, TSV or JSONL) into Kafka",
                              description="Replay an interaction log into the interactions topic, "
@@ -114,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--now", action="store_true",
                          help="stamp each event with the time it is sent "
                               "(replaying an old log as live traffic)")
-    produce.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_flag(produce)
     _add_setting_flags(produce, {"--bootstrap": "kafka_bootstrap", "--topic": "topic_interactions",
                                  "--partitions": "partitions"})
 
@@ -140,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Load the artifact's item vectors (batched) and build the items "
                                        "index.")
     index.add_argument("artifact", type=Path, help="artifact directory written by mind-export")
+    _add_progress_flag(index)
     _add_setting_flags(index, _STORE_FLAGS)
     _add_ops_parsers(sub)
     return parser
@@ -156,6 +167,7 @@ def _add_ops_parsers(sub: Any) -> None:
     rebuild.add_argument("--source", choices=["log", "changelog"], default="log",
                          help="the interactions log (default) or the worker's table changelog")
     rebuild.add_argument("--drop", action="store_true", help="drop every collection of the store first")
+    _add_progress_flag(rebuild)
     _add_setting_flags(rebuild, _OPS_FLAGS)
 
     rollout = sub.add_parser("rollout", help="write a new model version's vectors, then switch readers to it",
@@ -164,6 +176,7 @@ def _add_ops_parsers(sub: Any) -> None:
     rollout.add_argument("--artifact", type=Path, required=True, help="the NEW artifact directory")
     rollout.add_argument("--source", choices=["log", "changelog"], default="changelog",
                          help="the worker's table changelog (default) or the interactions log")
+    _add_progress_flag(rollout)
     _add_setting_flags(rollout, _OPS_FLAGS)
 
     rollback = sub.add_parser("rollback",
@@ -215,7 +228,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records = [r for r in records if user_of(r) == args.user]
     if args.limit:
         records = records[: args.limit]
-    seconds = send(settings, records, rate=args.rate, stamp_now=args.now, progress=not args.no_progress)
+    seconds = send(settings, records, rate=args.rate, stamp_now=args.now, progress=_progress(args))
     print(f"sent {len(records)} events to {settings.topic_interactions} in {seconds:.1f}s")
     return 0
 
@@ -309,7 +322,7 @@ def cmd_index_items(args: argparse.Namespace) -> int:
         raise UserError(f"{args.artifact}: not a directory; give the directory written by mind-export")
     try:
         store = settings.open_store()
-        version = index_items(args.artifact, store)
+        version = index_items(args.artifact, store, progress=_progress(args))
         count = store.count_items(version)
     except ArtifactError as exc:
         raise UserError(str(exc)) from None
@@ -350,7 +363,8 @@ def _ops_command(step: Callable[[Settings, Any, argparse.Namespace], str]) -> Co
 def _rebuild(settings: Settings, store: Any, args: argparse.Namespace) -> str:
     from streams.ops import rebuild
 
-    stats = rebuild(settings, args.artifact, store=store, source=args.source, drop=args.drop)
+    stats = rebuild(settings, args.artifact, store=store, source=args.source, drop=args.drop,
+                    progress=_progress(args))
     source = settings.topic_interactions if args.source == "log" else "the changelog"
     return (f"rebuilt {stats.users_written} users ({stats.rows_written} vectors, {stats.tower_calls} tower "
             f"calls) from {stats.messages} messages of {source}: {stats.applied} applied, {stats.duplicates} "
@@ -360,7 +374,8 @@ def _rebuild(settings: Settings, store: Any, args: argparse.Namespace) -> str:
 def _rollout(settings: Settings, store: Any, args: argparse.Namespace) -> str:
     from streams.ops import rollout
 
-    previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source)
+    previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source,
+                                       progress=_progress(args))
     return (f"rolled out model {version} (was {previous or 'none'}): {stats.users_written} users, "
             f"{stats.rows_written} vectors in {stats.seconds:.1f}s; restart the worker with --artifact "
             f"{args.artifact}")

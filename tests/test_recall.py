@@ -3,17 +3,13 @@ against export.merge over the whole catalogue (the merge itself is tested in tes
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
-with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
-    warnings.simplefilter("ignore")
-    from export.merge import InterestList, merge_interests
-    from streams.recall import MAX_N, RecalledItem, recall, validate_n
-    from streams.store import StoreError, VectorStore
-    from streams.updater import interest_rows
+from export.merge import InterestList, merge_interests
+from streams.recall import MAX_N, RecalledItem, recall, validate_n
+from streams.store import StoreError, VectorStore
+from streams.updater import interest_rows
 
 
 @pytest.mark.parametrize(("given", "expected"),

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import itertools
 import threading
-import warnings
 
 import numpy as np
 import pytest
 
-with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
-    warnings.simplefilter("ignore")
-    from streams.ids import interest_key
-    from streams.store import StoreError, VectorStore, validate_user_id
-    from streams.updater import interest_rows
+from streams.ids import interest_key
+from streams.store import StoreError, VectorStore, validate_user_id
+from streams.updater import interest_rows
 
 _prefixes = itertools.count()
 

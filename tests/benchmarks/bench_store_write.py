@@ -19,7 +19,6 @@ import argparse
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +50,6 @@ def zipf_batches(rng: np.random.Generator, users: int, batch_users: int, writes:
 def run(*, users: int, slots: int, dim: int, batch_users: int, writes: int, rounds: int,
         variants: dict[str, dict] | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
     """`variants`: label -> VectorStore keyword arguments (default: one variant, the store's defaults)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pymilvus  # noqa: F401 - milvus-lite's pkg_resources warning, once
     from streams.store import VectorStore
 
     work = Path(tempfile.mkdtemp(prefix="bench_store_write_"))
