@@ -302,6 +302,8 @@ def format_recall(answer: dict[str, Any], source: str = "") -> str:
     head = f"recall for user {answer.get('user_id')}: {len(items)} items"
     if answer.get("cold_start"):
         head += " (cold start: no interest vectors yet, popular items)"
+    elif answer.get("diversity"):
+        head += f" (diversity {answer['diversity']:g})"
     if source:
         head += f" [{source}]"
     lines = [head]

@@ -73,6 +73,10 @@ def test_format_recall_shows_rank_item_score_and_interest():
     lines = text.splitlines()
     assert lines[0].startswith("recall for user u: 2 items")
     assert lines[1].split() == ["1", "42", "1.5000", "slot", "2"]
+    titled = format_recall({"user_id": "u", "cold_start": False, "diversity": 0.5,
+                            "items": [{"item_id": "42", "score": 1.5, "slot": 2, "title": "Heat (1995)"}]})
+    assert titled.splitlines()[0].startswith("recall for user u: 1 items (diversity 0.5)")
+    assert titled.splitlines()[1].split() == ["1", "42", "1.5000", "slot", "2", "Heat", "(1995)"]
 
 
 def test_settings_reject_bad_values_naming_the_env_var():
