@@ -39,6 +39,8 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 - `MINDSTREAM_MAX_FUTURE_S` (default `86400`): events stamped further than this in the future are rejected
 - `MINDSTREAM_STALL_TIMEOUT_S` (default `30`): a worker whose partitions have a lag but that read nothing this
   long re-reads them from their committed offsets
+- `MINDSTREAM_RECALL_DIVERSITY` (default `0`): the recall diversity λ when a request names none (`0` = the
+  paper's max-merge; λ > 0 trades score for coverage of the user's interests, see `export/merge.py`)
 - `MINDSTREAM_SESSION_TIMEOUT_S` (default `10`): Kafka consumer-group session timeout: how long a crashed
   worker's partitions wait before another worker (or its restart) gets them
 """
@@ -103,6 +105,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "max_future_s": ("MINDSTREAM_MAX_FUTURE_S", "86400"),
     "session_timeout_s": ("MINDSTREAM_SESSION_TIMEOUT_S", "10"),
     "stall_timeout_s": ("MINDSTREAM_STALL_TIMEOUT_S", "30"),
+    "recall_diversity": ("MINDSTREAM_RECALL_DIVERSITY", "0"),
 }
 
 # Secrets are read from the environment only: never from flags (they would show in `ps`).
@@ -143,6 +146,7 @@ class Settings:
     max_future_s: float
     session_timeout_s: float
     stall_timeout_s: float
+    recall_diversity: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -181,6 +185,12 @@ class Settings:
         if not self.batch_window_s > 0:
             raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 "
                               f"(a batch must close)")
+        from export.merge import validate_diversity
+
+        try:
+            validate_diversity(self.recall_diversity)
+        except ValueError as exc:
+            raise ConfigError(f"MINDSTREAM_RECALL_DIVERSITY={self.recall_diversity:g}: {exc}") from None
         if self.advertised_url and not self.advertised_url.startswith(("http://", "https://")):
             raise ConfigError(f"MINDSTREAM_WEB_URL={self.advertised_url!r}: give http://host:port")
         if not self.kafka_bootstrap.strip():

@@ -162,12 +162,23 @@ def _max_len(settings: Settings, runtime: Any) -> int:
     return settings.max_history or int(runtime.manifest.max_history_length)
 
 
+def _write_with_progress(store: VectorStore, runtime: TowerRuntime, histories: Mapping[str, History],
+                         profiles: Mapping[str, Any], stats: ReplayStats | None,
+                         progress: bool) -> ReplayStats:
+    """`write_vectors` under a progress bar over the users (off when `progress` is False)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(histories), desc="users", unit="user", disable=not progress) as bar:
+        return write_vectors(store, runtime, histories, profiles, stats=stats, progress=bar.update)
+
+
 def rebuild(settings: Settings, artifact_dir: str | Path, *, store: VectorStore, source: str = "log",
-            drop: bool = False) -> ReplayStats:
+            drop: bool = False, progress: bool = False) -> ReplayStats:
     """Recreate every user's vectors of the artifact's version in `store` from Kafka.
 
     The store must hold no interests of that version (an empty store, or `drop=True` to drop every
-    collection of the store first): a rebuild never merges into a live state.
+    collection of the store first): a rebuild never merges into a live state. `progress`: bars for the
+    items and the users on stderr.
     """
     started = time.perf_counter()
     runtime = load_runtime(artifact_dir)
@@ -178,18 +189,19 @@ def rebuild(settings: Settings, artifact_dir: str | Path, *, store: VectorStore,
         raise UserError(f"the vector store at {store.uri} already holds user vectors of model {version}; "
                         f"rebuild into an empty store, or pass --drop to drop its collections first")
     histories, profiles, stats = read_sources(settings, source, _max_len(settings, runtime))
-    index_items(artifact_dir, store, progress=False)
-    write_vectors(store, runtime, histories, profiles, stats=stats)
+    index_items(artifact_dir, store, progress=progress)
+    _write_with_progress(store, runtime, histories, profiles, stats, progress)
     stats.seconds = time.perf_counter() - started
     return stats
 
 
 def rollout(settings: Settings, artifact_dir: str | Path, *, store: VectorStore,
-            source: str = "changelog") -> tuple[str, str, ReplayStats]:
+            source: str = "changelog", progress: bool = False) -> tuple[str, str, ReplayStats]:
     """Write the new artifact's version completely (items, every user's vectors), then switch readers to it.
 
     Returns (previous version, new version, stats). Readers keep using the previous version until the one
     pointer row is written; the previous version's collections are left as they are, for `rollback`.
+    `progress`: bars for the items and the users on stderr.
     """
     started = time.perf_counter()
     runtime = load_runtime(artifact_dir)
@@ -201,8 +213,8 @@ def rollout(settings: Settings, artifact_dir: str | Path, *, store: VectorStore,
     if previous == version:
         raise UserError(f"model {version} is already the active version in {store.uri}; nothing to roll out")
     histories, profiles, stats = read_sources(settings, source, _max_len(settings, runtime))
-    index_items(artifact_dir, store, progress=False)  # a store with an active version keeps it active
-    write_vectors(store, runtime, histories, profiles, stats=stats)
+    index_items(artifact_dir, store, progress=progress)  # a store with an active version keeps it active
+    _write_with_progress(store, runtime, histories, profiles, stats, progress)
     store.activate_version(version)
     stats.seconds = time.perf_counter() - started
     return previous, version, stats

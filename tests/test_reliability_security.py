@@ -53,7 +53,8 @@ def test_sasl_ssl_settings_reach_kafka_python():
 
 
 def test_sasl_ssl_settings_reach_the_faust_app_itself():
-    """Import the real streams.worker.app in a child with SASL_SSL in its environment and read what faust got."""
+    """Import the real streams.worker.app in a child with SASL_SSL in its environment and read what faust
+    got."""
     probe = (
         "import json, streams.worker.app as a\n"
         "c = a.app.conf.broker_credentials\n"

@@ -1,6 +1,8 @@
 """The worker's HTTP views, and the routing of a user's request to the worker that owns the user.
 
-    GET /recall/{user}?n=50&exclude_seen=false   RecallResult as JSON (400 {"error"} on bad input)
+    GET /recall/{user}?n=50&exclude_seen=false&diversity=λ
+                                                 RecallResult as JSON (400 {"error"} on bad input);
+                                                 λ defaults to MINDSTREAM_RECALL_DIVERSITY
     GET /users/{user}/interests                  the user's stored interest rows
     GET /metrics                                 Prometheus text
     GET /healthz                                 ok / starting (503) / degraded (store down)
@@ -119,13 +121,15 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
     @app.page("/recall/{user}")
     async def recall_view(self: Any, request: Any, user: str) -> Any:
         """The user's top-N items by max inner product over their interests; with exclude_seen=true, the
-        items in the user's history are left out (still an exact top-N)."""
-        from streams.recall import recall, validate_n, validate_user_id
+        items in the user's history are left out (still an exact top-N); diversity=λ > 0 trades score for
+        coverage of the user's interests (default: the worker's MINDSTREAM_RECALL_DIVERSITY)."""
+        from streams.recall import recall, validate_diversity, validate_n, validate_user_id
 
         try:
             user_id = validate_user_id(user)
             n = validate_n(request.query.get("n", "50"))
             exclude_seen = parse_flag("exclude_seen", request.query.get("exclude_seen", "false"))
+            diversity = validate_diversity(request.query.get("diversity", settings.recall_diversity))
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)
         routed = await answer_from_the_owner(self, request, user_id)
@@ -137,7 +141,8 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
         popular = popularity.top(n + len(seen), histories.values)  # on the event loop (see Popularity)
         try:
             store = store_or_error()
-            result = await asyncio.to_thread(recall, store, user_id, n, fallback=popular, exclude=seen)
+            result = await asyncio.to_thread(recall, store, user_id, n, fallback=popular, exclude=seen,
+                                             diversity=diversity)
         except StoreError as exc:  # an outage: the writer reconnects; say so instead of a 500
             return self.json({"error": str(exc)}, status=503)
         metrics.RECALL_SECONDS.observe(time.perf_counter() - started)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from streams.kafka import changelog_topic
 from support.basics import die_with_parent, free_port, process_tree, rss_mb, unique_name, wait_until
 from support.topics import delete_topics, produce, read_topic
 
@@ -54,7 +55,7 @@ def worker_topics(env: dict[str, str]) -> list[str]:
     """Every topic a worker with settings `env` uses or creates: its own and faust's internal ones."""
     app_id = env["MINDSTREAM_APP_ID"]
     topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
-    return topics + [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog",
+    return topics + [changelog_topic(app_id, "histories"), changelog_topic(app_id, "profiles"),
                      f"{app_id}-__assignor-__leader"]
 
 
