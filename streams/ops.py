@@ -37,6 +37,7 @@ from typing import Any
 
 from streams.config import Settings, UserError
 from streams.events import Rejection, parse_event
+from streams.ids import validate_user_id
 from streams.kafka import changelog_topic, last_values, read_to_end, topic_exists
 from streams.store import StoreError, VectorStore, index_items
 from streams.updater import History, TowerRuntime, plan_batch, recompute
@@ -110,8 +111,22 @@ def histories_from_log(settings: Settings, *, max_len: int,
 
 
 def histories_from_changelog(settings: Settings) -> dict[str, History]:
-    """The worker's `histories` table, from its changelog topic (last value per user)."""
-    return last_values(settings, changelog_topic(settings.app_id, "histories"), json_keys=True)
+    """The worker's `histories` table, from its changelog topic (last value per user); UserError for a key
+    that is not a valid user id."""
+    topic = changelog_topic(settings.app_id, "histories")
+    return checked_user_keys(topic, last_values(settings, topic, json_keys=True))
+
+
+def checked_user_keys(topic: str, table: dict[str, Any]) -> dict[str, Any]:
+    """`table` unchanged when every key is a valid user id (`streams.ids`); else UserError naming the first
+    bad key, as one line: the worker keys its tables by validated user ids only."""
+    for key in table:
+        try:
+            validate_user_id(key)
+        except ValueError as exc:
+            raise UserError(f"{topic}: {exc}; the worker writes no such key: delete it with a tombstone "
+                            f"(a null value for that key) or use --source log") from None
+    return table
 
 
 def read_sources(settings: Settings, source: str,
