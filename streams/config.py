@@ -33,7 +33,8 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
   a user another worker owns is passed there); set it when several hosts run workers
 - `MINDSTREAM_DATA_DIR` (default `./mindstream-data`): faust's local state (RocksDB tables, worker state)
 - `MINDSTREAM_MAX_HISTORY` (default `0`): behaviours kept per user; `0` = the artifact's `max_history_length`
-- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries
+- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries (the
+  ids of the kept history items count too)
 - `MINDSTREAM_MAX_ATTEMPTS` (default `5`): tries of a batch's tower+store step (backoff 0.5 s doubling) before
   dead-lettering
 - `MINDSTREAM_MAX_FUTURE_S` (default `86400`): events stamped further than this in the future are rejected
