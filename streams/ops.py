@@ -94,7 +94,8 @@ def histories_from_log(settings: Settings, *, max_len: int,
 
     for record in read_to_end(settings, settings.topic_interactions):
         stats.messages += 1
-        result = parse_event(record.value, now_ms=record.timestamp, max_future_s=settings.max_future_s)
+        result = parse_event(record.value, key=record.key, now_ms=record.timestamp,
+                             max_future_s=settings.max_future_s)
         if isinstance(result, Rejection):
             stats.rejected += 1
             kind = result.reason.split(":", 1)[0][:48]
