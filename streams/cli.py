@@ -189,6 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.ops import load_runtime
 
     settings = _settings(args)
+    settings.check_web_access()
     load_runtime(settings.artifact_dir)  # fail here with one line, not inside faust
     ensure_topics(settings)
     os.environ.update(settings.to_env())
@@ -217,13 +218,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
-                      exclude_seen: bool = False) -> dict[str, Any] | None:
-    """The worker's answer, or None when no worker listens there. A 400 becomes a UserError."""
+                      exclude_seen: bool = False, token: str = "") -> dict[str, Any] | None:
+    """The worker's answer, or None when no worker listens there. A 400 or 401 becomes a UserError."""
     url = f"{base_url.rstrip('/')}/recall/{urllib.parse.quote(user, safe='')}?n={n}"
     if exclude_seen:
         url += "&exclude_seen=true"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")
@@ -246,7 +248,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     url = args.url or settings.web_url
-    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen)
+    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen, token=settings.web_token)
     source = f"worker at {url}"
     if answer is None:
         from streams.recall import recall
