@@ -350,9 +350,13 @@ def _rollout(settings: Settings, store: Any, args: argparse.Namespace) -> str:
     from streams.ops import rollout
 
     previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source)
+    caught_up = f"{stats.users_caught_up} users caught up in {stats.catch_up_passes} passes"
+    if not stats.caught_up:
+        caught_up = (f"the workers still had events to apply after {stats.catch_up_passes} catch-up passes "
+                     f"(those land in {previous} only)")
     return (f"rolled out model {version} (was {previous or 'none'}): {stats.users_written} users, "
-            f"{stats.rows_written} vectors in {stats.seconds:.1f}s; restart the worker with --artifact "
-            f"{args.artifact}")
+            f"{stats.rows_written} vectors, {caught_up}, in {stats.seconds:.1f}s; restart the workers with "
+            f"--artifact {args.artifact} now")
 
 
 def _rollback(settings: Settings, store: Any, args: argparse.Namespace) -> str:

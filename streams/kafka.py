@@ -162,6 +162,25 @@ def last_values(settings: Settings, topic: str, *, json_keys: bool = False) -> d
     return table
 
 
+def group_is_active(settings: Settings) -> bool:
+    """Whether the workers' consumer group (the app id) has members now, i.e. workers are running."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(client_id="mind-stream", request_timeout_ms=15000,
+                                 **settings.kafka_python_kwargs())
+    except KafkaError:
+        raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}; "
+                        f"set KAFKA_BOOTSTRAP / --bootstrap") from None
+    try:
+        groups = admin.list_groups()
+    finally:
+        admin.close()
+    return any(g.get("group_id") == settings.app_id and g.get("group_state") not in ("Empty", "Dead")
+               for g in groups)
+
+
 class CommittedLag:
     """Per partition of a topic: end offset minus the consumer group's committed offset, as the broker has
     them. One kafka-python consumer that never joins the group (it only reads offsets), opened lazily."""
