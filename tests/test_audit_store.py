@@ -51,3 +51,32 @@ def test_a_batch_of_cold_users_deletes_from_the_workers_own_version_not_the_acti
     assert result.rows == [] and len(result.delete_keys) == k
     assert store.get_user_interests("u", model_version=own)["u"] == []
     assert len(store.get_user_interests("u", model_version=active)["u"]) == k  # not this worker's version
+
+
+def test_of_two_writers_with_skewed_clocks_the_set_of_the_newer_event_wins_and_the_stale_one_is_deleted(
+        tmp_path: Path):
+    uri, version, dim = str(tmp_path / "skew.db"), "vskew", 4
+    ahead = VectorStore(uri, cleanup_interval_s=3600.0)  # no cleanup unless asked
+    behind = VectorStore(uri, cleanup_interval_s=3600.0)
+    try:
+        clock = ahead._db.next_sequence
+        ahead._db.next_sequence = lambda: clock() + 3600 * 10**6  # this host's clock runs an hour ahead
+        ahead.ensure_collections(dim, version)
+        behind.ensure_collections(dim, version)
+        old = np.eye(2, dim, dtype=np.float32)
+        rows, deletes = interest_rows("u", old, np.ones(2, bool), model_version=version, event_ts_ms=1_000)
+        ahead.write_user_interests(rows, deletes, model_version=version)
+        # The user's partition moves to a host with a right clock, which applies a newer event.
+        new = np.full((2, dim), 0.5, dtype=np.float32)
+        rows, deletes = interest_rows("u", new, np.array([True, False]), model_version=version,
+                                      event_ts_ms=2_000)
+        behind.write_user_interests(rows, deletes, model_version=version)
+        for reader in (ahead, behind):
+            got = reader.get_user_interests("u", model_version=version)["u"]
+            assert [(r.slot, r.event_ts_ms) for r in got] == [(0, 2_000)]
+            np.testing.assert_array_equal(got[0].vector, new[0])
+        behind.flush_cleanup()  # the older set is deleted although its generation number is higher
+        assert behind.count_user_interests(version) == 1
+    finally:
+        ahead.close()
+        behind.close()
