@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.worker import Worker, cleanup_topics, index_items, worker_env
+from support.worker import running_worker
 
 from streams.config import ConfigError, Settings
 from streams.worker.web import ROUTED_HEADER, bearer_ok, forwarding_headers, routed_here
@@ -81,16 +81,9 @@ def test_compose_publishes_every_port_on_loopback_and_passes_the_workers_token()
 
 @pytest.fixture(scope="module")
 def wide_worker(kafka_bootstrap, artifact_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("wide-worker")
-    env = worker_env(kafka_bootstrap, tmp, MINDSTREAM_WEB_HOST="0.0.0.0", MINDSTREAM_WEB_TOKEN=TOKEN)
-    index_items(env, artifact_dir)
-    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    w.start()
-    try:
+    with running_worker(kafka_bootstrap, artifact_dir, tmp_path_factory.mktemp("wide-worker"),
+                        MINDSTREAM_WEB_HOST="0.0.0.0", MINDSTREAM_WEB_TOKEN=TOKEN) as w:
         yield w
-    finally:
-        w.stop()
-        cleanup_topics(kafka_bootstrap, env)
 
 
 def test_a_worker_bound_to_every_interface_answers_users_only_with_the_token(wide_worker):
