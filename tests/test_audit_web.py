@@ -87,7 +87,7 @@ def wide_worker(kafka_bootstrap, artifact_dir, tmp_path_factory):
 
 
 def test_a_worker_bound_to_every_interface_answers_users_only_with_the_token(wide_worker):
-    for path in ("/users/u1/interests", "/recall/u1?n=5"):
+    for path in ("/users/u1/interests", "/recall/u1?n=5", "/ui/api/users/u1", "/ui/api/recent"):
         url = wide_worker.url + path
         assert status_of(url) == 401, path
         assert status_of(url, "wrong") == 401, path
@@ -96,6 +96,7 @@ def test_a_worker_bound_to_every_interface_answers_users_only_with_the_token(wid
     # Prometheus and probes need no token.
     assert status_of(wide_worker.url + "/metrics") == 200
     assert status_of(wide_worker.url + "/healthz") == 200
+    assert status_of(wide_worker.url + "/ui") == 200  # the inspector's page; its data needs the token
     # The CLI sends the token from the environment.
     result = subprocess.run([sys.executable, "-m", "streams.cli", "recall", "u1", "--n", "5", "--json"],
                             env=wide_worker.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

@@ -18,10 +18,11 @@ import faust
 
 from streams import metrics
 from streams.config import HEARTBEAT_INTERVAL_S, Settings
+from streams.inspector import RecentUsers
 from streams.kafka import CommittedLag
 from streams.worker import watchdog as stall
 from streams.worker.batches import BatchProcessor, Popularity
-from streams.worker.service import WorkerService
+from streams.worker.service import WorkerService, now_ms
 from streams.worker.web import register_views
 
 settings = Settings.from_env()
@@ -62,8 +63,17 @@ profiles = app.Table("profiles", default=None, partitions=settings.partitions,
 
 service = app.service(WorkerService(settings, on_fatal=app.crash))
 popularity = Popularity()
+recent_users = RecentUsers()  # the users written last, listed by the interests inspector (/ui)
+
+
+async def send_update(key: str, value: dict) -> None:
+    """A user's vectors are written: announce it on `interest-updates`, and list the user on /ui."""
+    await updates_topic.send(key=key, value=value)
+    recent_users.touch(key, now_ms())
+
+
 processor = BatchProcessor(settings, service, histories=histories, profiles=profiles,
-                           send_update=updates_topic.send, send_dlq=dlq_topic.send, popularity=popularity)
+                           send_update=send_update, send_dlq=dlq_topic.send, popularity=popularity)
 watchdog = stall.StallWatchdog(settings.stall_timeout_s)
 committed_lag = CommittedLag(settings, settings.topic_interactions)
 
@@ -115,4 +125,4 @@ def partition_owners() -> dict[int, str]:
 
 metrics.ASSIGNED_PARTITIONS.set_function(lambda: len(assigned_input_partitions()))
 register_views(app, settings=settings, service=service, histories=histories, popularity=popularity,
-               owners=partition_owners)
+               owners=partition_owners, recent_users=recent_users)

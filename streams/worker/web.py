@@ -4,14 +4,16 @@
     GET /users/{user}/interests                  the user's stored interest rows
     GET /metrics                                 Prometheus text
     GET /healthz                                 ok / starting (503) / degraded (store down)
+    GET /ui, /ui/users/{user}, /ui/api/...       the interests inspector (streams/inspector_web.py)
 
 A recall or an interests request is answered where the user's history lives: the worker that owns the
 user's partition (faust's assignor metadata; each worker announces MINDSTREAM_WEB_URL). Any other worker
 passes the request there, once: the `ROUTED_HEADER` stops a ping-pong while a rebalance settles.
 
 With MINDSTREAM_WEB_TOKEN set (required when the server binds beyond loopback), /recall and /users need
-`Authorization: Bearer TOKEN` (401 otherwise), and the `ROUTED_HEADER` counts only on a request that
-carries it; workers send both when they pass a request on. /metrics and /healthz stay open.
+`Authorization: Bearer TOKEN` (401 otherwise), and so does the inspector's /ui/api; the `ROUTED_HEADER`
+counts only on a request that carries it; workers send both when they pass a request on. /metrics, /healthz
+and the inspector's pages and static files stay open.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import faust
 
 from streams import metrics
 from streams.config import Settings
+from streams.inspector import RecentUsers
+from streams.inspector_web import register_inspector
 from streams.store import StoreError
 from streams.worker.batches import Popularity
 from streams.worker.service import WorkerService
@@ -117,8 +121,10 @@ def jsonable(value: Any) -> Any:
 
 
 def register_views(app: faust.App, *, settings: Settings, service: WorkerService, histories: Any,
-                   popularity: Popularity, owners: Callable[[], Mapping[int, str]]) -> None:
-    """Add the views to `app`; `owners()` maps each partition to the base URL of the worker owning it."""
+                   popularity: Popularity, owners: Callable[[], Mapping[int, str]],
+                   recent_users: RecentUsers) -> None:
+    """Add the views to `app`; `owners()` maps each partition to the base URL of the worker owning it;
+    `recent_users` are the users this worker wrote last (the inspector's /ui lists them)."""
     settings.check_web_access()  # `mind-stream worker` says so in one line before faust starts
 
     async def answer_from_the_owner(view: Any, request: Any, user_id: str) -> Any | None:
@@ -197,6 +203,13 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
         history = histories.get(user_id) or {"items": []}
         return self.json({"user_id": user_id, "interests": jsonable(rows),
                           "history_length": len(history["items"])})
+
+    register_inspector(app, recent=recent_users, history_of=histories.get,
+                       resources=lambda: (store_or_error(), service.resources.runtime.vocab),
+                       popular=lambda n: popularity.top(n, histories.values),
+                       answer_from_the_owner=answer_from_the_owner,
+                       authorized=lambda request: bearer_ok(request.headers.get("Authorization"),
+                                                            settings.web_token))
 
     @app.page("/metrics")
     async def metrics_view(self: Any, request: Any) -> Any:
