@@ -209,6 +209,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.ops import load_runtime
 
     settings = _settings(args)
+    settings.check_web_access()
     load_runtime(settings.artifact_dir)  # fail here with one line, not inside faust
     ensure_topics(settings)
     os.environ.update(settings.to_env())
@@ -237,8 +238,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
-                      exclude_seen: bool = False, diversity: float | None = None) -> dict[str, Any] | None:
-    """The worker's answer, or None when no worker listens there. A 400 becomes a UserError.
+                      exclude_seen: bool = False, diversity: float | None = None,
+                      token: str = "") -> dict[str, Any] | None:
+    """The worker's answer, or None when no worker listens there. A 400 or 401 becomes a UserError.
 
     `diversity` None leaves the choice to the worker (its MINDSTREAM_RECALL_DIVERSITY)."""
     url = f"{base_url.rstrip('/')}/recall/{urllib.parse.quote(user, safe='')}?n={n}"
@@ -246,8 +248,9 @@ def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
         url += "&exclude_seen=true"
     if diversity is not None:
         url += f"&diversity={diversity!r}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")
@@ -271,7 +274,8 @@ def cmd_recall(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     settings = _settings(args)
     url = args.url or settings.web_url
-    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen, diversity=diversity)
+    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen, diversity=diversity,
+                               token=settings.web_token)
     source = f"worker at {url}"
     if answer is None:
         from streams.recall import recall
@@ -378,9 +382,13 @@ def _rollout(settings: Settings, store: Any, args: argparse.Namespace) -> str:
 
     previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source,
                                        progress=_progress(args))
+    caught_up = f"{stats.users_caught_up} users caught up in {stats.catch_up_passes} passes"
+    if not stats.caught_up:
+        caught_up = (f"the workers still had events to apply after {stats.catch_up_passes} catch-up passes "
+                     f"(those land in {previous} only)")
     return (f"rolled out model {version} (was {previous or 'none'}): {stats.users_written} users, "
-            f"{stats.rows_written} vectors in {stats.seconds:.1f}s; restart the worker with --artifact "
-            f"{args.artifact}")
+            f"{stats.rows_written} vectors, {caught_up}, in {stats.seconds:.1f}s; restart the workers with "
+            f"--artifact {args.artifact} now")
 
 
 def _rollback(settings: Settings, store: Any, args: argparse.Namespace) -> str:

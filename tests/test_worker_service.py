@@ -42,7 +42,7 @@ class ScriptedStore:
         self.written: dict[str, list[dict]] = {}
         self.reconnects = 0
 
-    def write_user_interests(self, rows, delete_keys=()):
+    def write_user_interests(self, rows, delete_keys=(), *, model_version=None):
         if self.outages:
             self.outages -= 1
             raise StoreError("vector store at test.db: write user interests failed: server gone")

@@ -15,7 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -244,6 +245,22 @@ class Worker:
         worker = rss_mb(tree[0])
         children = sum(rss_mb(p) for p in tree[1:])
         return {"worker_rss_mb": worker, "lite_server_rss_mb": children, "total_rss_mb": worker + children}
+
+
+@contextmanager
+def running_worker(kafka_bootstrap: str, artifact_dir: Path, tmp: Path, *, own_session: bool = False,
+                   **extra: str) -> Iterator[Worker]:
+    """A started worker on its own topics and Milvus Lite file (items indexed), `extra` settings on top of
+    `worker_env`'s; stopped, and its topics deleted, on exit."""
+    env = worker_env(kafka_bootstrap, tmp, **extra)
+    index_items(env, artifact_dir)
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log", own_session=own_session)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        cleanup_topics(kafka_bootstrap, env)
 
 
 def committed_lag(worker: Worker) -> int:
