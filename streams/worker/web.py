@@ -214,7 +214,8 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
                        popular=lambda n: popularity.top(n, histories.values),
                        answer_from_the_owner=answer_from_the_owner,
                        authorized=lambda request: bearer_ok(request.headers.get("Authorization"),
-                                                            settings.web_token))
+                                                            settings.web_token),
+                       default_diversity=settings.recall_diversity)
 
     @app.page("/metrics")
     async def metrics_view(self: Any, request: Any) -> Any:
