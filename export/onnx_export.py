@@ -322,7 +322,8 @@ def build_vocab(vocabularies: Mapping[str, Any], item_feature_matrix: Mapping[st
                        for n, values in vocabularies.get("item_features", {}).items()},
         item_feature_matrix={n: [[int(x) for x in row] for row in np.asarray(m).tolist()]
                              for n, m in item_feature_matrix.items()},
-        item_titles=[str(t) for t in vocabularies["item_titles"]] if vocabularies.get("item_titles") else None,
+        item_titles=([str(t) for t in vocabularies["item_titles"]]
+                     if vocabularies.get("item_titles") else None),
     )
 
 

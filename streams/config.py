@@ -32,22 +32,30 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
   mindstream[rocksdb]`)
 - `MINDSTREAM_WEB_HOST` (default `127.0.0.1`): address the worker's web server binds to
 - `MINDSTREAM_WEB_PORT` (default `6066`): port of the worker's web server
+- `MINDSTREAM_WEB_TOKEN` (default unset; only read from the environment): bearer token that `/recall` and
+  `/users/{u}/interests` require (`Authorization: Bearer TOKEN`), and that workers send when they pass a
+  request to each other; required when `MINDSTREAM_WEB_HOST` is not a loopback address (`/metrics` and
+  `/healthz` stay open, for Prometheus and probes)
 - `MINDSTREAM_WEB_URL` (default `http://WEB_HOST:WEB_PORT`): where other workers reach this one (a request for
   a user another worker owns is passed there); set it when several hosts run workers
 - `MINDSTREAM_DATA_DIR` (default `./mindstream-data`): faust's local state (RocksDB tables, worker state)
 - `MINDSTREAM_MAX_HISTORY` (default `0`): behaviours kept per user; `0` = the artifact's `max_history_length`
-- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries
+- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries (the
+  ids of the kept history items count too)
 - `MINDSTREAM_MAX_ATTEMPTS` (default `5`): tries of a batch's tower+store step (backoff 0.5 s doubling) before
   dead-lettering
 - `MINDSTREAM_MAX_FUTURE_S` (default `86400`): events stamped further than this in the future are rejected
 - `MINDSTREAM_STALL_TIMEOUT_S` (default `30`): a worker whose partitions have a lag but that read nothing this
   long re-reads them from their committed offsets
+- `MINDSTREAM_RECALL_DIVERSITY` (default `0`): the recall diversity λ when a request names none (`0` = the
+  paper's max-merge; λ > 0 trades score for coverage of the user's interests, see `export/merge.py`)
 - `MINDSTREAM_SESSION_TIMEOUT_S` (default `10`): Kafka consumer-group session timeout: how long a crashed
   worker's partitions wait before another worker (or its restart) gets them
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -99,6 +107,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "table_store": ("MINDSTREAM_TABLE_STORE", "memory://"),
     "web_host": ("MINDSTREAM_WEB_HOST", "127.0.0.1"),
     "web_port": ("MINDSTREAM_WEB_PORT", "6066"),
+    "web_token": ("MINDSTREAM_WEB_TOKEN", ""),
     "advertised_url": ("MINDSTREAM_WEB_URL", ""),
     "data_dir": ("MINDSTREAM_DATA_DIR", "./mindstream-data"),
     "max_history": ("MINDSTREAM_MAX_HISTORY", "0"),
@@ -107,10 +116,11 @@ _ENV: dict[str, tuple[str, str]] = {
     "max_future_s": ("MINDSTREAM_MAX_FUTURE_S", "86400"),
     "session_timeout_s": ("MINDSTREAM_SESSION_TIMEOUT_S", "10"),
     "stall_timeout_s": ("MINDSTREAM_STALL_TIMEOUT_S", "30"),
+    "recall_diversity": ("MINDSTREAM_RECALL_DIVERSITY", "0"),
 }
 
 # Secrets are read from the environment only: never from flags (they would show in `ps`).
-SECRET_FIELDS = ("kafka_sasl_password", "milvus_token")
+SECRET_FIELDS = ("kafka_sasl_password", "milvus_token", "web_token")
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,7 @@ class Settings:
     table_store: str
     web_host: str
     web_port: int
+    web_token: str = field(repr=False)
     advertised_url: str
     data_dir: str
     max_history: int
@@ -148,6 +159,7 @@ class Settings:
     max_future_s: float
     session_timeout_s: float
     stall_timeout_s: float
+    recall_diversity: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -190,10 +202,33 @@ class Settings:
         if not self.batch_window_s > 0:
             raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 "
                               f"(a batch must close)")
+        from export.merge import validate_diversity
+
+        try:
+            validate_diversity(self.recall_diversity)
+        except ValueError as exc:
+            raise ConfigError(f"MINDSTREAM_RECALL_DIVERSITY={self.recall_diversity:g}: {exc}") from None
         if self.advertised_url and not self.advertised_url.startswith(("http://", "https://")):
             raise ConfigError(f"MINDSTREAM_WEB_URL={self.advertised_url!r}: give http://host:port")
         if not self.kafka_bootstrap.strip():
             raise ConfigError("KAFKA_BOOTSTRAP is empty: give host:port of a Kafka broker")
+
+    @property
+    def web_is_loopback(self) -> bool:
+        """Whether the web server binds a loopback address only (IPv4 or IPv6 loopback, or localhost)."""
+        if self.web_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.web_host).is_loopback
+        except ValueError:  # a host name or "" (every interface)
+            return False
+
+    def check_web_access(self) -> None:
+        """ConfigError when the web server would answer beyond this host without a token (worker start)."""
+        if not self.web_is_loopback and not self.web_token:
+            raise ConfigError(f"MINDSTREAM_WEB_HOST={self.web_host!r} is reachable from other hosts: set "
+                              f"MINDSTREAM_WEB_TOKEN in the environment (a bearer token every /recall and "
+                              f"/users request must carry) or bind MINDSTREAM_WEB_HOST=127.0.0.1")
 
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process (secrets included, never printed)."""

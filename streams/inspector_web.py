@@ -47,7 +47,9 @@ def static_files() -> dict[str, tuple[bytes, str]]:
 
 def register_inspector(app: Any, *, recent: RecentUsers, resources: Callable[[], tuple[VectorStore, Any]],
                        history_of: Callable[[str], Mapping[str, Any] | None],
-                       popular: Callable[[int], list], answer_from_the_owner: RouteToOwner) -> None:
+                       popular: Callable[[int], list], answer_from_the_owner: RouteToOwner,
+                       authorized: Callable[[Any], bool] = lambda request: True,
+                       default_diversity: float = 0.0) -> None:
     """Add the /ui views to the faust `app`.
 
     Args:
@@ -57,6 +59,10 @@ def register_inspector(app: Any, *, recent: RecentUsers, resources: Callable[[],
         history_of: user id -> the user's history-table entry; called on the event loop.
         popular: n -> the cold-start items, as `/recall` uses them; called on the event loop.
         answer_from_the_owner: the worker's routing (`/recall`'s): the owner's reply, or None to answer here.
+        authorized: request -> whether it may read user data (the worker's bearer-token rule); the /ui/api
+            views answer 401 otherwise, the pages and static files stay open.
+        default_diversity: λ of the user JSON when the request names none (the worker's
+            MINDSTREAM_RECALL_DIVERSITY, as for /recall).
     """
     files = static_files()
     catalogue: list[ItemCatalogue] = []  # built from the artifact on first use
@@ -86,14 +92,18 @@ def register_inspector(app: Any, *, recent: RecentUsers, resources: Callable[[],
 
     @app.page("/ui/api/recent")
     async def inspector_recent(self: Any, request: Any) -> Any:
+        if not authorized(request):
+            return self.json({"error": "missing or wrong bearer token"}, status=401)
         return self.json({"users": recent.latest(RECENT_SHOWN), "now_ms": int(time.time() * 1000)},
                          headers={"Cache-Control": "no-store"})
 
     @app.page("/ui/api/users/{user}")
     async def inspector_user_json(self: Any, request: Any, user: str) -> Any:
+        if not authorized(request):
+            return self.json({"error": "missing or wrong bearer token"}, status=401)
         try:
             user_id = validate_user_id(user)
-            diversity = validate_diversity(request.query.get("diversity", "0"))
+            diversity = validate_diversity(request.query.get("diversity", default_diversity))
             n = validate_n(request.query.get("n", "20"))
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)

@@ -18,7 +18,7 @@ import pytest
 # Importing `support` sets GRPC_ENABLE_FORK_SUPPORT=false before anything imports grpc (support/__init__.py).
 from support.basics import free_port, unique_name
 from support.topics import create_topics, delete_topics
-from support.worker import Worker, cleanup_topics, index_items, worker_env
+from support.worker import Worker, running_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -186,13 +186,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def worker(kafka_bootstrap: str, artifact_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
-    tmp = tmp_path_factory.mktemp("stream-worker")
-    env = worker_env(kafka_bootstrap, tmp)
-    index_items(env, artifact_dir)
-    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    w.start()
-    try:
+    with running_worker(kafka_bootstrap, artifact_dir, tmp_path_factory.mktemp("stream-worker")) as w:
         yield w
-    finally:
-        w.stop()
-        cleanup_topics(kafka_bootstrap, env)

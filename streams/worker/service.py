@@ -109,7 +109,9 @@ class Resources:
             result = recompute(self.runtime, users, user_profiles, updated_at_ms=now_ms())
             metrics.TOWER_SECONDS.observe(time.perf_counter() - started)
             started = time.perf_counter()
-            self.store.write_user_interests(result.rows, result.delete_keys)
+            # Its own version, never the store's default (the active one): a batch of cold users has no row
+            # to name the version by, and its deletes belong to this model's collection.
+            self.store.write_user_interests(result.rows, result.delete_keys, model_version=self.model_version)
             metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
             return result
 
