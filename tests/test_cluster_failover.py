@@ -76,42 +76,44 @@ def run_scenario(
     stream = make_stream(list(runtime.item_ids()), USERS, EVENTS, seed_=31, user_prefix=f"c{name}")
     figures: dict = {"scenario": name, "events": EVENTS, "messages": len(stream.messages), "brokers": 3}
     try:
-        for w in workers:
-            w.start()
-        workers[0].wait_for(
-            lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
-            WAIT_S,
-            "both workers assigned partitions",
-            interval=0.3,
-        )
-        changelog = f"{app_id}-histories-changelog"
-        # The production settings reached the topics faust declares itself, not only the ones created here.
-        figures["changelog_replicas"] = len(describe(bootstrap, changelog)[0]["replicas"])
-        figures["changelog_min_isr"] = topic_config(bootstrap, changelog, "min.insync.replicas")
-        producer = RateProducer(bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages, RATE)
-        producer.start()
+        try:
+            for w in workers:
+                w.start()
+            workers[0].wait_for(
+                lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in workers),
+                WAIT_S,
+                "both workers assigned partitions",
+                interval=0.3,
+            )
+            changelog = f"{app_id}-histories-changelog"
+            # The production settings reached the topics faust declares itself, not only those created here.
+            figures["changelog_replicas"] = len(describe(bootstrap, changelog)[0]["replicas"])
+            figures["changelog_min_isr"] = topic_config(bootstrap, changelog, "min.insync.replicas")
+            producer = RateProducer(bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages, RATE)
+            producer.start()
 
-        def read_total() -> float:
-            return sum(w.metric_or_zero("mindstream_events_in_total") for w in workers)
+            def read_total() -> float:
+                return sum(w.metric_or_zero("mindstream_events_in_total") for w in workers)
 
-        workers[0].wait_for(
-            lambda: read_total() >= 2000, WAIT_S, "the workers read 2,000 events", interval=0.1
-        )
-        figures["read_at_disruption"] = int(read_total())
-        started = time.monotonic()
-        figures.update(disrupt(base))
-        figures["disruption_s"] = round(time.monotonic() - started, 1)
-        producer.join(WAIT_S)
-        assert producer.error is None, f"the producer failed: {producer.error!r}"
-        figures["produced_s_after_disruption_start"] = round(time.monotonic() - started, 1)
-        workers[0].wait_for(lambda: lag_or_none(workers[0]) == 0, WAIT_S, "lag 0", interval=0.5)
-        figures["lag_0_after_disruption_start_s"] = round(time.monotonic() - started, 1)
-        figures["stall_seeks"] = [int(w.metric_or_zero("mindstream_stall_recoveries_total")) for w in workers]
-        assert all(w.proc.poll() is None for w in workers), "a worker exited"
-    finally:
-        for w in workers:
-            w.stop()
-    try:
+            workers[0].wait_for(
+                lambda: read_total() >= 2000, WAIT_S, "the workers read 2,000 events", interval=0.1
+            )
+            figures["read_at_disruption"] = int(read_total())
+            started = time.monotonic()
+            figures.update(disrupt(base))
+            figures["disruption_s"] = round(time.monotonic() - started, 1)
+            producer.join(WAIT_S)
+            assert producer.error is None, f"the producer failed: {producer.error!r}"
+            figures["produced_s_after_disruption_start"] = round(time.monotonic() - started, 1)
+            workers[0].wait_for(lambda: lag_or_none(workers[0]) == 0, WAIT_S, "lag 0", interval=0.5)
+            figures["lag_0_after_disruption_start_s"] = round(time.monotonic() - started, 1)
+            figures["stall_seeks"] = [
+                int(w.metric_or_zero("mindstream_stall_recoveries_total")) for w in workers
+            ]
+            assert all(w.proc.poll() is None for w in workers), "a worker exited"
+        finally:
+            for w in workers:
+                w.stop()
         check_every_user(base, stream, runtime, figures, "cluster scenario")
         assert figures["changelog_replicas"] == 3 and figures["changelog_min_isr"] == "2"
         return figures

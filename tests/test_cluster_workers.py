@@ -94,43 +94,48 @@ def test_workers_added_stopped_and_killed_mid_stream_lose_nothing_and_recall_kee
     figures: dict = {"events": EVENTS, "partitions": PARTITIONS}
     prober = RecallProber(a.url, sorted(stream.events_of)[:200])
     try:
-        for w in (a, b, c):
-            w.start()
-        a.wait_for(
-            lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in (a, b, c)),
-            WAIT_S,
-            "3 workers assigned partitions",
-            interval=0.3,
-        )
-        prober.start()
-        producer = RateProducer(kafka_bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages, RATE)
-        producer.start()
-        started = time.monotonic()
+        try:
+            for w in (a, b, c):
+                w.start()
+            a.wait_for(
+                lambda: all(w.metric_or_zero("mindstream_assigned_partitions") > 0 for w in (a, b, c)),
+                WAIT_S,
+                "3 workers assigned partitions",
+                interval=0.3,
+            )
+            prober.start()
+            producer = RateProducer(
+                kafka_bootstrap, base["MINDSTREAM_TOPIC_INTERACTIONS"], stream.messages, RATE
+            )
+            producer.start()
+            started = time.monotonic()
 
-        def read() -> float:
-            return sum(w.metric_or_zero("mindstream_events_in_total") for w in (a, b, c, d))
+            def read() -> float:
+                return sum(w.metric_or_zero("mindstream_events_in_total") for w in (a, b, c, d))
 
-        a.wait_for(lambda: read() >= 1500, WAIT_S, "1,500 events read", interval=0.1)
-        d.start()  # joins: a rebalance hands it partitions
-        a.wait_for(
-            lambda: d.metric_or_zero("mindstream_assigned_partitions") > 0, WAIT_S, "d assigned", interval=0.3
-        )
-        figures["added_at_s"] = round(time.monotonic() - started, 1)
-        b.stop()  # SIGTERM: faust commits and leaves the group
-        figures["stopped_at_s"] = round(time.monotonic() - started, 1)
-        c.kill9()  # its partitions move after the session timeout
-        figures["killed_at_s"] = round(time.monotonic() - started, 1)
-        producer.join(WAIT_S)
-        assert producer.error is None, f"the producer failed: {producer.error!r}"
-        a.wait_for(lambda: lag_or_none(a) == 0, WAIT_S, "lag 0", interval=0.5)
-        figures["lag_0_at_s"] = round(time.monotonic() - started, 1)
-        figures["partitions_at_end"] = [int(w.metric("mindstream_assigned_partitions")) for w in (a, d)]
-        assert sum(figures["partitions_at_end"]) == PARTITIONS
-    finally:
-        prober.halt.set()
-        for w in (a, b, c, d):
-            w.stop()
-    try:
+            a.wait_for(lambda: read() >= 1500, WAIT_S, "1,500 events read", interval=0.1)
+            d.start()  # joins: a rebalance hands it partitions
+            a.wait_for(
+                lambda: d.metric_or_zero("mindstream_assigned_partitions") > 0,
+                WAIT_S,
+                "d assigned",
+                interval=0.3,
+            )
+            figures["added_at_s"] = round(time.monotonic() - started, 1)
+            b.stop()  # SIGTERM: faust commits and leaves the group
+            figures["stopped_at_s"] = round(time.monotonic() - started, 1)
+            c.kill9()  # its partitions move after the session timeout
+            figures["killed_at_s"] = round(time.monotonic() - started, 1)
+            producer.join(WAIT_S)
+            assert producer.error is None, f"the producer failed: {producer.error!r}"
+            a.wait_for(lambda: lag_or_none(a) == 0, WAIT_S, "lag 0", interval=0.5)
+            figures["lag_0_at_s"] = round(time.monotonic() - started, 1)
+            figures["partitions_at_end"] = [int(w.metric("mindstream_assigned_partitions")) for w in (a, d)]
+            assert sum(figures["partitions_at_end"]) == PARTITIONS
+        finally:
+            prober.halt.set()
+            for w in (a, b, c, d):
+                w.stop()
         prober.join(60)
         figures.update(
             recall_2xx=prober.ok,
