@@ -22,7 +22,10 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 - `MINDSTREAM_TOPIC_UPDATES` (default `interest-updates`): one message per recomputed user
 - `MINDSTREAM_TOPIC_DLQ` (default `interactions-dlq`): every event that could not be processed
 - `MINDSTREAM_PARTITIONS` (default `4`): partitions of the input topics (and so of the table changelogs)
-- `MINDSTREAM_REPLICATION` (default `1`): replication factor of topics the project creates
+- `MINDSTREAM_REPLICATION` (default `1`): replication factor of every topic the worker declares (inputs,
+  changelogs, DLQ, updates); `3` on a production cluster
+- `MINDSTREAM_MIN_INSYNC_REPLICAS` (default `1`): `min.insync.replicas` of those topics, the replicas an
+  `acks=all` write needs; `2` with replication 3
 - `MINDSTREAM_BATCH_SIZE` (default `256`): most events per micro-batch (one tower call per batch)
 - `MINDSTREAM_BATCH_WINDOW_S` (default `0.1`): longest wait for a micro-batch to fill, seconds
 - `MINDSTREAM_TABLE_STORE` (default `memory://`): `memory://` or `rocksdb://` (needs `pip install
@@ -98,6 +101,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "topic_dlq": ("MINDSTREAM_TOPIC_DLQ", "interactions-dlq"),
     "partitions": ("MINDSTREAM_PARTITIONS", "4"),
     "replication": ("MINDSTREAM_REPLICATION", "1"),
+    "min_insync_replicas": ("MINDSTREAM_MIN_INSYNC_REPLICAS", "1"),
     "batch_size": ("MINDSTREAM_BATCH_SIZE", "256"),
     "batch_window_s": ("MINDSTREAM_BATCH_WINDOW_S", "0.1"),
     "table_store": ("MINDSTREAM_TABLE_STORE", "memory://"),
@@ -140,6 +144,7 @@ class Settings:
     topic_dlq: str
     partitions: int
     replication: int
+    min_insync_replicas: int
     batch_size: int
     batch_window_s: float
     table_store: str
@@ -179,10 +184,14 @@ class Settings:
                               f"{', '.join(SASL_MECHANISMS)}")
         if self.table_store not in TABLE_STORES:
             raise ConfigError(f"MINDSTREAM_TABLE_STORE={self.table_store!r}: use memory:// or rocksdb://")
-        for name, low in (("partitions", 1), ("replication", 1), ("batch_size", 1), ("max_seen", 1),
-                          ("max_attempts", 1), ("max_history", 0), ("web_port", 0)):
+        for name, low in (("partitions", 1), ("replication", 1), ("min_insync_replicas", 1),
+                          ("batch_size", 1), ("max_seen", 1), ("max_attempts", 1), ("max_history", 0),
+                          ("web_port", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{_ENV[name][0]}={getattr(self, name)}: must be at least {low}")
+        if self.min_insync_replicas > self.replication:  # every acks=all write would fail (NotEnoughReplicas)
+            raise ConfigError(f"MINDSTREAM_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
+                              f"MINDSTREAM_REPLICATION={self.replication}: use at most the replication")
         if not MIN_SESSION_TIMEOUT_S <= self.session_timeout_s <= MAX_SESSION_TIMEOUT_S:
             raise ConfigError(f"MINDSTREAM_SESSION_TIMEOUT_S={self.session_timeout_s:g}: must be between "
                               f"{MIN_SESSION_TIMEOUT_S:g} and {MAX_SESSION_TIMEOUT_S:g} seconds "
@@ -224,6 +233,11 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process (secrets included, never printed)."""
         return {_ENV[f.name][0]: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def topic_configs(self) -> dict[str, str]:
+        """Broker configs of every topic the project declares (with `replication` replicas)."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -40,11 +40,13 @@ def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(settings.topic_interactions, settings.partitions, settings.replication),
+            NewTopic(settings.topic_interactions, settings.partitions, settings.replication,
+                     topic_configs=settings.topic_configs),
             NewTopic(settings.topic_profiles, settings.partitions, settings.replication,
-                     topic_configs={"cleanup.policy": "compact"}),
-            NewTopic(settings.topic_updates, settings.partitions, settings.replication),
-            NewTopic(settings.topic_dlq, 1, settings.replication),
+                     topic_configs={"cleanup.policy": "compact", **settings.topic_configs}),
+            NewTopic(settings.topic_updates, settings.partitions, settings.replication,
+                     topic_configs=settings.topic_configs),
+            NewTopic(settings.topic_dlq, 1, settings.replication, topic_configs=settings.topic_configs),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
@@ -82,7 +84,8 @@ def producer(settings: Settings) -> Any:
     from kafka.errors import KafkaError
 
     try:
-        return KafkaProducer(acks="all", linger_ms=5, **settings.kafka_python_kwargs())
+        return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                             **settings.kafka_python_kwargs())
     except KafkaError:
         raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}") from None
 
