@@ -23,6 +23,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "routing_init": "position", "routing_update_scale": 1.0, "routing_normalize": False,
     "attention_soft_epochs": 0, "sample_mode": "every_position", "full_softmax": False,
     "interest_cosine_penalty": 0.0, "normalize": "none", "logit_temperature": 1.0,
+    "per_interest_bilinear": False,
 }
 
 
@@ -58,6 +59,8 @@ class MindConfig:
     routing_normalize: bool = _option(
         False, "routing update on unit vectors: b_ij += scale * cos(u_j, S e_i), so the update's size does "
                "not depend on the embeddings' scale (paper: raw inner product)")
+    per_interest_bilinear: bool = _option(
+        False, "one bilinear matrix S_j per interest (ComiRec-DR) instead of the paper's one shared S")
     routing_stop_gradient: bool = _option(
         True, "no gradient through the routing-logit updates, only through the last round's weighted sum "
               "(as the reference implementations do)")

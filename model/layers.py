@@ -143,6 +143,8 @@ class InterestRouting(nn.Module):
     Each round, for every behaviour, a softmax over the (valid) interests gives the coupling w;
     z_j = sum_i w_ij S e_i; u_j = squash(z_j); b_ij += scale * u_j . S e_i (with `normalize`, the cosine
     of u_j and S e_i instead). Padded behaviours get w = 0; invalid interests get w = 0 and a zero capsule.
+    With `per_interest_bilinear` (ComiRec-DR's variant) each interest j has its own S_j (K, d, d) and
+    S_j e_i replaces S e_i throughout: learned maps, not only the initial logits, then tell capsules apart.
 
     With stop_gradient (the reference implementations' choice), the rounds that only update b see a
     detached S e_i, so the loss shapes S and the embeddings through the last round's z with w constant.
@@ -158,8 +160,10 @@ class InterestRouting(nn.Module):
 
     def __init__(self, dim: int, num_interests: int, max_history_length: int, iterations: int,
                  logit_std: float, seed: int, stop_gradient: bool = True, init: str = "position",
-                 num_items: int = 0, update_scale: float = 1.0, normalize: bool = False) -> None:
+                 num_items: int = 0, update_scale: float = 1.0, normalize: bool = False,
+                 per_interest_bilinear: bool = False) -> None:
         super().__init__()
+        self.per_interest_bilinear = per_interest_bilinear
         self.iterations = iterations
         self.stop_gradient = stop_gradient
         self.init = init
@@ -167,8 +171,10 @@ class InterestRouting(nn.Module):
         self.update_scale = update_scale
         self.normalize = normalize
         self.last_logit_shift: Tensor | None = None
-        self.bilinear = nn.Parameter(torch.empty(dim, dim))
-        nn.init.xavier_uniform_(self.bilinear)
+        self.bilinear = nn.Parameter(torch.empty(num_interests, dim, dim) if per_interest_bilinear
+                                     else torch.empty(dim, dim))
+        for matrix in self.bilinear.view(-1, dim, dim):
+            nn.init.xavier_uniform_(matrix)
         generator = torch.Generator().manual_seed(seed)
         rows = num_items + 1 if init == "item" else max_history_length
         if init == "item" and num_items < 1:
@@ -189,7 +195,10 @@ class InterestRouting(nn.Module):
     def forward(self, behaviour_embeddings: Tensor, history_mask: Tensor,
                 valid_interest_mask: Tensor, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
         length = behaviour_embeddings.shape[1]
-        mapped = torch.matmul(behaviour_embeddings, self.bilinear.t())      # (B, L, d) rows are S e_i
+        if self.per_interest_bilinear:  # (B, L, K, d): S_j e_i for every interest j
+            mapped = torch.einsum("bld,ked->blke", behaviour_embeddings, self.bilinear)
+        else:
+            mapped = torch.matmul(behaviour_embeddings, self.bilinear.t())  # (B, L, d) rows are S e_i
         mapped_for_updates = mapped.detach() if self.stop_gradient else mapped
         update_keys = F.normalize(mapped_for_updates, dim=-1) if self.normalize else mapped_for_updates
         behaviour_weight = history_mask.unsqueeze(-1).to(mapped.dtype)     # (B, L, 1)
@@ -202,10 +211,16 @@ class InterestRouting(nn.Module):
             coupling = torch.softmax(logits.masked_fill(interest_blocked, BLOCKED_LOGIT), dim=-1)  # over K
             coupling = coupling * behaviour_weight                          # padded behaviours: w = 0
             source = mapped if last_round else mapped_for_updates
-            capsules = squash(torch.matmul(coupling.transpose(1, 2), source))  # (B, K, d)
+            if self.per_interest_bilinear:
+                capsules = squash(torch.einsum("blk,blkd->bkd", coupling, source))
+            else:
+                capsules = squash(torch.matmul(coupling.transpose(1, 2), source))  # (B, K, d)
             if not last_round:
                 directions = F.normalize(capsules, dim=-1) if self.normalize else capsules
-                update = torch.matmul(update_keys, directions.transpose(1, 2))  # u_j . S e_i (B, L, K)
+                if self.per_interest_bilinear:
+                    update = torch.einsum("blkd,bkd->blk", update_keys, directions)
+                else:
+                    update = torch.matmul(update_keys, directions.transpose(1, 2))  # u_j . S e_i (B, L, K)
                 logits = logits + self.update_scale * update
         if self.training:
             self.last_logit_shift = _relative_shift(initial, logits, history_mask, valid_interest_mask)

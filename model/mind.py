@@ -111,6 +111,7 @@ class MIND(RetrievalModel):
             num_items=spec.num_items,
             update_scale=config.routing_update_scale,
             normalize=config.routing_normalize,
+            per_interest_bilinear=config.per_interest_bilinear,
         )
         self.interest_mlp = InterestMLP(config.embedding_dim, self.profile_embedding.output_dim,
                                         config.hidden_dim, config.interest_output_relu)

@@ -280,3 +280,17 @@ def test_per_sample_routing_init_draws_afresh_in_training_and_is_fixed_in_eval()
     assert not torch.allclose(routing(e, mask, valid)[0], routing(e, mask, valid)[0])
     routing.eval()
     torch.testing.assert_close(routing(e, mask, valid)[0], routing(e, mask, valid)[0])
+
+
+def test_per_interest_bilinear_routing_with_equal_maps_is_the_shared_routing():
+    shared = InterestRouting(dim=4, num_interests=3, max_history_length=6, iterations=3, logit_std=1.0, seed=2)
+    per_interest = InterestRouting(dim=4, num_interests=3, max_history_length=6, iterations=3, logit_std=1.0, seed=2,
+                                   per_interest_bilinear=True)
+    assert tuple(per_interest.bilinear.shape) == (3, 4, 4)
+    with torch.no_grad():
+        per_interest.bilinear.copy_(shared.bilinear.expand(3, -1, -1))
+    e = torch.randn(2, 6, 4)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    for got, expected in zip(per_interest(e, mask, valid), shared(e, mask, valid), strict=True):
+        torch.testing.assert_close(got, expected)
