@@ -13,8 +13,10 @@ KAFKA_PORT ?= 9092
 PYTEST_ARGS ?=
 # Extra run_all.py arguments, e.g. make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
+# Extra bench_quality.py arguments, e.g. make bench-quality QUALITY_ARGS="--data ml-100k --epochs 2"
+QUALITY_ARGS ?=
 
-.PHONY: demo test bench kafka-up kafka-down kafka-status lint clean install
+.PHONY: demo test bench bench-quality kafka-up kafka-down kafka-status lint clean install
 
 install: $(STAMP)
 
@@ -45,6 +47,14 @@ bench: $(STAMP)
 	@$(KAFKA) fetch
 	@$(PY) -c 'import torch_rechub' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(WITH_BROKER) $(PY) tests/benchmarks/run_all.py $(BENCH_ARGS)
+
+# The multi-interest quality evidence (issue 11): ml-100k and ml-1m x user-split seeds 0,1,2; MIND, MIND-1,
+# YouTube-DNN, most-popular with one epoch budget and early stopping on validation users; interest diagnostics
+# and the served diversity sweep. Rewrites BENCHMARKS.md's quality evidence section and its plots. At the default
+# 10 epochs roughly an hour on the 2-core machine (ml-1m dominates); runs already done are reused. E.g.
+# make bench-quality QUALITY_ARGS="--data ml-100k --seeds 0 --epochs 1" (a minute) or --train-args "...".
+bench-quality: $(STAMP)
+	$(PY) tests/benchmarks/bench_quality.py --evidence $(QUALITY_ARGS)
 
 # A long-running local broker on localhost:$(KAFKA_PORT) (state in deploy/kafka/.state), for working by hand.
 kafka-up:

@@ -3,6 +3,8 @@
     mind-export RUN_DIR --out ARTIFACT_DIR        export, check parity, write the artifact
     mind-export verify ARTIFACT_DIR [--run RUN]   validate files and hashes, run the ONNX tower on sample
                                                   histories, and re-run parity when torch and the run exist
+    mind-export evaluate ARTIFACT_DIR             score what is served (ONNX tower + item vectors + the
+                                                  served merge) on the run's held-out users, per diversity
 
 Bad input prints one line on stderr and exits 2 (usage) or 1 (the run, data or artifact is wrong).
 """
@@ -20,6 +22,7 @@ import numpy as np
 from export.artifact import ArtifactError
 
 VERIFY = "verify"
+EVALUATE = "evaluate"
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -50,6 +53,24 @@ def build_verify_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mind-export evaluate",
+        description="Score the served artifact (ONNX tower, item vectors, the served merge) on the validation "
+                    "and test users of the run it was exported from, for each diversity; choose the serving "
+                    "diversity on validation users.")
+    parser.add_argument("artifact_dir", type=Path)
+    parser.add_argument("--diversity", default="0,0.25,0.5,1",
+                        help="comma-separated diversities λ to evaluate (default: %(default)s)")
+    parser.add_argument("--users", default="validation,test",
+                        help="comma-separated groups of held-out users: validation, test (default: %(default)s)")
+    parser.add_argument("--top-n", type=int, default=50, help="length of the merged list (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("data"),
+                        help="where the run's dataset is cached (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     return build_export_parser()
 
@@ -69,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == VERIFY:
         return _verify(build_verify_parser().parse_args(argv[1:]))
+    if argv and argv[0] == EVALUATE:
+        return _evaluate(build_evaluate_parser().parse_args(argv[1:]))
     return _export(build_export_parser().parse_args(argv))
 
 
@@ -129,6 +152,35 @@ def _verify(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(f"{report.summary()}; against {run}; real histories: {source}")
     return 0 if report.passed else _fail(f"{args.artifact_dir}: parity failed; re-export the artifact")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from export.evaluate import evaluate_artifact, format_evaluation
+    except ImportError as exc:
+        return _fail(f"evaluate needs the training extras (torch, for the dataset and metrics): {exc}; "
+                     "pip install -e '.[train]'")
+    try:
+        diversities = [float(text) for text in args.diversity.split(",") if text.strip()]
+    except ValueError:
+        return _fail(f"--diversity {args.diversity!r}: give comma-separated numbers, e.g. 0,0.25,0.5,1")
+    if not 1 <= args.top_n <= 1000:
+        return _fail(f"--top-n must be between 1 and 1000, got {args.top_n}")
+    try:
+        summary = evaluate_artifact(args.artifact_dir, cache_dir=args.cache_dir, diversities=diversities,
+                                    groups=[g.strip() for g in args.users.split(",") if g.strip()], n=args.top_n)
+    except (ArtifactError, ValueError) as exc:
+        return _fail(str(exc))
+    print(format_evaluation(summary))
+    if "chosen_diversity" in summary:
+        print(f"chosen by validation user-split Recall@{args.top_n}: diversity {summary['chosen_diversity']:g}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _recorded_checkpoint(runtime) -> Path | None:

@@ -26,7 +26,7 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import ConfigError, MindConfig
 from model.data import DataError, InteractionData, load_dataset, summarize, user_split
 from model.datasets import DATASET_NAMES, prepare_dataset
-from model.evaluate import evaluate_scorer, format_table, model_scorer
+from model.evaluate import diagnose_interests, evaluate_scorer, format_diagnostics, format_table, model_scorer
 
 COMPARE_MODELS = ("mind", "mind1", "youtube_dnn", "popular")
 
@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="heatmap of one user's coupling coefficients",
                                   description="Write a PNG heatmap of which behaviours formed which interest "
-                                              "(behaviours labelled with their genres) for one user.")
+                                              "(behaviours labelled with their genres) for one user, next to "
+                                              "each interest's own top items and the merged top list; print "
+                                              "them too.")
     explain.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `train`")
     explain.add_argument("user", metavar="USER", help="raw user id from the run's dataset (e.g. 42)")
     explain.add_argument("--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)")
@@ -228,12 +230,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                data.user_profile, split.test_users, config.holdout_fraction),
         "popular": evaluate_popular(data, split.train_users, split.test_users, config.holdout_fraction),
     }
+    diagnosed = {label: diagnose_interests(checkpoint.model, config.max_history_length, data.sequences,
+                                           data.user_profile, split.test_users, config.holdout_fraction)}
     out = args.run_dir / "evaluation.json"
     out.write_text(json.dumps({"model_version": checkpoint.model_version, "dataset": record,
-                               "test_users": len(split.test_users), "results": results}, indent=2) + "\n")
+                               "test_users": len(split.test_users), "results": results,
+                               "diagnostics": diagnosed}, indent=2) + "\n")
     print(format_table(results))
+    print(_diagnostics_heading(diagnosed))
+    print(format_diagnostics(diagnosed))
     print(f"test users: {len(split.test_users)}; wrote {out}")
     return 0
+
+
+def _diagnostics_heading(diagnosed: dict[str, Any]) -> str:
+    n = next(iter(diagnosed.values()))["top_n"]
+    return (f"\ninterests (same test users, user-split histories; merged top-{n} by max-merge) and stability "
+            "(users with a full window, one real next event appended):")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -249,6 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     record = _dataset_record(args.data, data, args, split)
     out_dir = args.out or Path("runs") / f"compare-{data.name}"
     results: dict[str, Any] = {}
+    diagnosed: dict[str, Any] = {}
     runs: dict[str, Any] = {}
     started = time.perf_counter()
     for choice in models:
@@ -259,14 +273,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         results[choice] = evaluate_scorer(model_scorer(trained["model"], config.max_history_length),
                                           data.sequences, data.user_profile, split.test_users,
                                           config.holdout_fraction)
+        diagnosed[choice] = diagnose_interests(trained["model"], config.max_history_length, data.sequences,
+                                               data.user_profile, split.test_users, config.holdout_fraction)
         runs[choice] = {k: v for k, v in trained.items() if k != "model"}
         print(format_table({choice: results[choice]}), file=sys.stderr)
     summary = {"dataset": record, "config": config.to_dict(), "test_users": len(split.test_users),
-               "results": results, "runs": runs, "total_seconds": round(time.perf_counter() - started, 1)}
+               "results": results, "diagnostics": diagnosed, "runs": runs,
+               "total_seconds": round(time.perf_counter() - started, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{data.name}: {len(split.test_users)} test users, exact retrieval over {data.num_items} items")
     print(format_table(results))
+    if diagnosed:
+        print(_diagnostics_heading(diagnosed))
+        print(format_diagnostics(diagnosed))
     for choice, run in runs.items():
         print(f"  {choice}: trained in {run['train_seconds']:.0f}s (best epoch {run['best_epoch']})")
     print(f"wrote {out_dir / 'compare.json'}")
@@ -285,8 +305,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"user {args.user}: {len(explanation.behaviour_labels)} behaviours -> "
           f"{explanation.coupling.shape[1]} interests; behaviours per interest: "
           f"{np.bincount(strongest, minlength=explanation.coupling.shape[1]).tolist()}")
-    for j, items in enumerate(explanation.interest_top_items):
-        print(f"  interest {j + 1}: {'; '.join(items[:3])}")
+    print(f"mean pairwise cosine of the interests: {explanation.pairwise_cosine:.3f}")
+    for j, (items, scores) in enumerate(zip(explanation.interest_top_items, explanation.interest_top_scores,
+                                            strict=True)):
+        print(f"  interest {j + 1} retrieves:")
+        for label, score in zip(items, scores, strict=True):
+            print(f"    {score:7.3f}  {label}")
+    print(f"  merged top {len(explanation.merged_top)} (max over interests; [interest]):")
+    for label, k in explanation.merged_top:
+        print(f"    [{k + 1}] {label}")
     print(f"wrote {path}")
     return 0
 

@@ -11,16 +11,21 @@ computed for every item (no sampled negatives, no approximate index). Items alre
 never recommended (MovieLens users do not rate a movie twice; a target that repeats a history item could
 then never be hit, so such targets are dropped and a next-item user whose target repeats is skipped).
 The model sees the most recent config.max_history_length items of the history; exclusion uses all of it.
+
+Beside the metrics, `diagnose_interests` measures whether a model's interests are really several (see
+model/diagnostics.py) on the same users' user-split histories, and their stability under one new event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from model import diagnostics
 from model.baselines import MostPopular
 from model.mind import RetrievalModel
 
@@ -149,6 +154,71 @@ def model_scorer(model: RetrievalModel, max_history_length: int) -> Scorer:
     return score
 
 
+def model_interests(model: RetrievalModel, histories: Sequence[np.ndarray], profiles: np.ndarray,
+                    max_history_length: int, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Interest vectors of histories (each time-ordered item indices; the most recent max_history_length seen).
+
+    Args:
+        histories: B int arrays; profiles: (B, P) int64.
+    Returns:
+        interest_vectors (B, K, d) float32, valid_interest_mask (B, K) bool.
+    """
+    model.eval()
+    vectors, masks = [], []
+    for start in range(0, len(histories), batch_size):
+        history, mask = pad_histories(histories[start:start + batch_size], max_history_length)
+        with torch.no_grad():
+            output = model.interests(torch.from_numpy(history), torch.from_numpy(mask),
+                                     torch.from_numpy(np.asarray(profiles[start:start + batch_size], dtype=np.int64)))
+        vectors.append(output.interest_vectors.numpy())
+        masks.append(output.valid_interest_mask.numpy())
+    if not vectors:
+        k = model.num_interests
+        return np.zeros((0, k, model.config.embedding_dim), np.float32), np.zeros((0, k), bool)
+    return np.concatenate(vectors), np.concatenate(masks)
+
+
+def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences: Sequence[np.ndarray],
+                       user_profile: np.ndarray, users: np.ndarray, holdout_fraction: float = 0.2,
+                       n: int = 50, batch_size: int = 256) -> dict[str, Any]:
+    """Are the interests really several, and do they hold still? On the user-split histories of `users`.
+
+    "interests": model/diagnostics.interest_diagnostics of each history (merged top-n without its items).
+    "stability": for the users whose history fills the tower's window (len >= max_history_length), their
+    real next event is appended (the window slides by one); both merged lists exclude the longer history.
+    Each is summarised over all users and per K'u (`diagnostics.summarize`).
+    """
+    cases = user_split_cases(sequences, users, holdout_fraction)
+    histories = [case.history for case in cases]
+    profiles = user_profile[[case.user for case in cases]] if cases else user_profile[:0]
+    vectors, mask = model_interests(model, histories, profiles, max_history_length)
+    with torch.no_grad():
+        item_vectors = model.all_item_embeddings().numpy()
+    n = min(n, len(item_vectors) - 1)
+    per_user: dict[str, list[np.ndarray]] = {}
+    full = [row for row, history in enumerate(histories) if len(history) >= max_history_length]
+    after_histories = [sequences[cases[row].user][: len(histories[row]) + 1] for row in full]
+    after_vectors, after_mask = model_interests(model, after_histories, profiles[full], max_history_length)
+    stable: dict[str, list[np.ndarray]] = {}
+    for start in range(0, max(len(cases), len(full)), batch_size):
+        rows = slice(start, start + batch_size)
+        if start < len(cases):
+            chunk = diagnostics.interest_diagnostics(vectors[rows], mask[rows], item_vectors, histories[rows], n)
+            for name, values in chunk.items():
+                per_user.setdefault(name, []).append(values)
+        if start < len(full):
+            before = full[rows]
+            chunk = diagnostics.stability(vectors[before], mask[before], after_vectors[rows], after_mask[rows],
+                                          item_vectors, after_histories[rows], n)
+            for name, values in chunk.items():
+                stable.setdefault(name, []).append(values)
+    return {
+        "top_n": n,
+        "interests": diagnostics.summarize({k: np.concatenate(v) for k, v in per_user.items()}) if per_user else {},
+        "stability": diagnostics.summarize({k: np.concatenate(v) for k, v in stable.items()}) if stable else {},
+    }
+
+
 def popularity_scorer(popular: MostPopular) -> Scorer:
     def score(histories: Sequence[np.ndarray], profiles: np.ndarray) -> np.ndarray:
         return popular.scores(len(histories))
@@ -173,8 +243,41 @@ def format_table(results: dict[str, dict[str, dict[str, float]]], cutoffs: Seque
     columns += [("user_split", f"{m}@{n}") for n in cutoffs for m in ("HitRate", "Recall", "NDCG")]
     headers = ["model"] + [("next " if p == "next_item" else "split ") + m for p, m in columns]
     rows = [[name] + [f"{metrics[p].get(m, float('nan')):.4f}" for p, m in columns] for name, metrics in results.items()]
+    return text_table(headers, rows)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns under a dashed header rule."""
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
+
+
+DIAGNOSTIC_COLUMNS = (
+    ("interests", "users", "users", "{:d}"),
+    ("interests", "mean_pairwise_cosine", "pair cos", "{:.3f}"),
+    ("interests", "interests_contributing", "interests in top-N", "{:.2f}"),
+    ("interests", "dominant_share", "dominant share", "{:.3f}"),
+    ("interests", "norm_ratio", "norm max/min", "{:.2f}"),
+    ("stability", "users", "full-window users", "{:d}"),
+    ("stability", "same_slot_cosine", "same-slot cos", "{:.3f}"),
+    ("stability", "matched_slot_cosine", "matched cos", "{:.3f}"),
+    ("stability", "top_n_survival", "top-N kept", "{:.3f}"),
+)
+
+
+def format_diagnostics(diagnosed: dict[str, dict[str, Any]]) -> str:
+    """One row per (model, K'u group: all users, then each K'u) of `diagnose_interests` results."""
+    headers = ["model", "K'u"] + [label for _, _, label, _ in DIAGNOSTIC_COLUMNS]
+    rows = []
+    for name, result in diagnosed.items():
+        groups = sorted(result["interests"], key=lambda g: (g != "all", int(g[2:]) if g != "all" else 0))
+        for group in groups:
+            row = [name, group.removeprefix("K=")]
+            for part, key, _, pattern in DIAGNOSTIC_COLUMNS:
+                value = result[part].get(group, {}).get(key)
+                row.append("-" if value is None else pattern.format(value))
+            rows.append(row)
+    return text_table(headers, rows)

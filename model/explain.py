@@ -2,7 +2,9 @@
 
 Rows are the behaviours the user tower sees (the most recent max_history_length, oldest on top), labelled
 with the item and its genres; columns are the user's valid interests. Each row sums to 1 (a behaviour's
-softmax over the interests). Next to the heatmap: for each interest, the items it retrieves best.
+softmax over the interests). Next to the heatmap: for each interest, the items it retrieves best (labelled
+with the dataset's item id or title and side text), and the merged top list (the paper's max-merge) with the
+interest that gave each item.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.diagnostics import mean_pairwise_cosine, merged_top_n
 from model.evaluate import pad_histories, top_n_excluding_history
 from model.mind import RetrievalModel
 
@@ -24,6 +27,9 @@ class Explanation:
     behaviour_labels: list[str]          # one per behaviour the tower saw, oldest first
     coupling: np.ndarray                 # (n, K'u) routing weights of the last round
     interest_top_items: list[list[str]]  # per valid interest: labels of its best items (history excluded)
+    interest_top_scores: list[list[float]]  # their inner products with that interest
+    merged_top: list[tuple[str, int]]    # the max-merged top list: (label, interest index 0..K'u-1)
+    pairwise_cosine: float               # mean cosine between the valid interests (NaN for K'u = 1)
 
 
 def _label(data: Any, item: int, width: int = 42) -> str:
@@ -32,8 +38,9 @@ def _label(data: Any, item: int, width: int = 42) -> str:
     return f"{title} [{data.item_side_text(int(item))}]"
 
 
-def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int = 5) -> Explanation:
-    """Coupling coefficients and per-interest recall of one user (raw id), from the user's whole history."""
+def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int = 5,
+                 merged_items: int = 10) -> Explanation:
+    """Coupling coefficients, per-interest and merged recall of one user (raw id), from the whole history."""
     try:
         user = data.user_ids.index(str(user_id))
     except ValueError:
@@ -46,15 +53,22 @@ def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int 
         output = model.interests(torch.from_numpy(history), torch.from_numpy(mask),
                                  torch.from_numpy(data.user_profile[user: user + 1]))
         valid = output.valid_interest_mask[0].numpy()
-        per_interest = output.interest_vectors[0, valid] @ model.all_item_embeddings().T     # (K'u, N + 1)
+        item_table = model.all_item_embeddings()
+        per_interest = output.interest_vectors[0, valid] @ item_table.T                 # (K'u, N + 1)
     n = int(mask[0].sum())
     coupling = output.coupling[0, :n][:, valid].numpy()
     top = top_n_excluding_history(per_interest.numpy(), [sequence] * int(valid.sum()), top_items)
+    vectors = output.interest_vectors.numpy()
+    merged, winner, _ = merged_top_n(vectors, output.valid_interest_mask.numpy(), item_table.numpy(), [sequence],
+                                     min(merged_items, data.num_items))
     return Explanation(
         user_id=str(user_id),
         behaviour_labels=[_label(data, int(i)) for i in history[0, :n]],
         coupling=coupling,
         interest_top_items=[[_label(data, int(i), 30) for i in row] for row in top],
+        interest_top_scores=[[float(per_interest[j, i]) for i in row] for j, row in enumerate(top)],
+        merged_top=[(_label(data, int(i), 30), int(k)) for i, k in zip(merged[0], winner[0], strict=True)],
+        pairwise_cosine=float(mean_pairwise_cosine(vectors, output.valid_interest_mask.numpy())[0]),
     )
 
 
@@ -74,9 +88,12 @@ def plot_explanation(explanation: Explanation, out_path: str | Path) -> Path:
     axes.set_title(f"user {explanation.user_id}: coupling coefficients w (behaviour → interest)", fontsize=9)
     figure.colorbar(image, ax=axes, fraction=0.08)
     lines = []
-    for j, items in enumerate(explanation.interest_top_items):
+    for j, (items, scores) in enumerate(zip(explanation.interest_top_items, explanation.interest_top_scores,
+                                            strict=True)):
         lines.append(f"interest {j + 1} retrieves:")
-        lines += [f"  {label}" for label in items]
+        lines += [f"  {score:6.2f}  {label}" for label, score in zip(items, scores, strict=True)]
+    lines.append("merged top list (max over interests):")
+    lines += [f"  [{k + 1}] {label}" for label, k in explanation.merged_top]
     figure.text(0.6 + 0.08 * k, 0.9, "\n".join(lines), fontsize=7, va="top", family="monospace")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

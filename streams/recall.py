@@ -1,12 +1,14 @@
-"""Multi-interest recall: the paper's f_score over the vector store.
+"""Multi-interest recall: the paper's f_score over the vector store, with an optional diversity term.
 
     f_score(V_u, e_i) = max_k  e_iᵀ v_u^k
 
-Each of the user's K'u interest vectors searches `items` (one batched search), the K'u hit lists are merged
-by max inner product, deduplicated and cut to the top N; every result says which interest (slot) found it.
-A user without vectors gets a cold-start answer from a fallback (e.g. popular items), never an error.
+Each of the user's K'u interest vectors searches `items` (one batched search), and the K'u hit lists are
+merged by `export.merge` (the one served merge): at diversity 0 the paper's max-merge, deduplicated and cut to
+the top N; at diversity λ > 0 a greedy pick that trades score for coverage of the user's interests. Every
+result says which interest (slot) gave it its score. A user without vectors gets a cold-start answer from a
+fallback (e.g. popular items), never an error.
 
-`merge_by_max` is pure; `recall` is the only function here that does I/O (through `streams.store`).
+`recall` is the only function here that does I/O (through `streams.store`).
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from streams.store import ItemHit, VectorStore, validate_user_id
+from export.merge import InterestList, merge_with_search, validate_diversity
+from streams.store import VectorStore, validate_user_id
 
 __all__ = [
     "MAX_N",
     "RecallResult",
     "RecalledItem",
-    "merge_by_max",
     "recall",
+    "validate_diversity",
     "validate_n",
     "validate_user_id",
 ]
@@ -78,30 +81,6 @@ def validate_n(n: object) -> int:
     return int(n)
 
 
-def merge_by_max(
-    per_interest_hits: Sequence[Sequence[ItemHit]], n: int, slots: Sequence[int] | None = None
-) -> list[RecalledItem]:
-    """Merge K hit lists into the top-n items by max score over interests.
-
-    per_interest_hits[k] are the hits of interest k (any order); `slots[k]` is that interest's stored slot
-    (default k). Each item appears once, with its best score and the slot that gave it. Ties are broken
-    deterministically: for one item, the lowest slot wins an equal score; between items, the smaller
-    item_index (then item_id) comes first.
-    """
-    if slots is None:
-        slots = list(range(len(per_interest_hits)))
-    if len(slots) != len(per_interest_hits):
-        raise ValueError(f"got {len(per_interest_hits)} hit lists but {len(slots)} slots")
-    best: dict[str, tuple[float, int, ItemHit]] = {}
-    for slot, hits in zip(slots, per_interest_hits, strict=True):
-        for hit in hits:
-            seen = best.get(hit.item_id)
-            if seen is None or hit.score > seen[0] or (hit.score == seen[0] and slot < seen[1]):
-                best[hit.item_id] = (hit.score, slot, hit)
-    ranked = sorted(best.values(), key=lambda entry: (-entry[0], entry[2].item_index, entry[2].item_id))
-    return [RecalledItem(hit.item_id, score, slot, hit.item_index) for score, slot, hit in ranked[:n]]
-
-
 def recall(
     store: VectorStore,
     user_id: object,
@@ -110,18 +89,23 @@ def recall(
     fallback: Fallback | None = None,
     model_version: str | None = None,
     exclude: Collection[str] = (),
+    diversity: object = 0.0,
 ) -> RecallResult:
-    """Top-n items for a user by f_score, from the active model version (resolved once for the request).
+    """Top-n items for a user, from the active model version (resolved once for the request).
 
-    Searching n items per interest is enough for an exact merged top-n: an item whose max score comes from
-    interest k and that is not in k's top-n is beaten by n distinct items, so it is not in the top-n either.
+    diversity = 0 (default): by f_score, best first. Searching n items per interest is enough for an exact
+    merged top-n: an item whose max score comes from interest k and that is not in k's top-n is beaten by n
+    distinct items, so it is not in the top-n either. diversity = λ > 0: `export.merge`'s greedy, in pick
+    order; the search deepens (doubling) until every interest's list reaches the merge's floor, so the answer
+    equals the greedy over the whole catalogue (up to Milvus' top-k ceiling, MAX_SEARCH_LIMIT).
     `exclude` (item ids, e.g. the user's history) are left out of the answer, still exactly: each interest
-    then searches n + len(exclude) items, of which at least n are not excluded.
+    then searches len(exclude) more items, of which the ones not excluded make the list.
     A user with no stored vectors gets `fallback` (cold_start=True), or an empty list without a fallback.
-    Raises ValueError for a bad user id or n, StoreError when the store cannot answer.
+    Raises ValueError for a bad user id, n or diversity, StoreError when the store cannot answer.
     """
     user_id = validate_user_id(user_id)
     n = validate_n(n)
+    diversity = validate_diversity(diversity)
     excluded = frozenset(exclude)
     version = model_version or store.current_version()
     interests = store.get_user_interests(user_id, model_version=version)[user_id]
@@ -129,11 +113,23 @@ def recall(
         return RecallResult(user_id, cold_start_items(fallback, n, excluded), version, cold_start=True,
                             interests_used=0)
     vectors = np.stack([interest.vector for interest in interests])  # (K'u, d)
-    limit = min(n + len(excluded), MAX_SEARCH_LIMIT)
-    per_interest_hits = store.search_items(vectors, limit, model_version=version)
-    if excluded:
-        per_interest_hits = [[hit for hit in hits if hit.item_id not in excluded] for hits in per_interest_hits]
-    items = merge_by_max(per_interest_hits, n, [interest.slot for interest in interests])
+    item_ids: dict[int, str] = {}
+
+    def search(depth: int) -> list[InterestList]:
+        limit = min(depth + len(excluded), MAX_SEARCH_LIMIT)
+        lists = []
+        for hits in store.search_items(vectors, limit, model_version=version):
+            kept = [hit for hit in hits if hit.item_id not in excluded]
+            item_ids.update((hit.item_index, hit.item_id) for hit in kept)
+            lists.append(InterestList(np.array([hit.item_index for hit in kept], dtype=np.int64),
+                                      np.array([hit.score for hit in kept], dtype=np.float64),
+                                      complete=len(hits) < limit))
+        return lists
+
+    merged = merge_with_search(search, n, diversity=diversity, slots=[interest.slot for interest in interests],
+                               max_depth=MAX_SEARCH_LIMIT)
+    items = [RecalledItem(item_ids[int(index)], float(score), int(slot), int(index))
+             for index, score, slot in zip(merged.item_index, merged.score, merged.slot, strict=True)]
     return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests))
 
 

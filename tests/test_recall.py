@@ -1,5 +1,5 @@
-"""streams.recall: the pure max-merge on hand-made hits, input validation, and recall over a real Milvus
-Lite store against a numpy f_score. Budget: ~10 s."""
+"""streams.recall: input validation, and recall over a real Milvus Lite store against a numpy f_score and
+against export.merge over the whole catalogue (the merge itself is tested in tests/test_merge.py). ~10 s."""
 
 from __future__ import annotations
 
@@ -10,51 +10,9 @@ import pytest
 
 with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
-    from streams.recall import MAX_N, RecalledItem, merge_by_max, recall, validate_n
-    from streams.store import ItemHit, StoreError, VectorStore, interest_rows
-
-
-def hit(item_index: int, score: float) -> ItemHit:
-    return ItemHit(item_index, f"i{item_index}", score)
-
-
-# --- merge_by_max (pure) ------------------------------------------------------------------------------
-
-
-def test_an_item_found_by_two_interests_keeps_its_best_score_and_that_slot() -> None:
-    merged = merge_by_max([[hit(1, 0.5), hit(2, 0.4)], [hit(1, 0.9), hit(3, 0.1)]], n=10)
-    assert merged == [
-        RecalledItem("i1", 0.9, 1, 1),
-        RecalledItem("i2", 0.4, 0, 2),
-        RecalledItem("i3", 0.1, 1, 3),
-    ]
-
-
-def test_the_merge_is_cut_to_the_top_n_by_score() -> None:
-    merged = merge_by_max([[hit(1, 0.3), hit(2, 0.8)], [hit(3, 0.5), hit(4, 0.9)]], n=2)
-    assert [(m.item_id, m.slot) for m in merged] == [("i4", 1), ("i2", 0)]
-
-
-def test_stored_slots_are_reported_not_list_positions() -> None:
-    merged = merge_by_max([[hit(1, 0.2)], [hit(2, 0.7)]], n=5, slots=[0, 3])
-    assert [(m.item_id, m.slot) for m in merged] == [("i2", 3), ("i1", 0)]
-
-
-def test_ties_are_broken_by_lowest_slot_then_smallest_item_index() -> None:
-    merged = merge_by_max([[hit(5, 0.5), hit(2, 0.5)], [hit(5, 0.5), hit(1, 0.5)]], n=3, slots=[2, 1])
-    assert [(m.item_index, m.slot) for m in merged] == [(1, 1), (2, 2), (5, 1)]
-    # The order in which interests are listed does not change the answer.
-    assert merge_by_max([[hit(5, 0.5), hit(1, 0.5)], [hit(5, 0.5), hit(2, 0.5)]], n=3, slots=[1, 2]) == merged
-
-
-def test_merging_no_hits_gives_nothing() -> None:
-    assert merge_by_max([], n=5) == []
-    assert merge_by_max([[], []], n=5) == []
-
-
-def test_a_slot_list_of_another_length_is_an_error() -> None:
-    with pytest.raises(ValueError, match="2 hit lists but 1 slots"):
-        merge_by_max([[hit(1, 0.1)], [hit(2, 0.2)]], n=1, slots=[0])
+    from export.merge import InterestList, merge_interests
+    from streams.recall import MAX_N, RecalledItem, recall, validate_n
+    from streams.store import StoreError, VectorStore, interest_rows
 
 
 @pytest.mark.parametrize(("given", "expected"), [(1, 1), ("50", 50), (" 7 ", 7), (MAX_N, MAX_N), (np.int64(3), 3)])
@@ -123,6 +81,28 @@ def test_recall_excluding_items_equals_the_numpy_f_score_top_n_of_the_items_left
     assert [(i.item_id, i.slot) for i in recall(store, "ex", 30).items] == unfiltered[:30]  # default: nothing left out
 
 
+@pytest.mark.parametrize("diversity", [0.25, 1.0])
+def test_diverse_recall_equals_the_served_merge_over_the_whole_catalogue(store: VectorStore, diversity: float) -> None:
+    rng = np.random.default_rng(5)
+    interest_vectors = rng.standard_normal((3, 16)).astype(np.float32)
+    store.write_user_interests(*interest_rows("dv", interest_vectors, np.ones(3, bool), model_version="v1",
+                                              event_ts_ms=10))
+    excluded = {"m5", "m77"}
+    scores = interest_vectors.astype(np.float64) @ store.item_vectors.T.astype(np.float64)   # (3, 4000)
+    keep = np.array([f"m{j + 1}" not in excluded for j in range(scores.shape[1])])
+    full = [InterestList(np.flatnonzero(keep)[np.argsort(-row[keep], kind="stable")],
+                         np.sort(row[keep])[::-1], complete=True) for row in scores]
+    expected = merge_interests(full, n=40, diversity=diversity)
+
+    result = recall(store, "dv", 40, exclude=excluded, diversity=str(diversity))
+
+    assert [(item.item_id, item.slot) for item in result.items] == \
+        [(f"m{j + 1}", int(slot)) for j, slot in zip(expected.item_index, expected.slot, strict=True)]
+    plain = recall(store, "dv", 40, exclude=excluded)
+    assert len({item.slot for item in result.items}) >= len({item.slot for item in plain.items})
+    assert [item.item_id for item in result.items] != [item.item_id for item in plain.items]
+
+
 def test_a_cold_start_answer_leaves_excluded_items_out_too(store: VectorStore) -> None:
     asked = []
     result = recall(store, "newcomer2", 2, exclude={"m1", "m3"},
@@ -155,6 +135,8 @@ def test_recall_validates_user_and_n_before_touching_the_store(store: VectorStor
         recall(store, "a#b", 5)
     with pytest.raises(ValueError, match="between 1 and"):
         recall(store, "u1", 0)
+    with pytest.raises(ValueError, match="diversity"):
+        recall(store, "u1", 5, diversity=-1)
 
 
 def test_recall_on_a_store_without_a_model_says_what_to_run(tmp_path) -> None:
