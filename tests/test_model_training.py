@@ -183,7 +183,8 @@ def test_training_records_slot_wins_and_routing_shift_per_epoch_with_every_optio
     split = user_split(data, seed=0)
     config = SYNTHETIC_CONFIG.replace(epochs=2, routing_init="item", routing_normalize=True, routing_update_scale=5.0,
                                       full_softmax=True, sample_mode="random_target", normalize="interests",
-                                      logit_temperature=0.2, interest_cosine_penalty=0.1, attention_soft_epochs=1)
+                                      logit_temperature=0.2, interest_cosine_penalty=0.1, attention_soft_epochs=1,
+                                      attention_power=math.inf)
     result = train_model("mind", config, data, split.train_users, split.valid_users, progress=False,
                          log=lambda _: None)
     assert [e["attention_power"] for e in result.epochs] == ["0.0", "inf"]
