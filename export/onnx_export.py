@@ -58,7 +58,7 @@ class UserTowerForExport(nn.Module):
         self, history: torch.Tensor, history_mask: torch.Tensor, profile: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         behaviour_embeddings = nn.functional.embedding(history, self.item_table)  # (B, L, d)
-        output = self.mind.interests_from_embeddings(behaviour_embeddings, history_mask, profile)
+        output = self.mind.interests_from_embeddings(behaviour_embeddings, history_mask, profile, history)
         if self.with_coupling:
             return output.interest_vectors, output.valid_interest_mask, output.coupling
         return output.interest_vectors, output.valid_interest_mask

@@ -44,8 +44,12 @@ def build_tiny_run(
     numeric_ids: bool = False,
     item_titles: bool = False,
     seed: int = 0,
+    config_changes: dict | None = None,
 ) -> TinyRun:
-    """Save RUN_DIR/checkpoint.pt of a random-weight MIND over synthetic data with `num_items` items."""
+    """Save RUN_DIR/checkpoint.pt of a random-weight MIND over synthetic data with `num_items` items.
+
+    `config_changes` sets further MindConfig fields (e.g. {"routing_init": "position"}).
+    """
     import torch
 
     from model.checkpoint import save_checkpoint
@@ -77,6 +81,7 @@ def build_tiny_run(
         hidden_dim=2 * embedding_dim,
         profile_embedding_dim=4,
         seed=seed,
+        **(config_changes or {}),
     )
     torch.manual_seed(seed)
     # save_checkpoint treats a path that is not (yet) a directory as the checkpoint file itself.
