@@ -6,7 +6,7 @@ from __future__ import annotations
 from support.artifact import build_tiny_artifact
 
 from export.runtime import UserTowerRuntime
-from streams.demo import Catalogue, interest_shares, show_interests, show_recall
+from streams.demo_report import Catalogue, interest_shares, show_interests, show_recall
 
 
 def test_the_merged_list_names_each_item_and_the_interest_it_came_from(tmp_path, capsys) -> None:
