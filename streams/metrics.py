@@ -34,6 +34,12 @@ TOWER_SECONDS = Histogram("mindstream_tower_seconds", "Wall time of one user-tow
 UPSERT_SECONDS = Histogram("mindstream_upsert_seconds",
                            "Wall time of one vector-store write (upsert + delete)",
                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+CLEANUP_SECONDS = Histogram("mindstream_cleanup_seconds",
+                            "Wall time of one clean-up of replaced generations (between writes)",
+                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+SAVE_SECONDS = Histogram("mindstream_save_seconds",
+                         "Wall time of a batch's save after its write: update messages sent, histories saved",
+                         buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 FRESHNESS_SECONDS = Histogram(
     "mindstream_freshness_seconds",
     "now - event time, when the event's vectors are written (replays of old logs land in +Inf)",

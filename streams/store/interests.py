@@ -185,6 +185,7 @@ class Interests:
         self._db = connection
         self._registry = registry
         self.cleanup = cleanup
+        self.cleanup_in_writes = True  # False: the caller runs `flush_cleanup` when `cleanup.due()`
 
     def ensure_collection(self, version: str, dim: int) -> str:
         """Create `version`'s user_interests collection if absent. Users are read by key, never searched;
@@ -228,7 +229,7 @@ class Interests:
                        for user_id, slots in sorted(plan.deleted_slots.items())]
             self._db.call("delete user interests", self._db.client.delete, name, filter=" or ".join(clauses))
         self.cleanup.record(version, generation, plan.slots_of, plan.deleted_slots)
-        if self.cleanup.due():
+        if self.cleanup_in_writes and self.cleanup.due():
             self.flush_cleanup()
 
     def flush_cleanup(self) -> None:

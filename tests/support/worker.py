@@ -45,7 +45,7 @@ def worker_env(kafka_bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
         "MINDSTREAM_TOPIC_UPDATES": f"{app_id}-updates", "MINDSTREAM_TOPIC_DLQ": f"{app_id}-dlq",
         "MINDSTREAM_PARTITIONS": "3", "MINDSTREAM_MILVUS_URI": str(tmp / "milvus.db"),
         "MINDSTREAM_DATA_DIR": str(tmp / "faust-data"), "MINDSTREAM_WEB_PORT": str(free_port()),
-        "MINDSTREAM_BATCH_WINDOW_S": "0.05", "MINDSTREAM_ORT_THREADS": "1", **extra,
+        "MINDSTREAM_ORT_THREADS": "1", **extra,
     })  # fmt: skip
     return env
 
