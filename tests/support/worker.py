@@ -114,7 +114,8 @@ class Worker:
     """One `mind-stream worker` subprocess and the settings it runs with.
 
     `own_session=True` starts it in a process group of its own, so `kill9` also takes down the Milvus Lite
-    server it spawned (a `kill -9` of a whole worker, as a crashed container).
+    server it spawned (a `kill -9` of a whole worker, as a crashed container). `source_dir`: the checkout
+    whose `streams` package it runs (the benchmark runs main's next to this one).
     """
 
     env: dict[str, str]
@@ -124,6 +125,7 @@ class Worker:
     own_session: bool = False
     proc: subprocess.Popen | None = None
     started_logs: list[Path] = field(default_factory=list)
+    source_dir: Path = REPO_ROOT
 
     @property
     def url(self) -> str:
@@ -141,7 +143,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--artifact", str(self.artifact_dir),
              "--loglevel", self.loglevel],
-            env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env=self.env, cwd=self.source_dir, stdout=log.open("wb"), stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
             start_new_session=self.own_session,
         )
