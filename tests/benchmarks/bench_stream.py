@@ -92,7 +92,9 @@ def bench_worker(name: str, artifact: Path, workdir: Path, env: dict[str, str]) 
     """A worker of this benchmark with its own Milvus Lite file, data dir and web port under `workdir`."""
     env = {**os.environ, **env, "MINDSTREAM_MILVUS_URI": str(workdir / f"{name}.db"),
            "MINDSTREAM_WEB_PORT": str(free_port()), "MINDSTREAM_DATA_DIR": str(workdir / f"{name}-data")}
-    return Worker(env=env, artifact_dir=artifact, log_path=workdir / f"{name}.log", loglevel="warning")
+    # loglevel: the default (info). At warning faust's progress spinner sets the root logger to DEBUG, and
+    # every aiokafka debug call then builds a log record (py-spy: ~8 % of a drain's GIL time).
+    return Worker(env=env, artifact_dir=artifact, log_path=workdir / f"{name}.log")
 
 
 def seed_changelog(topic: str, histories: dict[str, dict], partitions: int) -> float:
