@@ -312,8 +312,17 @@ def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource,
               "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
               "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
               "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds"),
+              **_step_means(before, after),
               "http_probe": {**summary_ms(checker.latencies), "timeouts": checker.timeouts}}
     return result
+
+
+def _step_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean ms of the steps only this branch's worker times (nan for main's): save and clean-up."""
+    return {"save_ms_mean": 1000 * _mean_of(before, after, "mindstream_save_seconds"),
+            "cleanup_ms_mean": 1000 * _mean_of(before, after, "mindstream_cleanup_seconds"),
+            "cleanups": after.get("mindstream_cleanup_seconds_count", 0)
+            - before.get("mindstream_cleanup_seconds_count", 0)}
 
 
 def idle_phase(worker: Worker, topics: dict[str, str], source: EventSource, count: int) -> dict[str, Any]:
@@ -351,6 +360,7 @@ def idle_phase(worker: Worker, topics: dict[str, str], source: EventSource, coun
             "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
             "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
             "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds"),
+            **_step_means(before, after),
             "http_probe": {**summary_ms(checker.latencies), "timeouts": checker.timeouts}}
 
 
@@ -504,7 +514,8 @@ def drain_rate(workers: list[Worker], topic: str, source: EventSource, backlog: 
             "tower_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_tower_seconds")
                                                      for b, a in zip(before, after, strict=True)),
             "upsert_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_upsert_seconds")
-                                                      for b, a in zip(before, after, strict=True))}
+                                                      for b, a in zip(before, after, strict=True)),
+            **_step_means(before[0], after[0])}
 
 
 def naive_peer(run_dir: Path, topic: str, histories: dict[str, dict], count: int, workdir: Path,
