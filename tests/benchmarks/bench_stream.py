@@ -303,18 +303,22 @@ def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource,
     listener.close()
     after = worker.metrics()
     achieved = len(sent) / max(1e-9, sent[-1][2] - sent[0][2]) if len(sent) > 1 else 0.0
-    result = {"rate": rate, "achieved_rate": achieved, "events": len(sent),
-              "not_readable_within_30s": missing,
-              **summary_ms(latencies), **freshness_histogram(before, after),
-              # for the plot; dropped from printed JSON
-              "latencies_ms": [round(x * 1000, 3) for x in latencies],
-              "batch_events_mean": _mean_of(before, after, "mindstream_batch_events"),
-              "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
-              "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
-              "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds"),
-              **_step_means(before, after),
-              "http_probe": {**summary_ms(checker.latencies), "timeouts": checker.timeouts}}
-    return result
+    return _phase_result(rate, achieved, len(sent), latencies, missing, checker, before, after)
+
+
+def _phase_result(rate: float | str, achieved: float, events: int, latencies: list[float], missing: int,
+                  checker: InterestsProbe, before: dict[str, float],
+                  after: dict[str, float]) -> dict[str, Any]:
+    return {"rate": rate, "achieved_rate": achieved, "events": events, "not_readable_within_30s": missing,
+            **summary_ms(latencies), **freshness_histogram(before, after),
+            # for the plot; dropped from printed JSON
+            "latencies_ms": [round(x * 1000, 3) for x in latencies],
+            "batch_events_mean": _mean_of(before, after, "mindstream_batch_events"),
+            "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
+            "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
+            "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds"),
+            **_step_means(before, after),
+            "http_probe": {**summary_ms(checker.latencies), "timeouts": checker.timeouts}}
 
 
 def _step_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -353,15 +357,7 @@ def idle_phase(worker: Worker, topics: dict[str, str], source: EventSource, coun
         latencies, missing = match_freshness(sent, listener.arrivals)
     listener.close()
     after = worker.metrics()
-    return {"rate": "idle", "achieved_rate": float("nan"), "events": len(sent),
-            "not_readable_within_30s": missing, **summary_ms(latencies), **freshness_histogram(before, after),
-            "latencies_ms": [round(x * 1000, 3) for x in latencies],
-            "batch_events_mean": _mean_of(before, after, "mindstream_batch_events"),
-            "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
-            "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
-            "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds"),
-            **_step_means(before, after),
-            "http_probe": {**summary_ms(checker.latencies), "timeouts": checker.timeouts}}
+    return _phase_result("idle", float("nan"), len(sent), latencies, missing, checker, before, after)
 
 
 SUSTAINED_P99_MS = 100.0
