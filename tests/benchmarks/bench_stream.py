@@ -373,7 +373,19 @@ def _freshness_logged(worker: Worker, topics: dict[str, str], source: EventSourc
                       seconds: float, tag: str) -> dict[str, Any]:
     phase = freshness_phase(worker, topics, source, rate, seconds)
     _print_phase(tag, f"{rate:,.0f} ev/s", phase)
+    phase["catch_up_s"] = wait_caught_up(worker, source.count)
     return phase
+
+
+def wait_caught_up(worker: Worker, produced: int, timeout: float = 600.0) -> float:
+    """Seconds until the worker has read every event sent so far (an overloaded phase leaves a queue that
+    would otherwise be measured by the next phase)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if worker.metrics().get("mindstream_events_in_total", 0.0) >= produced:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"worker {worker.url} did not catch up with {produced} events in {timeout:.0f} s")
 
 
 def _print_phase(tag: str, load: str, phase: dict[str, Any]) -> None:
