@@ -133,7 +133,7 @@ class Resources:
         with self.store_lock:
             if self.store.cleanup_due():
                 started = time.perf_counter()
-                self.store.flush_cleanup()
+                self.store.flush_cleanup(full=False)
                 metrics.CLEANUP_SECONDS.observe(time.perf_counter() - started)
 
     def close(self) -> None:
