@@ -91,7 +91,8 @@ def test_the_report_names_unmet_goals_met_goals_and_failed_benchmarks(tmp_path: 
     assert throughput_row.endswith("| yes |") and "60.0×" in throughput_row
     idle_row = next(line for line in text.splitlines() if line.startswith("| Freshness idle"))
     assert "p50 9.0 ms, p99 20.0 ms" in idle_row and "1.5×" in idle_row and idle_row.endswith("| yes |")
-    against_main = next(line for line in text.splitlines() if line.startswith("| idle (closed loop) | 9.0 / 20.0"))
+    against_main = next(line for line in text.splitlines()
+                        if line.startswith("| idle (closed loop) | 9.0 / 20.0"))
     assert "13.0× / 1.0×" in against_main  # main's 104 ms against this 8 ms interest-updates p50
     assert "| drain, ev/s | – | – | 3,000 | 6,000 | 2.00× faster |" in text
     assert "**failed**: RuntimeError: boom" in text
