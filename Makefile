@@ -16,7 +16,7 @@ BENCH_ARGS ?=
 # Extra bench_quality.py arguments, e.g. make bench-quality QUALITY_ARGS="--data ml-100k --epochs 2"
 QUALITY_ARGS ?=
 
-.PHONY: demo test bench bench-quality kafka-up kafka-down kafka-status lint clean install
+.PHONY: demo test test-cluster soak bench bench-quality kafka-up kafka-down kafka-status lint clean install
 
 install: $(STAMP)
 
@@ -36,6 +36,18 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	@$(KAFKA) fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every scenario on a 3-broker cluster (kafka.sh cluster, replication 3, min.insync.replicas 2): broker
+# leader killed, broker killed and restarted, rolling restart; and workers added, stopped, killed (~15 min).
+# `make test` runs the first only.
+test-cluster: $(STAMP)
+	@$(KAFKA) fetch
+	MINDSTREAM_CLUSTER=1 $(PY) -m pytest tests/test_cluster_failover.py tests/test_cluster_workers.py -s $(PYTEST_ARGS)
+
+# The soak run: 200k events through a worker killed -9 three times, every user checked (~15-25 min).
+soak: $(STAMP)
+	@$(KAFKA) fetch
+	MINDSTREAM_SOAK=1 $(PY) -m pytest tests/test_reliability_crash.py -m soak -s $(PYTEST_ARGS)
 
 # The whole mission against a broker of its own (or KAFKA_BOOTSTRAP): data, training, export, Milvus, worker.
 demo: $(STAMP)

@@ -175,7 +175,8 @@ def _titles(titles: object, num_ids: int, source: str) -> list[str] | None:
     if titles is None:
         return None
     if not isinstance(titles, list) or len(titles) != num_ids:
-        raise ArtifactError(f"{source}: item_titles must be a list with one entry per item_ids entry; re-export the artifact")
+        raise ArtifactError(f"{source}: item_titles must be a list with one entry per item_ids entry; "
+                            "re-export the artifact")
     return [str(t) for t in titles]
 
 

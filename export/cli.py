@@ -59,15 +59,17 @@ def build_verify_parser() -> argparse.ArgumentParser:
 def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mind-export evaluate",
-        description="Score the served artifact (ONNX tower, item vectors, the served merge) on the validation "
-                    "and test users of the run it was exported from, for each diversity; choose the serving "
-                    "diversity on validation users.")
+        description="Score the served artifact (ONNX tower, item vectors, the served merge) on the "
+                    "validation and test users of the run it was exported from, for each diversity; choose "
+                    "the serving diversity on validation users.")
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--diversity", default="0,0.25,0.5,1",
                         help="comma-separated diversities λ to evaluate (default: %(default)s)")
     parser.add_argument("--users", default="validation,test",
-                        help="comma-separated groups of held-out users: validation, test (default: %(default)s)")
-    parser.add_argument("--top-n", type=int, default=50, help="length of the merged list (default: %(default)s)")
+                        help="comma-separated groups of held-out users: validation, test "
+                             "(default: %(default)s)")
+    parser.add_argument("--top-n", type=int, default=50,
+                        help="length of the merged list (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=Path("data"),
                         help="where the run's dataset is cached (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -175,12 +177,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _fail(f"--top-n must be between 1 and 1000, got {args.top_n}")
     try:
         summary = evaluate_artifact(args.artifact_dir, cache_dir=args.cache_dir, diversities=diversities,
-                                    groups=[g.strip() for g in args.users.split(",") if g.strip()], n=args.top_n)
+                                    groups=[g.strip() for g in args.users.split(",") if g.strip()],
+                                    n=args.top_n)
     except (ArtifactError, ValueError) as exc:
         return _fail(str(exc))
     print(format_evaluation(summary))
     if "chosen_diversity" in summary:
-        print(f"chosen by validation user-split Recall@{args.top_n}: diversity {summary['chosen_diversity']:g}")
+        print(f"chosen by validation user-split Recall@{args.top_n}: "
+              f"diversity {summary['chosen_diversity']:g}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

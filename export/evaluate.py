@@ -56,7 +56,8 @@ def interest_rankings(interest_vectors: np.ndarray, item_vectors: np.ndarray,
 def served_merge(rankings: Sequence[tuple[np.ndarray, np.ndarray]], n: int, diversity: float) -> MergedList:
     """The served merge over full rankings, searched as `streams.recall` searches (top-depth, deepening)."""
     def search(depth: int) -> list[InterestList]:
-        return [InterestList(items[:depth], scores[:depth], complete=len(items) <= depth) for items, scores in rankings]
+        return [InterestList(items[:depth], scores[:depth], complete=len(items) <= depth)
+                for items, scores in rankings]
 
     return merge_with_search(search, n, diversity=diversity)
 
@@ -91,7 +92,8 @@ def evaluate_users(runtime: UserTowerRuntime, data: Any, users: np.ndarray, hold
     """{λ as text: {"next_item": metrics, "user_split": metrics, "coverage": per-K'u summary}} on `users`."""
     from model.evaluate import next_item_cases, user_split_cases
 
-    item_vectors = np.vstack([np.zeros((1, runtime.manifest.embedding_dim), np.float32), runtime.item_vectors()])
+    item_vectors = np.vstack([np.zeros((1, runtime.manifest.embedding_dim), np.float32),
+                              runtime.item_vectors()])
     fields = list(data.profile_vocabs)
     results: dict[str, dict[str, Any]] = {f"{d:g}": {} for d in diversities}
     for protocol, cases in (("next_item", next_item_cases(data.sequences, users)),
@@ -114,7 +116,8 @@ def evaluate_users(runtime: UserTowerRuntime, data: Any, users: np.ndarray, hold
 
 def choose_diversity(validation: dict[str, dict[str, Any]], n: int) -> float:
     """The λ with the best validation user-split Recall@n; the smaller λ on equal values."""
-    return min((-entry["user_split"].get(f"Recall@{n}", 0.0), float(key)) for key, entry in validation.items())[1]
+    return min((-entry["user_split"].get(f"Recall@{n}", 0.0), float(key))
+               for key, entry in validation.items())[1]
 
 
 def evaluate_artifact(artifact_dir: str | Path, *, cache_dir: str | Path = "data",
@@ -134,17 +137,19 @@ def evaluate_artifact(artifact_dir: str | Path, *, cache_dir: str | Path = "data
     runtime = UserTowerRuntime.load(artifact_dir)
     record = runtime.manifest.dataset
     if "source" not in record or "split" not in record:
-        raise ArtifactError(f"{artifact_dir}/manifest.json records no dataset source and split; export it from a "
-                            "run written by `mind-model train` or `compare`")
+        raise ArtifactError(f"{artifact_dir}/manifest.json records no dataset source and split; export it "
+                            "from a run written by `mind-model train` or `compare`")
     try:
         data = load_data(record["source"], Path(cache_dir))
     except (UsageError, DataError, OSError) as error:
-        raise ArtifactError(f"{artifact_dir}: cannot load its dataset {record['source']!r}: {error}") from None
+        raise ArtifactError(f"{artifact_dir}: cannot load its dataset {record['source']!r}: "
+                            f"{error}") from None
     if list(data.item_ids) != list(runtime.vocab.item_ids):
         raise ArtifactError(f"{artifact_dir}: dataset {record['source']} has other items than the artifact; "
                             "export the artifact again from a run on the current dataset")
     s = record["split"]
-    split = user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"], seed=s["seed"])
+    split = user_split(data, valid_fraction=s["valid_fraction"], test_fraction=s["test_fraction"],
+                       seed=s["seed"])
     holdout_fraction = _holdout_fraction(runtime)
     users = {"validation": split.valid_users, "test": split.test_users}
     results = {group: evaluate_users(runtime, data, users[group], holdout_fraction, diversities, n)

@@ -21,9 +21,9 @@ every list is complete or reaches the floor
     t_k ≤ floor = s_(n) − λ · (s_(1) − s_(n)).
 
 Why: while fewer than n items are taken, some item of the plain top-n is still free, with a value of at least
-s_(n) − penalty · (n − 1) > floor; an item scoring at most the floor is worth at most the floor, so it is never
-taken, and an item scoring above it is in its winning interest's list with its true score. At λ = 0 the floor
-is s_(n), which n-deep lists always reach. Ties with the last listed score are broken by the search.
+s_(n) − penalty · (n − 1) > floor; an item scoring at most the floor is worth at most the floor, so it is
+never taken, and an item scoring above it is in its winning interest's list with its true score. At λ = 0 the
+floor is s_(n), which n-deep lists always reach. Ties with the last listed score are broken by the search.
 `merge_interests` reports whether the condition held (`exact`); `merge_with_search` deepens the search until
 it does.
 """
@@ -88,12 +88,13 @@ def validate_diversity(diversity: object) -> float:
     return value
 
 
-def _best_per_item(lists: Sequence[InterestList], slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _best_per_item(lists: Sequence[InterestList],
+                   slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct items with their max score and winning slot, in max-merge order (score desc, index asc)."""
     items = np.concatenate([np.asarray(lst.item_index, dtype=np.int64) for lst in lists])
     scores = np.concatenate([np.asarray(lst.score, dtype=np.float64) for lst in lists])
-    owner = np.concatenate([np.full(len(lst.item_index), slot, dtype=np.int64) for lst, slot in zip(lists, slots,
-                                                                                                      strict=True)])
+    owner = np.concatenate([np.full(len(lst.item_index), slot, dtype=np.int64)
+                            for lst, slot in zip(lists, slots, strict=True)])
     order = np.lexsort((owner, -scores, items))             # per item: best score, then lowest slot first
     items, scores, owner = items[order], scores[order], owner[order]
     first = np.ones(len(items), dtype=bool)

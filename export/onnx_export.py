@@ -58,7 +58,7 @@ class UserTowerForExport(nn.Module):
         self, history: torch.Tensor, history_mask: torch.Tensor, profile: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         behaviour_embeddings = nn.functional.embedding(history, self.item_table)  # (B, L, d)
-        output = self.mind.interests_from_embeddings(behaviour_embeddings, history_mask, profile)
+        output = self.mind.interests_from_embeddings(behaviour_embeddings, history_mask, profile, history)
         if self.with_coupling:
             return output.interest_vectors, output.valid_interest_mask, output.coupling
         return output.interest_vectors, output.valid_interest_mask
@@ -322,7 +322,8 @@ def build_vocab(vocabularies: Mapping[str, Any], item_feature_matrix: Mapping[st
                        for n, values in vocabularies.get("item_features", {}).items()},
         item_feature_matrix={n: [[int(x) for x in row] for row in np.asarray(m).tolist()]
                              for n, m in item_feature_matrix.items()},
-        item_titles=[str(t) for t in vocabularies["item_titles"]] if vocabularies.get("item_titles") else None,
+        item_titles=([str(t) for t in vocabularies["item_titles"]]
+                     if vocabularies.get("item_titles") else None),
     )
 
 

@@ -42,13 +42,17 @@ class YouTubeDNN(RetrievalModel):
         return 1
 
     def interests_from_embeddings(self, behaviour_embeddings: Tensor, history_mask: Tensor,
-                                  profile: Tensor) -> InterestOutput:
+                                  profile: Tensor, history: Tensor | None = None) -> InterestOutput:
         weights = history_mask.to(behaviour_embeddings.dtype)                       # (B, L)
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
         pooled = torch.matmul(weights.unsqueeze(1), behaviour_embeddings)            # (B, 1, d)
         interest_vectors = self.user_mlp(pooled, self.profile_embedding(profile))   # (B, 1, d)
         valid_interest_mask = torch.ones_like(weights[:, :1], dtype=torch.bool)      # (B, 1)
-        return InterestOutput(interest_vectors, valid_interest_mask, weights.unsqueeze(-1))
+        return InterestOutput(
+            self.finish_interests(interest_vectors, valid_interest_mask),
+            valid_interest_mask,
+            weights.unsqueeze(-1),
+        )
 
 
 def build_model(model_kind: str, config: MindConfig, spec: FeatureSpec,

@@ -65,8 +65,9 @@ def _config_from(args: argparse.Namespace) -> MindConfig:
 
 def _add_data_flags(parser: argparse.ArgumentParser, split: bool = True) -> None:
     parser.add_argument("--data", required=True, metavar="DATASET",
-                        help=f"a named dataset ({', '.join(DATASET_NAMES)}), the NAME of your own data prepared "
-                             "with `mind-model data --interactions FILE --name NAME`, or a prepared .npz cache file")
+                        help=f"a named dataset ({', '.join(DATASET_NAMES)}), the NAME of your own data "
+                             "prepared with `mind-model data --interactions FILE --name NAME`, or a prepared "
+                             ".npz cache file")
     parser.add_argument("--cache-dir", type=Path, default=Path("data"),
                         help="where named datasets are downloaded and cached (default: %(default)s)")
     if split:
@@ -91,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     data = commands.add_parser("data", help="prepare and summarise a named dataset or your own log",
-                               description="Download (if needed), prepare and cache a named dataset, or prepare "
-                                           "your own interaction log (CSV, TSV or Parquet) under a name that "
-                                           "train, compare, evaluate and mind-export then take; print a summary.")
+                               description="Download (if needed), prepare and cache a named dataset, or "
+                                           "prepare your own interaction log (CSV, TSV or Parquet) under a "
+                                           "name that train, compare, evaluate and mind-export then take; "
+                                           "print a summary.")
     data.add_argument("dataset", nargs="?", choices=DATASET_NAMES, metavar="DATASET",
                       help=f"a named dataset to prepare ({', '.join(DATASET_NAMES)}); or use --interactions")
     data.add_argument("--cache-dir", type=Path, default=Path("data"),
@@ -152,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_own_data_flags(parser: argparse.ArgumentParser) -> None:
     own = parser.add_argument_group(
-        "your own data", "A log with one row per interaction (user, item, time, optional behaviour); an optional "
-        "item file (one row per item: id, side features, a title) and user file (id, profile fields). "
-        "Side features are categories; bucket numeric ones with --bucket.")
-    own.add_argument("--interactions", type=Path, metavar="FILE", help="the interaction log (.csv, .tsv or .parquet)")
+        "your own data", "A log with one row per interaction (user, item, time, optional behaviour); an "
+        "optional item file (one row per item: id, side features, a title) and user file (id, profile "
+        "fields). Side features are categories; bucket numeric ones with --bucket.")
+    own.add_argument("--interactions", type=Path, metavar="FILE",
+                     help="the interaction log (.csv, .tsv or .parquet)")
     own.add_argument("--items", type=Path, metavar="FILE", help="item file: id + side-feature columns")
     own.add_argument("--users", type=Path, metavar="FILE", help="user file: id + profile columns")
     own.add_argument("--name", metavar="NAME", help="the name to prepare it under (then: --data NAME)")
@@ -163,24 +166,28 @@ def _add_own_data_flags(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--item-col", default="item_id", help="log column of the item id (default: %(default)s)")
     own.add_argument("--time-col", default="timestamp", help="log column of the time (default: %(default)s)")
     own.add_argument("--time-format", choices=TIME_FORMATS, default="auto",
-                     help="seconds or milliseconds since the epoch, or ISO-8601 text (2024-03-01T09:30:00Z; no "
-                          "offset = UTC); auto: ISO-8601 unless the first value is an integer, then milliseconds "
-                          "if any value is >= 1e11, else seconds (default: %(default)s)")
+                     help="seconds or milliseconds since the epoch, or ISO-8601 text (2024-03-01T09:30:00Z; "
+                          "no offset = UTC); auto: ISO-8601 unless the first value is an integer, then "
+                          "milliseconds if any value is >= 1e11, else seconds (default: %(default)s)")
     own.add_argument("--behavior-col", default=None,
-                     help="log column of the behaviour type (click, buy...; default: 'behavior' if there is one)")
-    own.add_argument("--item-id-col", default=None, help="item file's id column (default: the --item-col name)")
+                     help="log column of the behaviour type (click, buy...; default: 'behavior' if there "
+                          "is one)")
+    own.add_argument("--item-id-col", default=None,
+                     help="item file's id column (default: the --item-col name)")
     own.add_argument("--item-cols", default=None, metavar="A,B",
                      help="item file's side-feature columns (default: all but the id and the title)")
     own.add_argument("--title-col", default=None,
                      help="item file's column of titles or names: shown to people, not a model feature")
     own.add_argument("--separator", action="append", default=[], metavar="COL=SEP",
-                     help=f"separator of a multi-valued item column (default: {MULTI_VALUE_SEPARATOR!r} for every "
-                          "item column; COL= makes it single-valued); repeatable")
-    own.add_argument("--user-id-col", default=None, help="user file's id column (default: the --user-col name)")
+                     help=f"separator of a multi-valued item column (default: {MULTI_VALUE_SEPARATOR!r} for "
+                          "every item column; COL= makes it single-valued); repeatable")
+    own.add_argument("--user-id-col", default=None,
+                     help="user file's id column (default: the --user-col name)")
     own.add_argument("--profile-cols", default=None, metavar="A,B",
                      help="user file's profile columns (default: all but the id)")
     own.add_argument("--bucket", action="append", default=[], metavar="COL=N",
-                     help="read the numeric item or user column COL as N quantile buckets (e.g. price=5); repeatable")
+                     help="read the numeric item or user column COL as N quantile buckets (e.g. price=5); "
+                          "repeatable")
     own.add_argument("--keep-missing", action="store_true",
                      help="keep log items (users) missing from the item (user) file, with unknown features "
                           "(default: an error naming the first)")
@@ -197,7 +204,8 @@ def _pairs(flag: str, values: list[str], kind: type) -> dict[str, Any]:
             out[key.strip()] = kind(raw)
         except ValueError:
             example = "price=5" if kind is int else "tags=;"
-            raise UsageError(f"{flag} {value!r}: expected COL={'N' if kind is int else 'SEP'}, e.g. {flag} {example}") from None
+            raise UsageError(f"{flag} {value!r}: expected COL={'N' if kind is int else 'SEP'}, "
+                             f"e.g. {flag} {example}") from None
     return out
 
 
@@ -213,7 +221,8 @@ def _columns(flag: str, value: str | None) -> tuple[str, ...] | None:
 def _own_data(args: argparse.Namespace) -> int:
     """`mind-model data --interactions FILE ... --name NAME`: read, check, save as the prepared cache."""
     if not args.name:
-        raise UsageError("--interactions needs --name NAME: the name train, evaluate and export will know it by")
+        raise UsageError("--interactions needs --name NAME: the name train, evaluate and export will "
+                         "know it by")
     name = check_own_name(args.name)
     buckets = _pairs("--bucket", args.bucket, int)
     bad = [f"{k}={n}" for k, n in buckets.items() if n < 2]
@@ -221,7 +230,8 @@ def _own_data(args: argparse.Namespace) -> int:
         raise UsageError(f"--bucket {bad[0]}: need at least 2 buckets")
     separators = _pairs("--separator", args.separator, str)
     item_columns = SideColumns(
-        id=args.item_id_col, features=_columns("--item-cols", args.item_cols), default_separator=MULTI_VALUE_SEPARATOR,
+        id=args.item_id_col, features=_columns("--item-cols", args.item_cols),
+        default_separator=MULTI_VALUE_SEPARATOR,
         separators={k: v or None for k, v in separators.items()}, buckets=buckets, title=args.title_col,
     )
     user_columns = SideColumns(id=args.user_id_col, features=_columns("--profile-cols", args.profile_cols),
@@ -293,8 +303,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             raise UsageError(f"give either a dataset name ({args.dataset}) or --interactions FILE, not both")
         return _own_data(args)
     if args.dataset is None:
-        raise UsageError(f"name a dataset ({', '.join(DATASET_NAMES)}) or give your own with --interactions FILE "
-                         "--name NAME (see --help)")
+        raise UsageError(f"name a dataset ({', '.join(DATASET_NAMES)}) or give your own with "
+                         "--interactions FILE --name NAME (see --help)")
     own_flags = [f"--{k.replace('_', '-')}" for k in ("items", "users", "name") if getattr(args, k)]
     if own_flags:
         raise UsageError(f"{own_flags[0]} belongs to your own data: add --interactions FILE")

@@ -1,9 +1,12 @@
 """Every MIND hyperparameter in one dataclass, and the feature sizes a model is built for.
 
-Defaults follow the paper (Li et al., CIKM 2019) where it gives a value: routing logits drawn from
-N(0, sigma^2) with sigma = 1 (0.1-5 made no difference), 3 routing iterations, Adam, and a large attention
-power p (hard attention trained best). The rest are sized for MovieLens on a small CPU. Each field carries
-its help text (shown by `mind-model train --help`).
+Defaults follow the paper (Li et al., CIKM 2019) where it gives a value (routing logits drawn from
+N(0, sigma^2) with sigma = 1, 3 routing iterations, Adam) except where a departure won on validation users
+(docs/MODEL.md has the measurements): the initial routing logits keyed by item instead of position,
+label-aware attention with p = 0 in training, unit-length interest vectors with a logit temperature, and a
+full softmax over the catalogue. Each departure is a field whose help names the paper's choice;
+LEGACY_VALUES holds the values that reproduce the paper. The rest are sized for MovieLens on a small CPU.
+Each field carries its help text (shown by `mind-model train --help`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
+ROUTING_INITS = ("position", "item", "sample")
+SAMPLE_MODES = ("every_position", "random_target")
+NORMALIZE_CHOICES = ("none", "interests")
+# Departures from the paper added later: a stored config without the key was trained with this value.
+LEGACY_VALUES: dict[str, Any] = {
+    "routing_init": "position",
+    "attention_power": math.inf,
+    "routing_update_scale": 1.0,
+    "routing_normalize": False,
+    "attention_soft_epochs": 0,
+    "sample_mode": "every_position",
+    "full_softmax": False,
+    "interest_cosine_penalty": 0.0,
+    "normalize": "none",
+    "logit_temperature": 1.0,
+    "per_interest_bilinear": False,
+}
 
 
 class ConfigError(ValueError):
@@ -39,6 +59,20 @@ class MindConfig:
     routing_iterations: int = _option(3, "rounds of behaviour-to-interest dynamic routing (paper: 3)")
     routing_logit_std: float = _option(
         1.0, "sigma of the N(0, sigma^2) draw of the frozen initial routing logits (paper: 1)")
+    routing_init: str = _option(
+        "item",
+        "where the frozen N(0, sigma^2) initial routing logits live: 'position' (one draw per "
+        "history position, shared by all users), 'item' (one draw per item id and interest, so an "
+        "item keeps its pull toward the same slot as the window slides), 'sample' (a fresh draw "
+        "per training sample, the position draw at serving)",
+    )
+    routing_update_scale: float = _option(
+        1.0, "factor on the routing update u_j . S e_i relative to the initial logits (paper: 1)")
+    routing_normalize: bool = _option(
+        False, "routing update on unit vectors: b_ij += scale * cos(u_j, S e_i), so the update's size does "
+               "not depend on the embeddings' scale (paper: raw inner product)")
+    per_interest_bilinear: bool = _option(
+        False, "one bilinear matrix S_j per interest (ComiRec-DR) instead of the paper's one shared S")
     routing_stop_gradient: bool = _option(
         True, "no gradient through the routing-logit updates, only through the last round's weighted sum "
               "(as the reference implementations do)")
@@ -50,11 +84,28 @@ class MindConfig:
         False, "ReLU on the interest MLP's output layer too (a literal reading of the paper's 'two ReLU "
                "layers'; measured worse)")
     attention_power: float = _option(
-        math.inf, "p of label-aware attention, training only: 0 averages the interests, larger p sharpens "
+        0.0, "p of label-aware attention, training only: 0 averages the interests, larger p sharpens "
                   "toward the one most similar to the target, inf = hard argmax (paper: hard is best)")
+    attention_soft_epochs: int = _option(
+        0, "train with p = 0 (the average of the interests) for this many epochs, then with attention_power")
+    normalize: str = _option(
+        "interests", "'interests': every interest vector is scaled to unit length (training and serving), so "
+                "max-merge compares directions, not norms; 'none': the paper's raw vectors")
+    logit_temperature: float = _option(
+        0.1, "training logits are (user vector . item) / temperature (serving ranks are unchanged)")
     max_history_length: int = _option(50, "the most recent behaviours the user tower sees")
     # training
     num_negatives: int = _option(1000, "items sampled per batch (shared by all rows) for the sampled softmax")
+    full_softmax: bool = _option(
+        True, "score each target against every item instead of sampled negatives (cheap on catalogues of "
+               "a few thousand items)")
+    interest_cosine_penalty: float = _option(
+        0.0, "weight of a loss term on the mean pairwise cosine of a user's valid interest vectors "
+             "(anti-collapse; 0 = off, the paper)")
+    sample_mode: str = _option(
+        "every_position", "training samples per epoch: 'every_position' (one per user and position t >= 1) "
+                          "or 'random_target' (ComiRec's reference code: as many samples, each a uniformly "
+                          "drawn user and a random target position in that user's sequence)")
     negative_sampler: str = _option(
         "uniform", "negatives drawn 'uniform' over the corpus or by 'popularity' (train count ** 0.75); "
                    "both logQ-corrected")
@@ -93,6 +144,20 @@ class MindConfig:
         if self.negative_sampler not in NEGATIVE_SAMPLERS:
             raise ConfigError(f"MindConfig.negative_sampler must be one of {NEGATIVE_SAMPLERS}, "
                               f"got {self.negative_sampler!r}")
+        for name, allowed in (("routing_init", ROUTING_INITS), ("sample_mode", SAMPLE_MODES),
+                              ("normalize", NORMALIZE_CHOICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"MindConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not (
+            self.routing_update_scale >= 0
+            and self.logit_temperature > 0
+            and self.interest_cosine_penalty >= 0
+        ):
+            raise ConfigError("MindConfig: routing_update_scale and interest_cosine_penalty must be >= 0, "
+                              "logit_temperature > 0")
+        if not isinstance(self.attention_soft_epochs, int) or self.attention_soft_epochs < 0:
+            raise ConfigError(f"MindConfig.attention_soft_epochs must be an integer >= 0, "
+                              f"got {self.attention_soft_epochs!r}")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"MindConfig.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.patience < 0:
@@ -105,13 +170,18 @@ class MindConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MindConfig:
-        """Rebuild from `to_dict()`; unknown keys are an error (a checkpoint from another version)."""
+        """Rebuild from `to_dict()`; unknown keys are an error (a checkpoint from another version).
+
+        A key missing from `values` that names a later departure from the paper takes its LEGACY_VALUES
+        value, the one such a config was trained with, not today's default.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown MindConfig keys {unknown}; was this written by "
-                              "another mindstream version?")
-        return cls(**dict(values))
+            raise ConfigError(
+                f"unknown MindConfig keys {unknown}; was this written by another mindstream version?"
+            )
+        return cls(**{**LEGACY_VALUES, **dict(values)})
 
     def replace(self, **changes: Any) -> MindConfig:
         return dataclasses.replace(self, **changes)

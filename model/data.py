@@ -105,12 +105,15 @@ class InteractionData:
                 raise DataError(f"{self.name}: feature {name!r} must be int64 (num_items + 1, max_values)")
             if matrix.size and (matrix.min() < 0 or matrix.max() >= len(vocab) or matrix[0].any()):
                 raise DataError(f"{self.name}: feature {name!r} has indices outside its vocabulary")
-        if self.user_profile.shape != (n_users, len(self.profile_vocabs)) or self.user_profile.dtype != np.int64:
-            raise DataError(f"{self.name}: user_profile must be int64 (num_users, {len(self.profile_vocabs)})")
+        if (self.user_profile.shape != (n_users, len(self.profile_vocabs))
+                or self.user_profile.dtype != np.int64):
+            raise DataError(f"{self.name}: user_profile must be int64 "
+                            f"(num_users, {len(self.profile_vocabs)})")
         for col, (field_name, vocab) in enumerate(self.profile_vocabs.items()):
             column = self.user_profile[:, col]
             if vocab[:1] != [UNKNOWN] or (column.size and (column.min() < 0 or column.max() >= len(vocab))):
-                raise DataError(f"{self.name}: profile field {field_name!r} has indices outside its vocabulary")
+                raise DataError(f"{self.name}: profile field {field_name!r} has indices outside its "
+                                "vocabulary")
         if len(self.sequences) != n_users or len(self.timestamps) != n_users:
             raise DataError(f"{self.name}: need one sequence and one timestamp array per user")
         if (self.behaviors is None) != (self.behavior_vocab is None):
@@ -119,7 +122,8 @@ class InteractionData:
             if len(seq) == 0 or seq.shape != ts.shape or seq.dtype != np.int64 or ts.dtype != np.int64:
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has an empty or malformed sequence")
             if seq.min() < 1 or seq.max() > n_items:
-                raise DataError(f"{self.name}: user {self.user_ids[u]!r} has item indices outside 1..{n_items}")
+                raise DataError(f"{self.name}: user {self.user_ids[u]!r} has item indices outside "
+                                f"1..{n_items}")
             if np.any(np.diff(ts) < 0):
                 raise DataError(f"{self.name}: user {self.user_ids[u]!r} has timestamps out of order")
             if self.behaviors is not None and self.behaviors[u].shape != seq.shape:
@@ -196,8 +200,8 @@ def _entity_order(
         row = int(np.argmax(log_ids == first_missing))
         raise DataError(
             f"{log.where(row, column)}: {column} {first_missing!r} is not in the {what} file {table.source} "
-            f"({int(missing.sum())} such ids); fix the ids (or the {what} file's id column), or keep them with "
-            "unknown features (on_missing='unknown'; mind-model data --keep-missing)"
+            f"({int(missing.sum())} such ids); fix the ids (or the {what} file's id column), or keep them "
+            "with unknown features (on_missing='unknown'; mind-model data --keep-missing)"
         )
     order = [table.ids[r] for r in np.flatnonzero(rows_in_table >= 0)]
     order += [str(x) for x in seen[missing]]
@@ -260,7 +264,8 @@ def build_interaction_data(
     profile_matrices, profile_vocabs = _encode_features(users, user_rows, len(user_order), offset=0)
     for column, matrix in profile_matrices.items():
         if matrix.shape[1] != 1:
-            raise DataError(f"{users.source if users else name}: profile field {column!r} must be single-valued")
+            raise DataError(f"{users.source if users else name}: profile field {column!r} must be "
+                            "single-valued")
     user_profile = (
         np.concatenate([profile_matrices[c] for c in profile_vocabs], axis=1)
         if profile_vocabs else np.zeros((len(user_order), 0), dtype=np.int64)
@@ -335,7 +340,8 @@ def user_split(
     if valid_fraction > 0 and n_valid == 0 and n >= 3:
         n_valid = 1
     if n - n_test - n_valid < 1:
-        raise DataError(f"user_split: {n} users are too few for fractions {valid_fraction} and {test_fraction}")
+        raise DataError(f"user_split: {n} users are too few for fractions {valid_fraction} and "
+                        f"{test_fraction}")
     permutation = np.random.default_rng(seed).permutation(n).astype(np.int64)
     return UserSplit(
         train_users=np.sort(permutation[n_test + n_valid:]),
@@ -351,7 +357,10 @@ CACHE_FORMAT = 1
 
 
 def save_dataset(data: InteractionData, path: str | Path) -> Path:
-    """Write `data` to one uncompressed .npz (atomic replace); `load_dataset` reads it back in well under 1 s."""
+    """Write `data` to one uncompressed .npz (atomic replace).
+
+    `load_dataset` reads it back in well under 1 s.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
@@ -396,7 +405,8 @@ def load_dataset(path: str | Path) -> InteractionData:
     except (OSError, ValueError, KeyError, EOFError, io.UnsupportedOperation) as exc:
         raise DataError(f"{path}: unreadable dataset cache ({exc}); delete it and prepare again") from exc
     if meta.get("format") != CACHE_FORMAT:
-        raise DataError(f"{path}: cache format {meta.get('format')} ≠ {CACHE_FORMAT}; delete it and prepare again")
+        raise DataError(f"{path}: cache format {meta.get('format')} ≠ {CACHE_FORMAT}; delete it and "
+                        "prepare again")
     boundaries = np.cumsum(arrays["sequence_lengths"])[:-1]
     data = InteractionData(
         name=meta["name"],
@@ -410,7 +420,8 @@ def load_dataset(path: str | Path) -> InteractionData:
         profile_vocabs=meta["profile_vocabs"],
         sequences=np.split(arrays["sequence_items"], boundaries),
         timestamps=np.split(arrays["sequence_timestamps"], boundaries),
-        behaviors=np.split(arrays["sequence_behaviors"], boundaries) if "sequence_behaviors" in arrays else None,
+        behaviors=(np.split(arrays["sequence_behaviors"], boundaries)
+                   if "sequence_behaviors" in arrays else None),
         behavior_vocab=meta["behavior_vocab"],
         item_titles=meta.get("item_titles"),
     )

@@ -237,8 +237,8 @@ def _movie_titles(items: pd.DataFrame) -> list[str] | None:
     """"Title (1995)" per item-file row when the file has titles (ml-100k), else None."""
     if "movie_title" not in items.columns:
         return None
-    return [f"{title} ({year})" if year else title for title, year in zip(items["movie_title"], items["release_year"],
-                                                                         strict=True)]
+    return [f"{title} ({year})" if year else title
+            for title, year in zip(items["movie_title"], items["release_year"], strict=True)]
 
 
 def parse_movielens(name: str, files: dict[str, Path]) -> InteractionData:
@@ -335,9 +335,9 @@ def save_own_dataset(data: InteractionData, cache_dir: Path = Path("data")) -> P
     lengths = np.array([len(s) for s in data.sequences])
     if not (lengths >= 2).any():
         raise DataError(
-            f"{data.name}: no usable user: all {data.num_users:,} users have fewer than 2 behaviours, and MIND "
-            "learns from earlier behaviours to predict the next one; check that the user column names the user "
-            "(not the session or the event), or collect a longer log"
+            f"{data.name}: no usable user: all {data.num_users:,} users have fewer than 2 behaviours, and "
+            "MIND learns from earlier behaviours to predict the next one; check that the user column names "
+            "the user (not the session or the event), or collect a longer log"
         )
     return save_dataset(data, prepared_path(data.name, cache_dir))
 
@@ -369,9 +369,9 @@ def prepare_dataset(
         if cached.is_file():  # your own data, prepared by `mind-model data --interactions FILE --name NAME`
             return load_dataset(cached)
         raise DatasetError(
-            f"unknown dataset {name!r}: not a named dataset ({', '.join(DATASET_NAMES)}) and no own data prepared "
-            f"under that name in {cached.parent}; prepare your log with mind-model data --interactions FILE "
-            f"--name {name}"
+            f"unknown dataset {name!r}: not a named dataset ({', '.join(DATASET_NAMES)}) and no own data "
+            f"prepared under that name in {cached.parent}; prepare your log with mind-model data "
+            f"--interactions FILE --name {name}"
         )
     if cached.is_file() and not refresh:
         try:

@@ -97,7 +97,8 @@ def merged_top_n(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, 
     return top, np.take_along_axis(winner, top, axis=1), np.take_along_axis(scores, top, axis=1)
 
 
-def contribution(winning_interest: np.ndarray, valid_interest_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def contribution(winning_interest: np.ndarray,
+                 valid_interest_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How many interests supply a merged list, and the share of the list from the one that supplies most.
 
     Args:
@@ -139,7 +140,8 @@ def same_slot_cosine(before: np.ndarray, after: np.ndarray, before_mask: np.ndar
     Returns:
         (B,) float64; NaN where no slot is valid both times.
     """
-    cosine = np.einsum("bkd,bkd->bk", _unit(np.asarray(before, np.float64)), _unit(np.asarray(after, np.float64)))
+    cosine = np.einsum("bkd,bkd->bk", _unit(np.asarray(before, np.float64)),
+                       _unit(np.asarray(after, np.float64)))
     both = np.asarray(before_mask, bool) & np.asarray(after_mask, bool)
     count = both.sum(axis=1)
     return np.divide(np.where(both, cosine, 0.0).sum(axis=1), count, out=np.full(len(both), np.nan),
@@ -202,8 +204,9 @@ def top_n_survival(top_before: np.ndarray, top_after: np.ndarray) -> np.ndarray:
     return np.array([np.isin(b, a).mean() for b, a in zip(before, after, strict=True)], dtype=np.float64)
 
 
-def interest_diagnostics(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, item_vectors: np.ndarray,
-                         histories: Sequence[np.ndarray], n: int = 50) -> dict[str, np.ndarray]:
+def interest_diagnostics(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray,
+                         item_vectors: np.ndarray, histories: Sequence[np.ndarray],
+                         n: int = 50) -> dict[str, np.ndarray]:
     """All per-user collapse diagnostics of one set of interests.
 
     Args: as `merged_top_n`.
@@ -223,7 +226,8 @@ def interest_diagnostics(interest_vectors: np.ndarray, valid_interest_mask: np.n
 
 
 def stability(before: np.ndarray, before_mask: np.ndarray, after: np.ndarray, after_mask: np.ndarray,
-              item_vectors: np.ndarray, histories: Sequence[np.ndarray], n: int = 50) -> dict[str, np.ndarray]:
+              item_vectors: np.ndarray, histories: Sequence[np.ndarray],
+              n: int = 50) -> dict[str, np.ndarray]:
     """How much one new event moves a user's interests and merged list.
 
     Both merged lists exclude the same `histories` (pass the history after the event, which includes the

@@ -158,7 +158,8 @@ def model_scorer(model: RetrievalModel, max_history_length: int) -> Scorer:
 
 def model_interests(model: RetrievalModel, histories: Sequence[np.ndarray], profiles: np.ndarray,
                     max_history_length: int, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Interest vectors of histories (each time-ordered item indices; the most recent max_history_length seen).
+    """Interest vectors of histories (each time-ordered item indices; the most recent max_history_length
+    seen).
 
     Args:
         histories: B int arrays; profiles: (B, P) int64.
@@ -171,7 +172,8 @@ def model_interests(model: RetrievalModel, histories: Sequence[np.ndarray], prof
         history, mask = pad_histories(histories[start:start + batch_size], max_history_length)
         with torch.no_grad():
             output = model.interests(torch.from_numpy(history), torch.from_numpy(mask),
-                                     torch.from_numpy(np.asarray(profiles[start:start + batch_size], dtype=np.int64)))
+                                     torch.from_numpy(np.asarray(profiles[start:start + batch_size],
+                                                                 dtype=np.int64)))
         vectors.append(output.interest_vectors.numpy())
         masks.append(output.valid_interest_mask.numpy())
     if not vectors:
@@ -205,19 +207,22 @@ def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences
     for start in range(0, max(len(cases), len(full)), batch_size):
         rows = slice(start, start + batch_size)
         if start < len(cases):
-            chunk = diagnostics.interest_diagnostics(vectors[rows], mask[rows], item_vectors, histories[rows], n)
+            chunk = diagnostics.interest_diagnostics(vectors[rows], mask[rows], item_vectors,
+                                                     histories[rows], n)
             for name, values in chunk.items():
                 per_user.setdefault(name, []).append(values)
         if start < len(full):
             before = full[rows]
-            chunk = diagnostics.stability(vectors[before], mask[before], after_vectors[rows], after_mask[rows],
-                                          item_vectors, after_histories[rows], n)
+            chunk = diagnostics.stability(vectors[before], mask[before], after_vectors[rows],
+                                          after_mask[rows], item_vectors, after_histories[rows], n)
             for name, values in chunk.items():
                 stable.setdefault(name, []).append(values)
     return {
         "top_n": n,
-        "interests": diagnostics.summarize({k: np.concatenate(v) for k, v in per_user.items()}) if per_user else {},
-        "stability": diagnostics.summarize({k: np.concatenate(v) for k, v in stable.items()}) if stable else {},
+        "interests": (diagnostics.summarize({k: np.concatenate(v) for k, v in per_user.items()})
+                      if per_user else {}),
+        "stability": (diagnostics.summarize({k: np.concatenate(v) for k, v in stable.items()})
+                      if stable else {}),
     }
 
 

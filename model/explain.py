@@ -59,8 +59,8 @@ def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int 
     coupling = output.coupling[0, :n][:, valid].numpy()
     top = top_n_excluding_history(per_interest.numpy(), [sequence] * int(valid.sum()), top_items)
     vectors = output.interest_vectors.numpy()
-    merged, winner, _ = merged_top_n(vectors, output.valid_interest_mask.numpy(), item_table.numpy(), [sequence],
-                                     min(merged_items, data.num_items))
+    merged, winner, _ = merged_top_n(vectors, output.valid_interest_mask.numpy(), item_table.numpy(),
+                                     [sequence], min(merged_items, data.num_items))
     return Explanation(
         user_id=str(user_id),
         behaviour_labels=[_label(data, int(i)) for i in history[0, :n]],

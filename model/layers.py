@@ -135,51 +135,116 @@ def interest_mask_from_lengths(history_lengths: Tensor, max_interests: int) -> T
 class InterestRouting(nn.Module):
     """Behaviour-to-Interest dynamic routing (paper section 3.2) with one shared bilinear matrix S.
 
-    The initial routing logits b (max_history_length, K) are drawn once from N(0, sigma^2) with a
-    generator seeded from the config and kept as a buffer: never learned, never re-drawn, never updated
-    in place, so the same history always gives the same capsules. Each round, for every behaviour, a
-    softmax over the (valid) interests gives the coupling w; z_j = sum_i w_ij S e_i; u_j = squash(z_j);
-    b_ij += u_j . S e_i. Padded behaviours get w = 0; invalid interests get w = 0 and a zero capsule.
+    The initial routing logits b are drawn once from N(0, sigma^2) with a generator seeded from the config
+    and kept as a buffer: never learned, never updated in place, so the same history always gives the same
+    capsules. Where they live is `init` (config.routing_init):
+    - "position": a (max_history_length, K) table, b_ij = table[position of i, j] (PaddleRec's choice);
+    - "item": a (num_items + 1, K) table, b_ij = table[item id of i, j], so an item pulls toward the same
+      slot wherever it sits in the window (a sliding window then barely moves the capsules);
+    - "sample": a fresh N(0, sigma^2) draw per training call, the "position" table in eval mode.
+    Each round, for every behaviour, a softmax over the (valid) interests gives the coupling w;
+    z_j = sum_i w_ij S e_i; u_j = squash(z_j); b_ij += scale * u_j . S e_i (with `normalize`, the cosine
+    of u_j and S e_i instead). Padded behaviours get w = 0; invalid interests get w = 0 and a zero capsule.
+    With `per_interest_bilinear` (ComiRec-DR's variant) each interest j has its own S_j (K, d, d) and
+    S_j e_i replaces S e_i throughout: learned maps, not only the initial logits, then tell capsules apart.
 
     With stop_gradient (the reference implementations' choice), the rounds that only update b see a
     detached S e_i, so the loss shapes S and the embeddings through the last round's z with w constant.
 
-    behaviour_embeddings (B, L, d), history_mask (B, L) bool, valid_interest_mask (B, K) bool
+    In training mode `last_logit_shift` holds, after each call, the RMS over valid (behaviour, interest)
+    pairs of how far the routing rounds moved the logits (centred over the interests, the part the softmax
+    sees), divided by the same RMS of the initial logits: a detached scalar for the training diagnostics.
+
+    behaviour_embeddings (B, L, d), history_mask (B, L) bool, valid_interest_mask (B, K) bool,
+    history (B, L) int64 item ids (needed by init "item")
         -> capsules (B, K, d), coupling (B, L, K)
     """
 
     def __init__(self, dim: int, num_interests: int, max_history_length: int, iterations: int,
-                 logit_std: float, seed: int, stop_gradient: bool = True) -> None:
+                 logit_std: float, seed: int, stop_gradient: bool = True, init: str = "position",
+                 num_items: int = 0, update_scale: float = 1.0, normalize: bool = False,
+                 per_interest_bilinear: bool = False) -> None:
         super().__init__()
+        self.per_interest_bilinear = per_interest_bilinear
         self.iterations = iterations
         self.stop_gradient = stop_gradient
-        self.bilinear = nn.Parameter(torch.empty(dim, dim))
-        nn.init.xavier_uniform_(self.bilinear)
+        self.init = init
+        self.logit_std = logit_std
+        self.update_scale = update_scale
+        self.normalize = normalize
+        self.last_logit_shift: Tensor | None = None
+        self.bilinear = nn.Parameter(torch.empty(num_interests, dim, dim) if per_interest_bilinear
+                                     else torch.empty(dim, dim))
+        for matrix in self.bilinear.view(-1, dim, dim):
+            nn.init.xavier_uniform_(matrix)
         generator = torch.Generator().manual_seed(seed)
+        rows = num_items + 1 if init == "item" else max_history_length
+        if init == "item" and num_items < 1:
+            raise ConfigError("routing init 'item' needs num_items >= 1")
         self.register_buffer(
-            "routing_logits", torch.randn(max_history_length, num_interests, generator=generator) * logit_std
+            "routing_logits", torch.randn(rows, num_interests, generator=generator) * logit_std
         )
 
+    def initial_logits(self, history: Tensor | None, length: int, like: Tensor) -> Tensor:
+        """(B, L, K): a fresh tensor per call; the buffer is never written. `like` is (B, L, 1)."""
+        if self.init == "item":
+            if history is None:
+                raise ConfigError("routing init 'item' needs the history's item ids")
+            return F.embedding(history, self.routing_logits)
+        if self.init == "sample" and self.training:
+            shape = (like.shape[0], length, self.routing_logits.shape[1])
+            return torch.randn(shape, dtype=like.dtype, device=like.device) * self.logit_std
+        return self.routing_logits[:length].unsqueeze(0) + torch.zeros_like(like)  # (1, L, K) + (B, L, 1)
+
     def forward(self, behaviour_embeddings: Tensor, history_mask: Tensor,
-                valid_interest_mask: Tensor) -> tuple[Tensor, Tensor]:
+                valid_interest_mask: Tensor, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
         length = behaviour_embeddings.shape[1]
-        mapped = torch.matmul(behaviour_embeddings, self.bilinear.t())      # (B, L, d) rows are S e_i
+        if self.per_interest_bilinear:  # (B, L, K, d): S_j e_i for every interest j
+            mapped = torch.einsum("bld,ked->blke", behaviour_embeddings, self.bilinear)
+        else:
+            mapped = torch.matmul(behaviour_embeddings, self.bilinear.t())  # (B, L, d) rows are S e_i
         mapped_for_updates = mapped.detach() if self.stop_gradient else mapped
+        update_keys = F.normalize(mapped_for_updates, dim=-1) if self.normalize else mapped_for_updates
         behaviour_weight = history_mask.unsqueeze(-1).to(mapped.dtype)     # (B, L, 1)
         interest_blocked = ~valid_interest_mask.unsqueeze(1)                # (B, 1, K)
-        # (1, L, K) + (B, L, 1) -> (B, L, K): a fresh tensor per call; the buffer is never written
-        logits = self.routing_logits[:length].unsqueeze(0) + torch.zeros_like(behaviour_weight)
+        initial = self.initial_logits(history, length, behaviour_weight)
+        logits = initial
         coupling = capsules = logits  # rebound in the first round (iterations >= 1)
         for round_index in range(self.iterations):
             last_round = round_index == self.iterations - 1
             coupling = torch.softmax(logits.masked_fill(interest_blocked, BLOCKED_LOGIT), dim=-1)  # over K
             coupling = coupling * behaviour_weight                          # padded behaviours: w = 0
             source = mapped if last_round else mapped_for_updates
-            capsules = squash(torch.matmul(coupling.transpose(1, 2), source))  # (B, K, d)
+            if self.per_interest_bilinear:
+                capsules = squash(torch.einsum("blk,blkd->bkd", coupling, source))
+            else:
+                capsules = squash(torch.matmul(coupling.transpose(1, 2), source))  # (B, K, d)
             if not last_round:
-                logits = logits + torch.matmul(mapped_for_updates, capsules.transpose(1, 2))  # u_j . S e_i
+                directions = F.normalize(capsules, dim=-1) if self.normalize else capsules
+                if self.per_interest_bilinear:
+                    update = torch.einsum("blkd,bkd->blk", update_keys, directions)
+                else:
+                    update = torch.matmul(update_keys, directions.transpose(1, 2))  # u_j . S e_i (B, L, K)
+                logits = logits + self.update_scale * update
+        if self.training:
+            self.last_logit_shift = _relative_shift(initial, logits, history_mask, valid_interest_mask)
         capsules = capsules * valid_interest_mask.unsqueeze(-1).to(capsules.dtype)
         return capsules, coupling
+
+
+def _relative_shift(
+    initial: Tensor, final: Tensor, history_mask: Tensor, valid_interest_mask: Tensor
+) -> Tensor:
+    """RMS of the interest-centred logit change over RMS of the interest-centred initial logits. -> ()."""
+    with torch.no_grad():
+        valid = (history_mask.unsqueeze(-1) & valid_interest_mask.unsqueeze(1)).to(initial.dtype)  # (B, L, K)
+        counts = valid.sum(-1, keepdim=True).clamp(min=1.0)
+
+        def centred_power(logits: Tensor) -> Tensor:
+            centred = (logits - (logits * valid).sum(-1, keepdim=True) / counts) * valid
+            return (centred * centred).sum()
+
+        return torch.sqrt(centred_power(final - initial) / centred_power(initial).clamp(min=1e-12))
 
 
 class InterestMLP(nn.Module):

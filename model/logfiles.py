@@ -104,14 +104,17 @@ def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
                 quoting=csv.QUOTE_MINIMAL, encoding="utf-8",
             )
         except pd.errors.EmptyDataError as exc:
-            raise DataError(f"{path}:1: empty file; expected a header line with columns {', '.join(required)}") from exc
+            raise DataError(f"{path}:1: empty file; expected a header line with columns "
+                            f"{', '.join(required)}") from exc
         except pd.errors.ParserError as exc:
             match = _PANDAS_LINE.search(str(exc))
             line = match.group(1) if match else "?"
             detail = str(exc).split("C error: ")[-1].strip()
-            raise DataError(f"{path}:{line}: malformed row ({detail}); check the separator and quoting") from exc
+            raise DataError(f"{path}:{line}: malformed row ({detail}); check the separator and "
+                            "quoting") from exc
         except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                            "UTF-8") from exc
         frame.columns = [str(c).strip() for c in frame.columns]
         # Line of each data row: header is line 1 (assumes no newlines inside quoted fields).
         lines = np.arange(2, len(frame) + 2)
@@ -123,8 +126,8 @@ def _read_table(path: str | Path, required: Sequence[str], what: str) -> _Table:
         if column not in table.frame.columns:
             found = ", ".join(map(str, table.frame.columns)) or "none"
             raise DataError(
-                f"{path}:1:{column}: missing column {column!r} ({what}); found columns: {found}; name the column "
-                f"that holds it ({_COLUMN_FLAGS.get(what, 'LogColumns / SideColumns')})"
+                f"{path}:1:{column}: missing column {column!r} ({what}); found columns: {found}; name the "
+                f"column that holds it ({_COLUMN_FLAGS.get(what, 'LogColumns / SideColumns')})"
             )
     if len(table.frame) == 0:
         raise DataError(f"{path}:2: no rows after the header ({what}); is it the right file?")
@@ -141,7 +144,8 @@ def _id_column(table: _Table, column: str) -> np.ndarray:
     bad = missing | (values == "").to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"{table.where(row, column)}: empty {column}; every row needs one: fill it or drop the row")
+        raise DataError(f"{table.where(row, column)}: empty {column}; every row needs one: fill it or drop "
+                        "the row")
     return values.to_numpy(dtype=object)
 
 
@@ -163,7 +167,8 @@ def detect_time_format(series: pd.Series) -> TimeFormat:
     first = int(np.argmax(present.to_numpy())) if present.any() else 0
     if len(series) == 0 or pd.isna(numbers.iloc[first]):
         return "iso8601"
-    return "milliseconds" if float(np.nanmax(np.abs(numbers.to_numpy(dtype=np.float64)))) >= MILLISECONDS_FROM else "seconds"
+    largest = float(np.nanmax(np.abs(numbers.to_numpy(dtype=np.float64))))
+    return "milliseconds" if largest >= MILLISECONDS_FROM else "seconds"
 
 
 def _timestamp_column(table: _Table, column: str, time_format: TimeFormat = "auto") -> np.ndarray:
@@ -191,7 +196,8 @@ def _timestamp_column(table: _Table, column: str, time_format: TimeFormat = "aut
             row = int(np.argmax(bad))
             raise DataError(
                 f"{table.where(row, column)}: {column} {series.iloc[row]!r} is not an ISO-8601 time "
-                "(e.g. 2024-03-01T09:30:00Z); fix the value, or give the time format if the column holds epoch numbers"
+                "(e.g. 2024-03-01T09:30:00Z); fix the value, or give the time format if the column holds "
+                "epoch numbers"
             )
         return parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[s]").astype(np.int64)
     unit = "seconds" if time_format == "seconds" else "milliseconds"
@@ -201,7 +207,10 @@ def _timestamp_column(table: _Table, column: str, time_format: TimeFormat = "aut
 
 
 def _integer_values(table: _Table, column: str, expected: str) -> np.ndarray:
-    """(rows,) int64 from integer or integral-float cells; any other cell → DataError "... is not {expected}"."""
+    """(rows,) int64 from integer or integral-float cells.
+
+    Any other cell raises DataError "... is not {expected}".
+    """
     series = table.frame[column]
     if pd.api.types.is_integer_dtype(series) and not series.isna().any():
         return series.to_numpy(dtype=np.int64)
@@ -259,7 +268,8 @@ def _bucket_lists(table: _Table, column: str, buckets: int) -> tuple[list[list[s
     if (~empty).sum() == 0:
         raise DataError(f"{table.path}:1:{column}: no values to bucket; do not bucket {column}")
     codes, edges = pd.qcut(numbers, q=buckets, labels=False, retbins=True, duplicates="drop")
-    labels = [f"{_short_number(lo)}-{_short_number(hi)}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [f"{_short_number(lo)}-{_short_number(hi)}"
+              for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     if not labels:  # a single distinct value
         labels = [_short_number(edges[0])]
         codes = pd.Series(np.where(empty, np.nan, 0.0))
@@ -313,8 +323,8 @@ def _side_table(table: _Table, id_column: str, columns: SideColumns) -> SideTabl
         if column not in table.frame.columns:
             found = ", ".join(map(str, table.frame.columns))
             raise DataError(
-                f"{table.path}:1:{column}: no column {column!r}; found columns: {found}; check the feature columns "
-                "and separators asked for (mind-model data --item-cols, --profile-cols, --separator)"
+                f"{table.path}:1:{column}: no column {column!r}; found columns: {found}; check the feature "
+                "columns and separators asked for (mind-model data --item-cols, --profile-cols, --separator)"
             )
     values: dict[str, list[list[str]]] = {}
     vocab_order: dict[str, list[str]] = {}
@@ -333,8 +343,8 @@ def _side_table(table: _Table, id_column: str, columns: SideColumns) -> SideTabl
                 "check --title-col"
             )
         titles = [v[0] if v else "" for v in _value_lists(table, columns.title, None)]
-    return SideTable(ids=ids, values=values, source=table.path, lines=table.lines.tolist(), vocab_order=vocab_order,
-                     titles=titles, id_column=id_column)
+    return SideTable(ids=ids, values=values, source=table.path, lines=table.lines.tolist(),
+                     vocab_order=vocab_order, titles=titles, id_column=id_column)
 
 
 def load_interactions(
@@ -380,6 +390,7 @@ def load_interactions(
         user_id = user_columns.id or c.user
         users = _side_table(_read_table(users_path, [user_id], "user file"), user_id, user_columns)
     data = build_interaction_data(
-        name or Path(interactions_path).name.split(".")[0], log, items=items, users=users, on_missing=on_missing
+        name or Path(interactions_path).name.split(".")[0], log, items=items, users=users,
+        on_missing=on_missing,
     )
     return data

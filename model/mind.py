@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import FeatureSpec, MindConfig
@@ -66,13 +67,20 @@ class RetrievalModel(nn.Module):
         return self.item_pooling(index)
 
     def interests_from_embeddings(self, behaviour_embeddings: Tensor, history_mask: Tensor,
-                                  profile: Tensor) -> InterestOutput:
+                                  profile: Tensor, history: Tensor | None = None) -> InterestOutput:
+        """`history` (B, L) int64 item ids: needed only by an item-keyed routing init."""
         raise NotImplementedError
 
     def interests(self, history: Tensor, history_mask: Tensor, profile: Tensor) -> InterestOutput:
         """history (B, L) int64 left-aligned, history_mask (B, L) bool, profile (B, P) int64
         -> InterestOutput."""
-        return self.interests_from_embeddings(self.item_embeddings(history), history_mask, profile)
+        return self.interests_from_embeddings(self.item_embeddings(history), history_mask, profile, history)
+
+    def finish_interests(self, interest_vectors: Tensor, valid_interest_mask: Tensor) -> Tensor:
+        """Zero the invalid interests; with config.normalize == "interests" scale the rest to unit length."""
+        if self.config.normalize == "interests":
+            interest_vectors = F.normalize(interest_vectors, dim=-1)
+        return interest_vectors * valid_interest_mask.unsqueeze(-1).to(interest_vectors.dtype)
 
     def forward(self, history: Tensor, history_mask: Tensor, profile: Tensor, target: Tensor) -> Tensor:
         """Training view: the user vector label-aware attention picks for each target. -> (B, d)."""
@@ -100,6 +108,11 @@ class MIND(RetrievalModel):
             logit_std=config.routing_logit_std,
             seed=config.seed,
             stop_gradient=config.routing_stop_gradient,
+            init=config.routing_init,
+            num_items=spec.num_items,
+            update_scale=config.routing_update_scale,
+            normalize=config.routing_normalize,
+            per_interest_bilinear=config.per_interest_bilinear,
         )
         self.interest_mlp = InterestMLP(config.embedding_dim, self.profile_embedding.output_dim,
                                         config.hidden_dim, config.interest_output_relu)
@@ -113,13 +126,15 @@ class MIND(RetrievalModel):
         return torch.ones_like(lengths, dtype=torch.bool).unsqueeze(-1).expand(-1, self.config.num_interests)
 
     def interests_from_embeddings(self, behaviour_embeddings: Tensor, history_mask: Tensor,
-                                  profile: Tensor) -> InterestOutput:
-        """behaviour_embeddings (B, L, d), history_mask (B, L) bool, profile (B, P) int64 -> InterestOutput.
+                                  profile: Tensor, history: Tensor | None = None) -> InterestOutput:
+        """behaviour_embeddings (B, L, d), history_mask (B, L) bool, profile (B, P) int64,
+        history (B, L) int64 item ids (required when config.routing_init == "item") -> InterestOutput.
 
-        L must not exceed config.max_history_length (the routing-logit buffer has that many rows).
+        L must not exceed config.max_history_length (a position-keyed routing-logit table has that many rows).
         """
         valid_interest_mask = self.valid_interests(history_mask)
-        capsules, coupling = self.routing(behaviour_embeddings, history_mask, valid_interest_mask)
+        capsules, coupling = self.routing(behaviour_embeddings, history_mask, valid_interest_mask, history)
         interest_vectors = self.interest_mlp(capsules, self.profile_embedding(profile))
-        interest_vectors = interest_vectors * valid_interest_mask.unsqueeze(-1).to(interest_vectors.dtype)
-        return InterestOutput(interest_vectors, valid_interest_mask, coupling)
+        return InterestOutput(
+            self.finish_interests(interest_vectors, valid_interest_mask), valid_interest_mask, coupling
+        )

@@ -23,7 +23,8 @@ def summarize(data: InteractionData) -> str:
         first = np.datetime64(int(all_ts.min()), "s").astype("datetime64[D]")
         last = np.datetime64(int(all_ts.max()), "s").astype("datetime64[D]")
         share = ties / pairs if pairs else 0.0
-        lines.append(f"  time span {first} .. {last}; {share:.1%} of consecutive behaviours share a timestamp")
+        lines.append(f"  time span {first} .. {last}; {share:.1%} of consecutive behaviours share a "
+                     "timestamp")
     for name, vocab in data.item_feature_vocabs.items():
         width = data.item_features[name].shape[1]
         kind = f"multi-valued, up to {width}" if width > 1 else "single-valued"
@@ -34,5 +35,6 @@ def summarize(data: InteractionData) -> str:
         lines.append(f"  behaviours: {', '.join(data.behavior_vocab[1:])}")
     if data.num_items:
         title = f" {data.item_titles[1]!r}" if data.item_titles else ""
-        lines.append(f"  e.g. item {data.item_ids[1]!r}{title}: {data.item_side_text(1) or '(no side features)'}")
+        side = data.item_side_text(1) or "(no side features)"
+        lines.append(f"  e.g. item {data.item_ids[1]!r}{title}: {side}")
     return "\n".join(lines)

@@ -46,15 +46,18 @@ def synthetic_planted(
     `cohort` (a/b/c), so consumers always see P ≥ 1.
     """
     if not 1 <= min_interests <= max_interests <= num_clusters:
-        raise DataError(f"synthetic_planted: need 1 ≤ min_interests ≤ max_interests ≤ num_clusters ({num_clusters})")
+        raise DataError("synthetic_planted: need 1 ≤ min_interests ≤ max_interests ≤ num_clusters "
+                        f"({num_clusters})")
     if min_length < 2 * max_interests or max_length < min_length:
-        raise DataError(f"synthetic_planted: need 2·max_interests ({2 * max_interests}) ≤ min_length ≤ max_length")
+        raise DataError(f"synthetic_planted: need 2·max_interests ({2 * max_interests}) ≤ min_length ≤ "
+                        "max_length")
     if items_per_cluster < 1 or num_users < 1 or not 0 <= noise < 1:
         raise DataError("synthetic_planted: need items_per_cluster ≥ 1, num_users ≥ 1 and 0 ≤ noise < 1")
     rng = np.random.default_rng(seed)
     num_items = num_clusters * items_per_cluster
     # Item index i (1-based) belongs to cluster (i - 1) // items_per_cluster.
-    item_cluster = np.concatenate([[-1], np.repeat(np.arange(num_clusters), items_per_cluster)]).astype(np.int64)
+    item_cluster = np.concatenate([[-1], np.repeat(np.arange(num_clusters),
+                                                   items_per_cluster)]).astype(np.int64)
     item_ids = [PAD] + [f"c{c}_{j}" for c in range(num_clusters) for j in range(items_per_cluster)]
     category = (item_cluster + 1).reshape(-1, 1).astype(np.int64)
 

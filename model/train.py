@@ -66,6 +66,16 @@ def build_samples(sequences: Sequence[np.ndarray], users: np.ndarray) -> SampleI
     )
 
 
+def random_target_rows(samples: SampleIndex, count: int, rng: np.random.Generator) -> np.ndarray:
+    """ComiRec's sampling: `count` sample rows, each a uniformly drawn user and one of its positions.
+
+    Unlike every-position sampling, a user with a long history weighs no more than one with a short one.
+    """
+    users, first_row, per_user = np.unique(samples.sample_user, return_index=True, return_counts=True)
+    chosen = rng.integers(0, len(users), count)
+    return first_row[chosen] + (rng.random(count) * per_user[chosen]).astype(np.int64)
+
+
 def make_batch(samples: SampleIndex, rows: np.ndarray, max_history_length: int,
                user_profile: np.ndarray) -> dict[str, torch.Tensor]:
     """Left-aligned histories of the previous <= max_history_length items, targets and profiles."""
@@ -107,14 +117,15 @@ class NegativeSampler:
 
 def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Tensor, targets: torch.Tensor,
                          negative_items: torch.Tensor, negative_embeddings: torch.Tensor,
-                         log_q: torch.Tensor | None) -> torch.Tensor:
+                         log_q: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
     """-log softmax of the target among (target + shared negatives), logQ-corrected.
 
     user_vectors (B, d), target_embeddings (B, d), targets (B,), negative_items (M,), negative_embeddings
-    (M, d), log_q (num_items + 1,) or None for uniform sampling (a constant correction cancels).
+    (M, d), log_q (num_items + 1,) or None for uniform sampling or the full corpus (a constant correction
+    cancels). Inner products are divided by `temperature`.
     """
-    positive = (user_vectors * target_embeddings).sum(-1, keepdim=True)        # (B, 1)
-    negative = user_vectors @ negative_embeddings.T                              # (B, M)
+    positive = (user_vectors * target_embeddings).sum(-1, keepdim=True) / temperature   # (B, 1)
+    negative = user_vectors @ negative_embeddings.T / temperature                        # (B, M)
     if log_q is not None:
         positive = positive - log_q[targets].unsqueeze(-1)
         negative = negative - log_q[negative_items].unsqueeze(0)
@@ -123,8 +134,29 @@ def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Te
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
 
 
-def _embed_batch(model: RetrievalModel, batch: dict[str, torch.Tensor],
-                 negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass
+class BatchForward:
+    """One training forward: what the loss needs, and what the training diagnostics count."""
+
+    user_vectors: torch.Tensor         # (B, d) label-aware attention's pick for each target
+    target_embeddings: torch.Tensor    # (B, d)
+    negative_embeddings: torch.Tensor  # (M, d)
+    interest_cosine: torch.Tensor      # () mean pairwise cosine of the valid interests (0 with K'u = 1)
+    slot_wins: torch.Tensor            # (K,) how many targets each slot scored best on (no gradient)
+
+
+def mean_pairwise_cosine(interest_vectors: torch.Tensor, valid_interest_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over pairs j < k of valid interests, over all users with >= 2. (B, K, d), (B, K) -> ()."""
+    unit = torch.nn.functional.normalize(interest_vectors, dim=-1)
+    cosine = unit @ unit.transpose(1, 2)                                           # (B, K, K)
+    valid = valid_interest_mask.to(cosine.dtype)
+    pairs = (valid.unsqueeze(-1) * valid.unsqueeze(1)).triu(diagonal=1)            # (B, K, K)
+    return (cosine * pairs).sum() / pairs.sum().clamp(min=1.0)
+
+
+def _embed_batch(
+    model: RetrievalModel, batch: dict[str, torch.Tensor], negatives: torch.Tensor
+) -> BatchForward:
     """User vectors (label-aware attention on each target), target and negative embeddings.
 
     Pooling an item costs a gather per side-feature value. When the batch touches more item slots than the
@@ -140,10 +172,44 @@ def _embed_batch(model: RetrievalModel, batch: dict[str, torch.Tensor],
         behaviour_embeddings = model.item_embeddings(history)
         embedded = model.item_embeddings(torch.cat([target, negatives]))
         target_embeddings, negative_embeddings = embedded[: len(target)], embedded[len(target):]
-    output = model.interests_from_embeddings(behaviour_embeddings, batch["history_mask"], batch["profile"])
+    output = model.interests_from_embeddings(
+        behaviour_embeddings, batch["history_mask"], batch["profile"], history
+    )
     user_vectors = model.label_aware_attention(output.interest_vectors, output.valid_interest_mask,
                                                target_embeddings)
-    return user_vectors, target_embeddings, negative_embeddings
+    with torch.no_grad():
+        scores = torch.matmul(output.interest_vectors, target_embeddings.unsqueeze(-1)).squeeze(-1)  # (B, K)
+        best = scores.masked_fill(~output.valid_interest_mask, -torch.inf).argmax(-1)
+        slot_wins = torch.bincount(best, minlength=output.valid_interest_mask.shape[1])
+    cosine = mean_pairwise_cosine(output.interest_vectors, output.valid_interest_mask)
+    return BatchForward(user_vectors, target_embeddings, negative_embeddings, cosine, slot_wins)
+
+
+class TrainingDiagnostics:
+    """Per-epoch counters of what routing and label-aware attention do in training.
+
+    slot_win_share: for each slot, the share of training targets whose best-scoring valid interest it is;
+    routing_logit_shift: mean over batches of how far routing moved the logits relative to their initial
+    spread (InterestRouting.last_logit_shift); interest_cosine: mean pairwise cosine of the valid interests.
+    """
+
+    def __init__(self, num_interests: int) -> None:
+        self.slot_wins = torch.zeros(num_interests, dtype=torch.long)
+        self.shift_total, self.cosine_total, self.batches = 0.0, 0.0, 0
+
+    def add(self, forward: BatchForward, model: RetrievalModel) -> None:
+        self.slot_wins += forward.slot_wins
+        self.cosine_total += float(forward.interest_cosine.detach())
+        routing = getattr(model, "routing", None)
+        if routing is not None and routing.last_logit_shift is not None:
+            self.shift_total += float(routing.last_logit_shift)
+        self.batches += 1
+
+    def summary(self) -> dict[str, Any]:
+        wins = self.slot_wins.to(torch.float64)
+        return {"slot_win_share": [round(float(w), 4) for w in wins / wins.sum().clamp(min=1.0)],
+                "routing_logit_shift": round(self.shift_total / max(self.batches, 1), 4),
+                "interest_cosine": round(self.cosine_total / max(self.batches, 1), 4)}
 
 
 @dataclass
@@ -176,10 +242,12 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
     if len(samples) == 0:
         raise ValueError("no training samples: every training user has fewer than 2 behaviours")
     sampler = NegativeSampler(config.negative_sampler, item_counts_of(data, train_users), config.seed)
-    log_q = None if sampler.uniform else sampler.log_q
+    log_q = None if sampler.uniform or config.full_softmax else sampler.log_q
     num_negatives = min(config.num_negatives, data.num_items)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
-                                 weight_decay=config.weight_decay)
+    every_item = torch.arange(1, data.num_items + 1)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     order_rng = np.random.default_rng(config.seed)
     result = TrainResult(model=model, num_samples=len(samples))
     best_score, best_state, stale = -math.inf, None, 0
@@ -187,17 +255,33 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
     steps_per_epoch = math.ceil(len(samples) / config.batch_size)
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = order_rng.permutation(len(samples))
+        soft = epoch <= config.attention_soft_epochs
+        model.label_aware_attention.power = 0.0 if soft else float(config.attention_power)
+        if config.sample_mode == "random_target":
+            order = random_target_rows(samples, len(samples), order_rng)
+        else:
+            order = order_rng.permutation(len(samples))
+        diagnostics = TrainingDiagnostics(model.num_interests)
         epoch_started, running, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
                    unit="batch", leave=False, dynamic_ncols=True)
         for step in bar:
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
             batch = make_batch(samples, rows, config.max_history_length, data.user_profile)
-            negatives = sampler.sample(num_negatives)
-            user_vectors, target_embeddings, negative_embeddings = _embed_batch(model, batch, negatives)
-            loss = sampled_softmax_loss(user_vectors, target_embeddings, batch["target"], negatives,
-                                        negative_embeddings, log_q)
+            negatives = every_item if config.full_softmax else sampler.sample(num_negatives)
+            forward = _embed_batch(model, batch, negatives)
+            loss = sampled_softmax_loss(
+                forward.user_vectors,
+                forward.target_embeddings,
+                batch["target"],
+                negatives,
+                forward.negative_embeddings,
+                log_q,
+                config.logit_temperature,
+            )
+            diagnostics.add(forward, model)
+            if config.interest_cosine_penalty:
+                loss = loss + config.interest_cosine_penalty * forward.interest_cosine
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -210,8 +294,14 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
         validation = evaluate_scorer(model_scorer(model, config.max_history_length), data.sequences,
                                      data.user_profile, valid_users, config.holdout_fraction)
         score = validation[VALIDATION_METRIC[0]].get(VALIDATION_METRIC[1], 0.0)
-        record = {"epoch": epoch, "loss": running / max(seen, 1), "seconds": round(epoch_seconds, 1),
-                  "validation": validation}
+        record = {
+            "epoch": epoch,
+            "loss": running / max(seen, 1),
+            "seconds": round(epoch_seconds, 1),
+            "attention_power": str(model.label_aware_attention.power),
+            "training": diagnostics.summary(),
+            "validation": validation,
+        }
         result.epochs.append(record)
         log(f"epoch {epoch}: loss {record['loss']:.4f}, {epoch_seconds:.0f}s, validation "
             f"{VALIDATION_METRIC[0]} {VALIDATION_METRIC[1]} {score:.4f}, next-item HitRate@50 "
@@ -226,6 +316,7 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.label_aware_attention.power = float(config.attention_power)
     model.eval()
     result.train_seconds = time.perf_counter() - started
     return result

@@ -2,7 +2,7 @@
 
     mind-stream worker --artifact DIR           the faust worker (wraps `faust -A streams.worker.app worker`)
     mind-stream produce FILE [--rate 100]       replay an interaction log (CSV/TSV/JSONL) into Kafka
-    mind-stream recall USER [--n 50]            top-N items: from the running worker, else from the store
+    mind-stream recall USER [--n 50] [--diversity λ]   top-N items: from the running worker, else the store
     mind-stream index-items ARTIFACT_DIR        load the artifact's item vectors into the vector store
     mind-stream rebuild / rollout / rollback    vectors from the Kafka log; model rollout and rollback
 
@@ -41,7 +41,8 @@ _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-si
                  "--batch-window": "batch_window_s", "--table-store": "table_store", "--web-host": "web_host",
                  "--web-port": "web_port", "--data-dir": "data_dir", "--max-history": "max_history",
                  "--max-seen": "max_seen", "--max-attempts": "max_attempts",
-                 "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s"}
+                 "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s",
+                 "--recall-diversity": "recall_diversity"}
 _OPS_FLAGS = {**_CONNECTION_FLAGS, "--app-id": "app_id", "--topic-interactions": "topic_interactions",
               "--topic-profiles": "topic_profiles", "--max-history": "max_history", "--max-seen": "max_seen"}
 _HELP = {
@@ -67,6 +68,8 @@ _HELP = {
     "session_timeout_s": "Kafka group session timeout, seconds: how soon a crashed worker's partitions move",
     "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from "
                        "its commit",
+    "recall_diversity": "recall diversity λ when a request names none (0 = max-merge; λ > 0 trades score "
+                        "for coverage of the user's interests)",
 }
 
 
@@ -75,6 +78,16 @@ def _add_setting_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -
         parser.add_argument(flag, dest=field, default=None, metavar=field.split("_")[-1].upper(),
                             help=f"{_HELP[field]} (env {env_name(field)}, "
                                  f"default {default_of(field) or 'unset'})")
+
+
+def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are off anyway when stderr is not a terminal)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on stderr: on a terminal, unless --no-progress."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -91,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run the faust worker: interactions -> tower -> Milvus, with HTTP recall",
                             description="Run the faust worker (wraps `faust -A streams.worker.app worker`).")
     _add_setting_flags(worker, {**_CONNECTION_FLAGS, **_TOPIC_FLAGS, **_WORKER_FLAGS})
-    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
-                        help="worker log level (default info)")
+    worker.add_argument("--log-level", "--loglevel", dest="loglevel", default="info",
+                        choices=["debug", "info", "warning", "error"], help="worker log level (default info)")
 
     produce = sub.add_parser("produce", help="replay an interaction log (CSV, TSV or JSONL) into Kafka",
                              description="Replay an interaction log into the interactions topic, "
@@ -111,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--now", action="store_true",
                          help="stamp each event with the time it is sent "
                               "(replaying an old log as live traffic)")
-    produce.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_flag(produce)
     _add_setting_flags(produce, {"--bootstrap": "kafka_bootstrap", "--topic": "topic_interactions",
                                  "--partitions": "partitions"})
 
@@ -126,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker base URL (default http://WEB_HOST:WEB_PORT from settings)")
     recall.add_argument("--exclude-seen", action="store_true",
                         help="leave out the items already in the user's history (needs the running worker)")
+    recall.add_argument("--diversity", default=None, metavar="λ",
+                        help="trade score for coverage of the user's interests: 0 = the paper's max-merge, "
+                             "larger = more interests represented (default: the worker's "
+                             "MINDSTREAM_RECALL_DIVERSITY)")
     recall.add_argument("--json", action="store_true", help="print the raw JSON answer")
     _add_setting_flags(recall, {**_STORE_FLAGS, "--web-host": "web_host", "--web-port": "web_port"})
 
@@ -133,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Load the artifact's item vectors (batched) and build the items "
                                        "index.")
     index.add_argument("artifact", type=Path, help="artifact directory written by mind-export")
+    _add_progress_flag(index)
     _add_setting_flags(index, _STORE_FLAGS)
     _add_ops_parsers(sub)
     return parser
@@ -149,6 +167,7 @@ def _add_ops_parsers(sub: Any) -> None:
     rebuild.add_argument("--source", choices=["log", "changelog"], default="log",
                          help="the interactions log (default) or the worker's table changelog")
     rebuild.add_argument("--drop", action="store_true", help="drop every collection of the store first")
+    _add_progress_flag(rebuild)
     _add_setting_flags(rebuild, _OPS_FLAGS)
 
     rollout = sub.add_parser("rollout", help="write a new model version's vectors, then switch readers to it",
@@ -157,6 +176,7 @@ def _add_ops_parsers(sub: Any) -> None:
     rollout.add_argument("--artifact", type=Path, required=True, help="the NEW artifact directory")
     rollout.add_argument("--source", choices=["log", "changelog"], default="changelog",
                          help="the worker's table changelog (default) or the interactions log")
+    _add_progress_flag(rollout)
     _add_setting_flags(rollout, _OPS_FLAGS)
 
     rollback = sub.add_parser("rollback",
@@ -189,6 +209,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.ops import load_runtime
 
     settings = _settings(args)
+    settings.check_web_access()
     load_runtime(settings.artifact_dir)  # fail here with one line, not inside faust
     ensure_topics(settings)
     os.environ.update(settings.to_env())
@@ -208,7 +229,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records = [r for r in records if user_of(r) == args.user]
     if args.limit:
         records = records[: args.limit]
-    seconds = send(settings, records, rate=args.rate, stamp_now=args.now, progress=not args.no_progress)
+    seconds = send(settings, records, rate=args.rate, stamp_now=args.now, progress=_progress(args))
     print(f"sent {len(records)} events to {settings.topic_interactions} in {seconds:.1f}s")
     return 0
 
@@ -217,13 +238,19 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
-                      exclude_seen: bool = False) -> dict[str, Any] | None:
-    """The worker's answer, or None when no worker listens there. A 400 becomes a UserError."""
+                      exclude_seen: bool = False, diversity: float | None = None,
+                      token: str = "") -> dict[str, Any] | None:
+    """The worker's answer, or None when no worker listens there. A 400 or 401 becomes a UserError.
+
+    `diversity` None leaves the choice to the worker (its MINDSTREAM_RECALL_DIVERSITY)."""
     url = f"{base_url.rstrip('/')}/recall/{urllib.parse.quote(user, safe='')}?n={n}"
     if exclude_seen:
         url += "&exclude_seen=true"
+    if diversity is not None:
+        url += f"&diversity={diversity!r}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")
@@ -237,16 +264,18 @@ def fetch_recall_http(base_url: str, user: str, n: int, timeout: float = 5.0,
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
-    from streams.recall import validate_n, validate_user_id
+    from streams.recall import validate_diversity, validate_n, validate_user_id
 
-    settings = _settings(args)
     try:
         user_id = validate_user_id(args.user)
         n = validate_n(args.n)
+        diversity = None if args.diversity is None else validate_diversity(args.diversity)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    settings = _settings(args)
     url = args.url or settings.web_url
-    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen)
+    answer = fetch_recall_http(url, user_id, n, exclude_seen=args.exclude_seen, diversity=diversity,
+                               token=settings.web_token)
     source = f"worker at {url}"
     if answer is None:
         from streams.recall import recall
@@ -258,7 +287,8 @@ def cmd_recall(args: argparse.Namespace) -> int:
         try:
             store = settings.open_store()
             try:
-                answer = recall(store, user_id, n).to_dict()
+                answer = recall(store, user_id, n, diversity=(settings.recall_diversity if diversity is None
+                                                              else diversity)).to_dict()
             finally:
                 store.close()
         except (StoreError, ValueError) as exc:
@@ -276,6 +306,8 @@ def format_recall(answer: dict[str, Any], source: str = "") -> str:
     head = f"recall for user {answer.get('user_id')}: {len(items)} items"
     if answer.get("cold_start"):
         head += " (cold start: no interest vectors yet, popular items)"
+    elif answer.get("diversity"):
+        head += f" (diversity {answer['diversity']:g})"
     if source:
         head += f" [{source}]"
     lines = [head]
@@ -296,7 +328,7 @@ def cmd_index_items(args: argparse.Namespace) -> int:
         raise UserError(f"{args.artifact}: not a directory; give the directory written by mind-export")
     try:
         store = settings.open_store()
-        version = index_items(args.artifact, store)
+        version = index_items(args.artifact, store, progress=_progress(args))
         count = store.count_items(version)
     except ArtifactError as exc:
         raise UserError(str(exc)) from None
@@ -337,7 +369,8 @@ def _ops_command(step: Callable[[Settings, Any, argparse.Namespace], str]) -> Co
 def _rebuild(settings: Settings, store: Any, args: argparse.Namespace) -> str:
     from streams.ops import rebuild
 
-    stats = rebuild(settings, args.artifact, store=store, source=args.source, drop=args.drop)
+    stats = rebuild(settings, args.artifact, store=store, source=args.source, drop=args.drop,
+                    progress=_progress(args))
     source = settings.topic_interactions if args.source == "log" else "the changelog"
     return (f"rebuilt {stats.users_written} users ({stats.rows_written} vectors, {stats.tower_calls} tower "
             f"calls) from {stats.messages} messages of {source}: {stats.applied} applied, {stats.duplicates} "
@@ -347,10 +380,15 @@ def _rebuild(settings: Settings, store: Any, args: argparse.Namespace) -> str:
 def _rollout(settings: Settings, store: Any, args: argparse.Namespace) -> str:
     from streams.ops import rollout
 
-    previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source)
+    previous, version, stats = rollout(settings, args.artifact, store=store, source=args.source,
+                                       progress=_progress(args))
+    caught_up = f"{stats.users_caught_up} users caught up in {stats.catch_up_passes} passes"
+    if not stats.caught_up:
+        caught_up = (f"the workers still had events to apply after {stats.catch_up_passes} catch-up passes "
+                     f"(those land in {previous} only)")
     return (f"rolled out model {version} (was {previous or 'none'}): {stats.users_written} users, "
-            f"{stats.rows_written} vectors in {stats.seconds:.1f}s; restart the worker with --artifact "
-            f"{args.artifact}")
+            f"{stats.rows_written} vectors, {caught_up}, in {stats.seconds:.1f}s; restart the workers with "
+            f"--artifact {args.artifact} now")
 
 
 def _rollback(settings: Settings, store: Any, args: argparse.Namespace) -> str:

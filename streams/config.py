@@ -22,7 +22,10 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 - `MINDSTREAM_TOPIC_UPDATES` (default `interest-updates`): one message per recomputed user
 - `MINDSTREAM_TOPIC_DLQ` (default `interactions-dlq`): every event that could not be processed
 - `MINDSTREAM_PARTITIONS` (default `4`): partitions of the input topics (and so of the table changelogs)
-- `MINDSTREAM_REPLICATION` (default `1`): replication factor of topics the project creates
+- `MINDSTREAM_REPLICATION` (default `1`): replication factor of every topic the worker declares (inputs,
+  changelogs, DLQ, updates); `3` on a production cluster
+- `MINDSTREAM_MIN_INSYNC_REPLICAS` (default `1`): `min.insync.replicas` of those topics, the replicas an
+  `acks=all` write needs; `2` with replication 3
 - `MINDSTREAM_BATCH_SIZE` (default `256`): most events per micro-batch (one tower call per batch)
 - `MINDSTREAM_BATCH_WINDOW_S` (default `0`): linger: how long a batch may wait for more events before it is
   processed, seconds; `0` = process whatever is buffered at once (batches grow by themselves under load)
@@ -30,22 +33,30 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
   mindstream[rocksdb]`)
 - `MINDSTREAM_WEB_HOST` (default `127.0.0.1`): address the worker's web server binds to
 - `MINDSTREAM_WEB_PORT` (default `6066`): port of the worker's web server
+- `MINDSTREAM_WEB_TOKEN` (default unset; only read from the environment): bearer token that `/recall` and
+  `/users/{u}/interests` require (`Authorization: Bearer TOKEN`), and that workers send when they pass a
+  request to each other; required when `MINDSTREAM_WEB_HOST` is not a loopback address (`/metrics` and
+  `/healthz` stay open, for Prometheus and probes)
 - `MINDSTREAM_WEB_URL` (default `http://WEB_HOST:WEB_PORT`): where other workers reach this one (a request for
   a user another worker owns is passed there); set it when several hosts run workers
 - `MINDSTREAM_DATA_DIR` (default `./mindstream-data`): faust's local state (RocksDB tables, worker state)
 - `MINDSTREAM_MAX_HISTORY` (default `0`): behaviours kept per user; `0` = the artifact's `max_history_length`
-- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries
+- `MINDSTREAM_MAX_SEEN` (default `512`): recent event ids kept per user to drop duplicate deliveries (the
+  ids of the kept history items count too)
 - `MINDSTREAM_MAX_ATTEMPTS` (default `5`): tries of a batch's tower+store step (backoff 0.5 s doubling) before
   dead-lettering
 - `MINDSTREAM_MAX_FUTURE_S` (default `86400`): events stamped further than this in the future are rejected
 - `MINDSTREAM_STALL_TIMEOUT_S` (default `30`): a worker whose partitions have a lag but that read nothing this
   long re-reads them from their committed offsets
+- `MINDSTREAM_RECALL_DIVERSITY` (default `0`): the recall diversity λ when a request names none (`0` = the
+  paper's max-merge; λ > 0 trades score for coverage of the user's interests, see `export/merge.py`)
 - `MINDSTREAM_SESSION_TIMEOUT_S` (default `10`): Kafka consumer-group session timeout: how long a crashed
   worker's partitions wait before another worker (or its restart) gets them
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -92,11 +103,13 @@ _ENV: dict[str, tuple[str, str]] = {
     "topic_dlq": ("MINDSTREAM_TOPIC_DLQ", "interactions-dlq"),
     "partitions": ("MINDSTREAM_PARTITIONS", "4"),
     "replication": ("MINDSTREAM_REPLICATION", "1"),
+    "min_insync_replicas": ("MINDSTREAM_MIN_INSYNC_REPLICAS", "1"),
     "batch_size": ("MINDSTREAM_BATCH_SIZE", "256"),
     "batch_window_s": ("MINDSTREAM_BATCH_WINDOW_S", "0"),
     "table_store": ("MINDSTREAM_TABLE_STORE", "memory://"),
     "web_host": ("MINDSTREAM_WEB_HOST", "127.0.0.1"),
     "web_port": ("MINDSTREAM_WEB_PORT", "6066"),
+    "web_token": ("MINDSTREAM_WEB_TOKEN", ""),
     "advertised_url": ("MINDSTREAM_WEB_URL", ""),
     "data_dir": ("MINDSTREAM_DATA_DIR", "./mindstream-data"),
     "max_history": ("MINDSTREAM_MAX_HISTORY", "0"),
@@ -105,10 +118,11 @@ _ENV: dict[str, tuple[str, str]] = {
     "max_future_s": ("MINDSTREAM_MAX_FUTURE_S", "86400"),
     "session_timeout_s": ("MINDSTREAM_SESSION_TIMEOUT_S", "10"),
     "stall_timeout_s": ("MINDSTREAM_STALL_TIMEOUT_S", "30"),
+    "recall_diversity": ("MINDSTREAM_RECALL_DIVERSITY", "0"),
 }
 
 # Secrets are read from the environment only: never from flags (they would show in `ps`).
-SECRET_FIELDS = ("kafka_sasl_password", "milvus_token")
+SECRET_FIELDS = ("kafka_sasl_password", "milvus_token", "web_token")
 
 
 @dataclass(frozen=True)
@@ -132,11 +146,13 @@ class Settings:
     topic_dlq: str
     partitions: int
     replication: int
+    min_insync_replicas: int
     batch_size: int
     batch_window_s: float
     table_store: str
     web_host: str
     web_port: int
+    web_token: str = field(repr=False)
     advertised_url: str
     data_dir: str
     max_history: int
@@ -145,6 +161,7 @@ class Settings:
     max_future_s: float
     session_timeout_s: float
     stall_timeout_s: float
+    recall_diversity: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -169,10 +186,14 @@ class Settings:
                               f"{', '.join(SASL_MECHANISMS)}")
         if self.table_store not in TABLE_STORES:
             raise ConfigError(f"MINDSTREAM_TABLE_STORE={self.table_store!r}: use memory:// or rocksdb://")
-        for name, low in (("partitions", 1), ("replication", 1), ("batch_size", 1), ("max_seen", 1),
-                          ("max_attempts", 1), ("max_history", 0), ("web_port", 0)):
+        for name, low in (("partitions", 1), ("replication", 1), ("min_insync_replicas", 1),
+                          ("batch_size", 1), ("max_seen", 1), ("max_attempts", 1), ("max_history", 0),
+                          ("web_port", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{_ENV[name][0]}={getattr(self, name)}: must be at least {low}")
+        if self.min_insync_replicas > self.replication:  # every acks=all write would fail (NotEnoughReplicas)
+            raise ConfigError(f"MINDSTREAM_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is above "
+                              f"MINDSTREAM_REPLICATION={self.replication}: use at most the replication")
         if not MIN_SESSION_TIMEOUT_S <= self.session_timeout_s <= MAX_SESSION_TIMEOUT_S:
             raise ConfigError(f"MINDSTREAM_SESSION_TIMEOUT_S={self.session_timeout_s:g}: must be between "
                               f"{MIN_SESSION_TIMEOUT_S:g} and {MAX_SESSION_TIMEOUT_S:g} seconds "
@@ -183,14 +204,42 @@ class Settings:
         if not 0 <= self.batch_window_s <= MAX_LINGER_S:
             raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be between 0 (no "
                               f"linger, the default) and {MAX_LINGER_S:g} seconds")
+        from export.merge import validate_diversity
+
+        try:
+            validate_diversity(self.recall_diversity)
+        except ValueError as exc:
+            raise ConfigError(f"MINDSTREAM_RECALL_DIVERSITY={self.recall_diversity:g}: {exc}") from None
         if self.advertised_url and not self.advertised_url.startswith(("http://", "https://")):
             raise ConfigError(f"MINDSTREAM_WEB_URL={self.advertised_url!r}: give http://host:port")
         if not self.kafka_bootstrap.strip():
             raise ConfigError("KAFKA_BOOTSTRAP is empty: give host:port of a Kafka broker")
 
+    @property
+    def web_is_loopback(self) -> bool:
+        """Whether the web server binds a loopback address only (IPv4 or IPv6 loopback, or localhost)."""
+        if self.web_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.web_host).is_loopback
+        except ValueError:  # a host name or "" (every interface)
+            return False
+
+    def check_web_access(self) -> None:
+        """ConfigError when the web server would answer beyond this host without a token (worker start)."""
+        if not self.web_is_loopback and not self.web_token:
+            raise ConfigError(f"MINDSTREAM_WEB_HOST={self.web_host!r} is reachable from other hosts: set "
+                              f"MINDSTREAM_WEB_TOKEN in the environment (a bearer token every /recall and "
+                              f"/users request must carry) or bind MINDSTREAM_WEB_HOST=127.0.0.1")
+
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process (secrets included, never printed)."""
         return {_ENV[f.name][0]: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def topic_configs(self) -> dict[str, str]:
+        """Broker configs of every topic the project declares (with `replication` replicas)."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -19,6 +19,10 @@ Unknown extra fields are ignored. Booleans are not numbers here. An item id the 
 accepted (it is kept in the user's history, so a later model with a larger vocabulary uses it) but has no
 effect on the current model's vectors.
 
+The message key must be the user id, as UTF-8 bytes (`b"u42"`; an integer user id as its decimal string):
+the worker's tables live in the partition of the key while requests are routed by the user id, so a message
+whose key is missing or differs from its `user_id` is rejected (`key is not the user id: ...`).
+
 A `user-profiles` message (`parse_profile`) is keyed by the user id; its value is a JSON object of profile
 field -> value, or null (a tombstone) to delete the profile.
 
@@ -28,6 +32,7 @@ number, got string`, `user_id format: ...`, `item_id too long: ...`, `ts too far
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -72,9 +77,20 @@ class Rejection:
     raw: bytes
 
 
-def parse_event(raw: bytes | None, *, now_ms: int | None = None,
+class _ValueOnly(enum.Enum):
+    VALUE_ONLY = "value only"
+
+
+# `parse_event(raw)` without a key: the value's wire format alone (encoded events, logs), no key to check.
+VALUE_ONLY = _ValueOnly.VALUE_ONLY
+
+
+def parse_event(raw: bytes | None, *, key: bytes | str | None | _ValueOnly = VALUE_ONLY,
+                now_ms: int | None = None,
                 max_future_s: float = DEFAULT_MAX_FUTURE_S) -> Interaction | Rejection:
-    """Decode and validate one message value. Pure apart from reading the clock when `now_ms` is None."""
+    """Decode and validate one message: its value and, for a Kafka message, its `key` (None = the message
+    has no key, a rejection), which must be the user id. Pure apart from reading the clock when `now_ms` is
+    None."""
     if raw is None:
         return Rejection("empty message: value is null (a tombstone), expected a JSON object", b"")
     try:
@@ -97,6 +113,13 @@ def parse_event(raw: bytes | None, *, now_ms: int | None = None,
     if not USER_ID_PATTERN.fullmatch(user_id):
         return Rejection(f"user_id format: {user_id[:80]!r} must be 1-{MAX_USER_ID_LENGTH} characters "
                          f"of A-Z a-z 0-9 _ . : @ -", raw)
+
+    if key is not VALUE_ONLY:
+        key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        if key_text != user_id:
+            shown = "no key" if key_text is None else f"key {key_text[:80]!r}"
+            return Rejection(f"key is not the user id: {shown}, user_id {user_id!r}; key each event by its "
+                             f"user id (UTF-8)", raw)
 
     item_id = _id_text(obj["item_id"])
     if item_id is None:

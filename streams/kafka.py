@@ -33,24 +33,20 @@ def ensure_topics(settings: Settings) -> None:
     Raises UserError when no broker answers, or when an input topic has another partition count than
     MINDSTREAM_PARTITIONS (faust refuses inputs whose count differs from the tables' changelogs).
     """
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    try:
-        admin = KafkaAdminClient(client_id="mind-stream", request_timeout_ms=15000,
-                                 **settings.kafka_python_kwargs())
-    except KafkaError:
-        raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}; start one (make kafka-up) "
-                        f"or set KAFKA_BOOTSTRAP / --bootstrap") from None
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(settings.topic_interactions, settings.partitions, settings.replication),
+            NewTopic(settings.topic_interactions, settings.partitions, settings.replication,
+                     topic_configs=settings.topic_configs),
             NewTopic(settings.topic_profiles, settings.partitions, settings.replication,
-                     topic_configs={"cleanup.policy": "compact"}),
-            NewTopic(settings.topic_updates, settings.partitions, settings.replication),
-            NewTopic(settings.topic_dlq, 1, settings.replication),
+                     topic_configs={"cleanup.policy": "compact", **settings.topic_configs}),
+            NewTopic(settings.topic_updates, settings.partitions, settings.replication,
+                     topic_configs=settings.topic_configs),
+            NewTopic(settings.topic_dlq, 1, settings.replication, topic_configs=settings.topic_configs),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
@@ -88,7 +84,8 @@ def producer(settings: Settings) -> Any:
     from kafka.errors import KafkaError
 
     try:
-        return KafkaProducer(acks="all", linger_ms=5, **settings.kafka_python_kwargs())
+        return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                             **settings.kafka_python_kwargs())
     except KafkaError:
         raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}") from None
 
@@ -160,6 +157,30 @@ def last_values(settings: Settings, topic: str, *, json_keys: bool = False) -> d
         if isinstance(value, dict):
             table[key] = value
     return table
+
+
+def _admin(settings: Settings) -> Any:
+    """A kafka-python admin client; UserError with one line when no broker answers."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaAdminClient(client_id="mind-stream", request_timeout_ms=15000,
+                                **settings.kafka_python_kwargs())
+    except KafkaError:
+        raise UserError(f"no Kafka broker answers at {settings.kafka_bootstrap}; start one (make kafka-up) "
+                        f"or set KAFKA_BOOTSTRAP / --bootstrap") from None
+
+
+def group_is_active(settings: Settings) -> bool:
+    """Whether the workers' consumer group (the app id) has members now, i.e. workers are running."""
+    admin = _admin(settings)
+    try:
+        groups = admin.list_groups()
+    finally:
+        admin.close()
+    return any(g.get("group_id") == settings.app_id and g.get("group_state") not in ("Empty", "Dead")
+               for g in groups)
 
 
 class CommittedLag:

@@ -4,7 +4,7 @@ Typed functions; `streams.cli` wires them to `mind-stream rebuild / rollout / ro
 
     rebuild(settings, artifact, store=...)    interactions log (from offset 0) → histories → vectors
     rollout(settings, new_artifact, store=...) histories table (its changelog) → the new version's
-                                              collections, then one pointer switch
+                                              collections, then one pointer switch, then catch-up passes
     rollback(settings, store=...)             pointer back to the version the current one replaced
                                               (refreshed from the table first when given its artifact)
 
@@ -23,6 +23,12 @@ Where histories come from:
 - `changelog`: the worker's table changelogs (`streams.kafka.changelog_topic`), last value per user: the
   history table itself, with its max_len window and `seen` ids.
 
+A rollout next to running workers (a Milvus server): they keep applying events with the old model while the
+new version is written from a snapshot of the table, so after the pointer switch the rollout re-reads its
+source and rewrites every user whose table entry (history or profile) changed since it was written, pass
+after pass, until a pass finds none changed while the workers' consumer group has nothing left to apply
+(with no worker in the group, the first unchanged pass ends it; `catch_up_s` bounds the wait).
+
 A Milvus Lite file is one process's at a time: run these while the worker is stopped (or against a Milvus
 server). Problems the user can fix raise `UserError`; the store's own failures raise `StoreError`.
 """
@@ -37,11 +43,21 @@ from typing import Any
 
 from streams.config import Settings, UserError
 from streams.events import Rejection, parse_event
-from streams.kafka import changelog_topic, last_values, read_to_end, topic_exists
+from streams.ids import validate_user_id
+from streams.kafka import (
+    CommittedLag,
+    changelog_topic,
+    group_is_active,
+    last_values,
+    read_to_end,
+    topic_exists,
+)
 from streams.store import StoreError, VectorStore, index_items
 from streams.updater import History, TowerRuntime, plan_batch, recompute
 
 SOURCES = ("log", "changelog")
+CATCH_UP_S = 120.0  # the longest a rollout waits for running workers to apply what was produced before it
+CATCH_UP_POLL_S = 0.5
 
 
 @dataclass
@@ -56,6 +72,9 @@ class ReplayStats:
     users_written: int = 0
     rows_written: int = 0
     tower_calls: int = 0
+    catch_up_passes: int = 0
+    users_caught_up: int = 0
+    caught_up: bool = True  # False: the workers still had events to apply when `catch_up_s` ran out
     seconds: float = 0.0
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -93,7 +112,8 @@ def histories_from_log(settings: Settings, *, max_len: int,
 
     for record in read_to_end(settings, settings.topic_interactions):
         stats.messages += 1
-        result = parse_event(record.value, now_ms=record.timestamp, max_future_s=settings.max_future_s)
+        result = parse_event(record.value, key=record.key, now_ms=record.timestamp,
+                             max_future_s=settings.max_future_s)
         if isinstance(result, Rejection):
             stats.rejected += 1
             kind = result.reason.split(":", 1)[0][:48]
@@ -110,8 +130,22 @@ def histories_from_log(settings: Settings, *, max_len: int,
 
 
 def histories_from_changelog(settings: Settings) -> dict[str, History]:
-    """The worker's `histories` table, from its changelog topic (last value per user)."""
-    return last_values(settings, changelog_topic(settings.app_id, "histories"), json_keys=True)
+    """The worker's `histories` table, from its changelog topic (last value per user); UserError for a key
+    that is not a valid user id."""
+    topic = changelog_topic(settings.app_id, "histories")
+    return checked_user_keys(topic, last_values(settings, topic, json_keys=True))
+
+
+def checked_user_keys(topic: str, table: dict[str, Any]) -> dict[str, Any]:
+    """`table` unchanged when every key is a valid user id (`streams.ids`); else UserError naming the first
+    bad key, as one line: the worker keys its tables by validated user ids only."""
+    for key in table:
+        try:
+            validate_user_id(key)
+        except ValueError as exc:
+            raise UserError(f"{topic}: {exc}; the worker writes no such key: delete it with a tombstone "
+                            f"(a null value for that key) or use --source log") from None
+    return table
 
 
 def read_sources(settings: Settings, source: str,
@@ -162,12 +196,23 @@ def _max_len(settings: Settings, runtime: Any) -> int:
     return settings.max_history or int(runtime.manifest.max_history_length)
 
 
+def _write_with_progress(store: VectorStore, runtime: TowerRuntime, histories: Mapping[str, History],
+                         profiles: Mapping[str, Any], stats: ReplayStats | None,
+                         progress: bool) -> ReplayStats:
+    """`write_vectors` under a progress bar over the users (off when `progress` is False)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(histories), desc="users", unit="user", disable=not progress) as bar:
+        return write_vectors(store, runtime, histories, profiles, stats=stats, progress=bar.update)
+
+
 def rebuild(settings: Settings, artifact_dir: str | Path, *, store: VectorStore, source: str = "log",
-            drop: bool = False) -> ReplayStats:
+            drop: bool = False, progress: bool = False) -> ReplayStats:
     """Recreate every user's vectors of the artifact's version in `store` from Kafka.
 
     The store must hold no interests of that version (an empty store, or `drop=True` to drop every
-    collection of the store first): a rebuild never merges into a live state.
+    collection of the store first): a rebuild never merges into a live state. `progress`: bars for the
+    items and the users on stderr.
     """
     started = time.perf_counter()
     runtime = load_runtime(artifact_dir)
@@ -178,19 +223,24 @@ def rebuild(settings: Settings, artifact_dir: str | Path, *, store: VectorStore,
         raise UserError(f"the vector store at {store.uri} already holds user vectors of model {version}; "
                         f"rebuild into an empty store, or pass --drop to drop its collections first")
     histories, profiles, stats = read_sources(settings, source, _max_len(settings, runtime))
-    index_items(artifact_dir, store, progress=False)
-    write_vectors(store, runtime, histories, profiles, stats=stats)
+    index_items(artifact_dir, store, progress=progress)
+    _write_with_progress(store, runtime, histories, profiles, stats, progress)
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def rollout(settings: Settings, artifact_dir: str | Path, *, store: VectorStore,
-            source: str = "changelog") -> tuple[str, str, ReplayStats]:
-    """Write the new artifact's version completely (items, every user's vectors), then switch readers to it.
+def rollout(settings: Settings, artifact_dir: str | Path, *, store: VectorStore, source: str = "changelog",
+            catch_up_s: float = CATCH_UP_S, progress: bool = False,
+            on_phase: Callable[[str], None] | None = None) -> tuple[str, str, ReplayStats]:
+    """Write the new artifact's version completely (items, every user's vectors), switch readers to it, then
+    catch up with what running workers applied meanwhile (`catch_up`).
 
     Returns (previous version, new version, stats). Readers keep using the previous version until the one
     pointer row is written; the previous version's collections are left as they are, for `rollback`.
+    `on_phase` is told "snapshot" (the source is read), "activated" and "caught-up", in that order.
+    `progress`: bars for the items and the users on stderr.
     """
+    phase = on_phase or (lambda name: None)
     started = time.perf_counter()
     runtime = load_runtime(artifact_dir)
     version = str(runtime.manifest.model_version)
@@ -201,11 +251,46 @@ def rollout(settings: Settings, artifact_dir: str | Path, *, store: VectorStore,
     if previous == version:
         raise UserError(f"model {version} is already the active version in {store.uri}; nothing to roll out")
     histories, profiles, stats = read_sources(settings, source, _max_len(settings, runtime))
-    index_items(artifact_dir, store, progress=False)  # a store with an active version keeps it active
-    write_vectors(store, runtime, histories, profiles, stats=stats)
+    phase("snapshot")
+    index_items(artifact_dir, store, progress=progress)  # a store with an active version keeps it active
+    _write_with_progress(store, runtime, histories, profiles, stats, progress)
     store.activate_version(version)
+    phase("activated")
+    catch_up(settings, store, runtime, source, histories, profiles, stats=stats, timeout_s=catch_up_s)
+    phase("caught-up")
     stats.seconds = time.perf_counter() - started
     return previous, version, stats
+
+
+def catch_up(settings: Settings, store: VectorStore, runtime: Any, source: str, histories: dict[str, History],
+             profiles: dict[str, Any], *, stats: ReplayStats, timeout_s: float) -> None:
+    """Rewrite, into the runtime's version, every user whose table entry changed since `histories` and
+    `profiles` were written; pass after pass until one finds nothing changed while the workers' consumer
+    group has nothing left to apply (or no member). Updates `histories`, `profiles` and `stats`."""
+    max_len = _max_len(settings, runtime)
+    lag = CommittedLag(settings, settings.topic_interactions)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            now_histories, now_profiles, _ = read_sources(settings, source, max_len)
+            stats.catch_up_passes += 1
+            changed = {user: history for user, history in now_histories.items()
+                       if history != histories.get(user) or now_profiles.get(user) != profiles.get(user)}
+            if changed:
+                write_vectors(store, runtime, changed, now_profiles)
+                stats.users_caught_up += len(changed)
+                histories.update(changed)
+                profiles.clear()
+                profiles.update(now_profiles)
+            elif not group_is_active(settings) or sum(lag(list(range(settings.partitions))).values()) == 0:
+                return
+            if time.monotonic() > deadline:
+                stats.caught_up = False
+                return
+            if not changed:
+                time.sleep(CATCH_UP_POLL_S)  # the workers are applying: let them
+    finally:
+        lag.close()
 
 
 def rollback(settings: Settings, *, store: VectorStore, artifact_dir: str | Path | None = None,

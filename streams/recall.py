@@ -43,7 +43,8 @@ Fallback = Sequence[Any] | Callable[[int], Sequence[Any]]
 
 @dataclasses.dataclass(frozen=True)
 class RecalledItem:
-    """One recalled item: its best inner product over the user's interests and the slot that gave it.
+    """One recalled item: its best inner product over the user's interests and the slot that gave it, and
+    its title when the artifact had titles (`mind-stream index-items` stores them with the item).
 
     Cold-start items have slot None and the fallback's score (0.0 when it gives none)."""
 
@@ -51,17 +52,20 @@ class RecalledItem:
     score: float
     slot: int | None
     item_index: int | None = None
+    title: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RecallResult:
-    """The answer to one recall request. `interests_used` = number of interest vectors searched."""
+    """The answer to one recall request. `interests_used` = number of interest vectors searched;
+    `diversity` = the λ of the merge."""
 
     user_id: str
     items: list[RecalledItem]
     model_version: str
     cold_start: bool
     interests_used: int
+    diversity: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the HTTP body)."""
@@ -112,26 +116,29 @@ def recall(
     interests = store.get_user_interests(user_id, model_version=version)[user_id]
     if not interests:
         return RecallResult(user_id, cold_start_items(fallback, n, excluded), version, cold_start=True,
-                            interests_used=0)
+                            interests_used=0, diversity=diversity)
     vectors = np.stack([interest.vector for interest in interests])  # (K'u, d)
     item_ids: dict[int, str] = {}
+    titles: dict[int, str | None] = {}
 
     def search(depth: int) -> list[InterestList]:
         limit = min(depth + len(excluded), MAX_SEARCH_LIMIT)
         lists = []
-        for hits in store.search_items(vectors, limit, model_version=version):
+        for hits in store.search_items(vectors, limit, model_version=version, titles=True):
             kept = [hit for hit in hits if hit.item_id not in excluded]
             item_ids.update((hit.item_index, hit.item_id) for hit in kept)
+            titles.update((hit.item_index, hit.title) for hit in kept)
             lists.append(InterestList(np.array([hit.item_index for hit in kept], dtype=np.int64),
                                       np.array([hit.score for hit in kept], dtype=np.float64),
                                       complete=len(hits) < limit))
         return lists
 
-    merged = merge_with_search(search, n, diversity=diversity, slots=[interest.slot for interest in interests],
-                               max_depth=MAX_SEARCH_LIMIT)
-    items = [RecalledItem(item_ids[int(index)], float(score), int(slot), int(index))
+    merged = merge_with_search(search, n, diversity=diversity,
+                               slots=[interest.slot for interest in interests], max_depth=MAX_SEARCH_LIMIT)
+    items = [RecalledItem(item_ids[int(index)], float(score), int(slot), int(index), titles.get(int(index)))
              for index, score, slot in zip(merged.item_index, merged.score, merged.slot, strict=True)]
-    return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests))
+    return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests),
+                        diversity=diversity)
 
 
 def cold_start_items(fallback: Fallback | None, n: int, exclude: Collection[str] = ()) -> list[RecalledItem]:

@@ -49,15 +49,17 @@ def apply_events(history: Mapping[str, list] | None, events: Sequence[Interactio
                  max_seen: int) -> tuple[History, list[Interaction]]:
     """Append `events` (one user's, in arrival order) to `history`; return (new history, events applied).
 
-    An event whose id is among the history's `seen` ids, or repeated within `events`, is a duplicate
-    delivery and is dropped. Items are kept ordered by ts, equal ts in arrival order, and only the last
-    `max_len` are kept; `seen` keeps the last `max_seen` ids (so a duplicate is recognised even after its
-    item fell out of the window). The input is not modified.
+    An event whose id is among the history's `seen` ids or its kept items' ids, or repeated within
+    `events`, is a duplicate delivery and is dropped. Items are kept ordered by ts, equal ts in arrival
+    order, and only the last `max_len` are kept; `seen` keeps the last `max_seen` ids (so a duplicate is
+    recognised even after its item fell out of the window). The one event applied twice is one whose id is
+    in neither window. The input is not modified.
     """
     history = history or empty_history()
     items = list(history.get("items", []))  # shallow: item triples are never mutated, so never copied
     seen = list(history.get("seen", []))
-    seen_set = set(seen)
+    # -- de-duplication: both windows (issue 16): ids of kept items as well as the last `max_seen` ids --
+    seen_set = set(seen).union(item[2] for item in items)
     applied: list[Interaction] = []
     for event in events:
         if event.event_id in seen_set:

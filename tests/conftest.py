@@ -18,7 +18,7 @@ import pytest
 # Importing `support` sets GRPC_ENABLE_FORK_SUPPORT=false before anything imports grpc (support/__init__.py).
 from support.basics import free_port, unique_name
 from support.topics import create_topics, delete_topics
-from support.worker import Worker, cleanup_topics, index_items, worker_env
+from support.worker import Worker, running_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -118,6 +118,56 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     delete_topics(kafka_bootstrap, created)
 
 
+def _cluster_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """`kafka.sh cluster ...` on the cluster this session owns (KAFKA_BOOTSTRAP names a single broker)."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    return subprocess.run(["bash", str(KAFKA_SCRIPT), "cluster", *args], capture_output=True, text=True,
+                          env=env)
+
+
+class KafkaCluster:
+    """A 3-node KRaft cluster run by `kafka.sh cluster` (see deploy/kafka/kafka.sh): bootstrap list, node ids
+    1..3 (= broker ids), and the script's kill / stop / start of one node."""
+
+    def __init__(self, state_dir: Path, bootstrap: str) -> None:
+        self.state_dir, self.bootstrap = state_dir, bootstrap
+
+    def run(self, *args: str) -> str:
+        done = _cluster_script(*args, "--dir", str(self.state_dir))
+        assert done.returncode == 0, f"kafka.sh cluster {' '.join(args)} failed: {done.stderr.strip()}"
+        return done.stdout
+
+    def kill(self, node: int) -> None:
+        self.run("kill", str(node))
+
+    def stop(self, node: int) -> None:
+        self.run("stop", str(node))
+
+    def start(self, node: int) -> None:
+        self.run("start", str(node))
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A 3-broker cluster for this session (kafka.sh cluster up 3), own state folder, stopped at the end."""
+    fetched = _kafka_script("fetch")
+    if fetched.returncode != 0:
+        pytest.fail(f"{fetched.stderr.strip()}", pytrace=False)
+    state_dir = tmp_path_factory.mktemp("kafka-cluster")
+    try:
+        started = _cluster_script("up", "3", "--dir", str(state_dir), "--exit-with", str(os.getpid()))
+    except BaseException:
+        _cluster_script("down", "--dir", str(state_dir))
+        raise
+    if started.returncode != 0:
+        _cluster_script("down", "--dir", str(state_dir))
+        pytest.fail(f"could not start the 3-broker Kafka cluster:\n{started.stderr.strip()}", pytrace=False)
+    try:
+        yield KafkaCluster(state_dir, _last_line(started.stdout))
+    finally:
+        _cluster_script("down", "--dir", str(state_dir))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API, warning hundreds of
     # times per session; the warnings are theirs, not ours.
@@ -136,13 +186,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def worker(kafka_bootstrap: str, artifact_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A running worker on unique topics / consumer group, a fresh Milvus Lite file with the items indexed."""
-    tmp = tmp_path_factory.mktemp("stream-worker")
-    env = worker_env(kafka_bootstrap, tmp)
-    index_items(env, artifact_dir)
-    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log")
-    w.start()
-    try:
+    with running_worker(kafka_bootstrap, artifact_dir, tmp_path_factory.mktemp("stream-worker")) as w:
         yield w
-    finally:
-        w.stop()
-        cleanup_topics(kafka_bootstrap, env)

@@ -238,6 +238,34 @@ def test_integer_ids_match_their_decimal_strings_and_coupling_can_be_exported(tm
                                          runtime.encode_profiles([None])).valid_interest_mask.all()
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"routing_init": "position", "normalize": "none"},
+        {
+            "routing_init": "item",
+            "normalize": "interests",
+            "per_interest_bilinear": True,
+            "routing_normalize": True,
+        },
+    ],
+)
+def test_every_routing_variant_exports_with_parity_and_item_keyed_routing_ignores_order(tmp_path, changes):
+    artifact = build_tiny_artifact(tmp_path / "variant", num_items=20, max_history_length=8,
+                                   config_changes=changes)  # export_artifact refuses to write without parity
+    runtime = UserTowerRuntime.load(artifact)
+    history, mask = runtime.encode_histories([["c0_1", "c1_2", "c2_3", "c3_4", "c0_2"],
+                                              ["c0_2", "c3_4", "c2_3", "c1_2", "c0_1"]])
+    out = runtime.infer(history, mask, runtime.encode_profiles([None, None]))
+    norms = np.linalg.norm(out.interest_vectors[out.valid_interest_mask], axis=-1)
+    if changes["normalize"] == "interests":
+        np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    if changes["routing_init"] == "item":  # the same items in another order: the same interests
+        np.testing.assert_allclose(out.interest_vectors[0], out.interest_vectors[1], atol=1e-5)
+    else:
+        assert not np.allclose(out.interest_vectors[0], out.interest_vectors[1], atol=1e-5)
+
+
 # --- refusing bad exports and bad artifacts --------------------------------------------------------------
 
 

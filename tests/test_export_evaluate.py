@@ -16,8 +16,8 @@ from export.cli import main as export_main
 from export.evaluate import choose_diversity, evaluate_artifact, interest_rankings
 from model.cli import main as model_main
 
-SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4", "--num-negatives", "50",
-         "--epochs", "1", "--max-history-length", "20", "--no-progress"]
+SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4",
+         "--num-negatives", "50", "--epochs", "1", "--max-history-length", "20", "--no-progress"]
 
 
 def test_rankings_leave_out_padding_and_history_and_break_ties_by_smaller_item() -> None:
@@ -71,7 +71,8 @@ def test_validation_users_alone_choose_without_touching_test_users(artifact) -> 
     assert summary["chosen_diversity"] == choose_diversity(summary["validation"], 50)
 
 
-def test_an_artifact_without_a_dataset_record_or_bad_flags_fail_in_one_line(artifact, tmp_path, capsys) -> None:
+def test_an_artifact_without_a_dataset_record_or_bad_flags_fail_in_one_line(artifact, tmp_path,
+                                                                            capsys) -> None:
     tiny = tmp_path / "no-record"
     shutil.copytree(artifact / "artifact", tiny)
     manifest = json.loads((tiny / "manifest.json").read_text())

@@ -11,7 +11,8 @@ from export.merge import InterestList, merge_interests, merge_with_search, valid
 
 
 def listed(*pairs: tuple[int, float], complete: bool = False) -> InterestList:
-    return InterestList(np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs]), complete)
+    return InterestList(np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs]),
+                        complete)
 
 
 # Interest 0 finds items 1..5 and 8, interest 1 (complete) items 6 and 7. Plain top-4: 1, 2, 3, 6, scores
@@ -21,8 +22,8 @@ HAND = [listed((1, 10.0), (2, 9.0), (3, 8.0), (4, 7.0), (5, 6.0), (8, 2.0)),
 
 
 def test_zero_diversity_is_the_max_merge_with_best_score_and_slot_per_item() -> None:
-    merged = merge_interests([listed((1, 0.5), (2, 0.4), complete=True), listed((1, 0.9), (3, 0.1), complete=True)],
-                             n=10)
+    merged = merge_interests([listed((1, 0.5), (2, 0.4), complete=True),
+                              listed((1, 0.9), (3, 0.1), complete=True)], n=10)
     assert merged.item_index.tolist() == [1, 2, 3]
     assert merged.score.tolist() == [0.9, 0.4, 0.1]
     assert merged.slot.tolist() == [1, 0, 1]
@@ -32,7 +33,8 @@ def test_zero_diversity_is_the_max_merge_with_best_score_and_slot_per_item() -> 
 def test_max_merge_ties_go_to_the_lowest_slot_then_the_smallest_item_in_any_list_order() -> None:
     lists = [listed((5, 0.5), (2, 0.5)), listed((5, 0.5), (1, 0.5))]
     merged = merge_interests(lists, n=3, slots=[2, 1])
-    assert list(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True)) == [(1, 1), (2, 2), (5, 1)]
+    assert list(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True)) == [(1, 1), (2, 2),
+                                                                                        (5, 1)]
     again = merge_interests(lists[::-1], n=3, slots=[1, 2])
     assert again.item_index.tolist() == [1, 2, 5] and again.slot.tolist() == [1, 2, 1]
 
@@ -52,7 +54,8 @@ def test_fewer_candidates_than_n_is_exact_only_when_every_list_is_complete() -> 
     # 0's list (down to 2) is too short to prove it
     (3.0, [1, 6, 2, 7], [0, 1, 0, 1], False),
 ])
-def test_diversity_penalises_items_from_an_interest_already_represented(diversity, items, slots, exact) -> None:
+def test_diversity_penalises_items_from_an_interest_already_represented(diversity, items, slots,
+                                                                         exact) -> None:
     merged = merge_interests(HAND, n=4, diversity=diversity)
     assert merged.item_index.tolist() == items
     assert merged.slot.tolist() == slots

@@ -106,8 +106,8 @@ def test_best_assignment_is_optimal_where_greedy_is_not():
 
 
 def test_top_n_survival_is_the_share_kept_in_any_order():
-    assert top_n_survival(np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.array([[4, 3, 9, 8], [8, 7, 6, 5]])).tolist() \
-        == [0.5, 1.0]
+    survival = top_n_survival(np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.array([[4, 3, 9, 8], [8, 7, 6, 5]]))
+    assert survival.tolist() == [0.5, 1.0]
 
 
 def test_stability_excludes_the_same_history_both_times():
@@ -147,8 +147,8 @@ def test_summary_skips_undefined_and_infinite_values():
 
 # --- in `mind-model evaluate` and `compare` (synthetic data, one epoch) ----------------------------------
 
-SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4", "--num-negatives", "50",
-         "--epochs", "1", "--max-history-length", "20", "--no-progress"]
+SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4",
+         "--num-negatives", "50", "--epochs", "1", "--max-history-length", "20", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,8 @@ def compared(tmp_path_factory):
     from model.cli import main
 
     out = tmp_path_factory.mktemp("compare")
-    assert main(["compare", "--data", "synthetic", "--out", str(out), "--models", "mind,popular", *SMALL]) == 0
+    assert main(["compare", "--data", "synthetic", "--out", str(out), "--models", "mind,popular",
+                 *SMALL]) == 0
     return out
 
 
@@ -188,14 +189,16 @@ def test_evaluate_and_compare_report_the_diagnostics_on_the_test_users(compared,
     assert 0 <= stability_["all"]["top_n_survival"] <= 1
 
 
-def test_explain_lists_each_interests_top_items_and_the_merged_list_with_its_interests(compared, tmp_path, capsys):
+def test_explain_lists_each_interests_top_items_and_the_merged_list_with_its_interests(compared, tmp_path,
+                                                                                      capsys):
     from model.checkpoint import load_checkpoint
     from model.cli import main
     from model.datasets import prepare_dataset
     from model.explain import explain_user
 
     checkpoint = load_checkpoint(compared / "mind")
-    explanation = explain_user(checkpoint.model, prepare_dataset("synthetic", tmp_path), "u3", merged_items=10)
+    explanation = explain_user(checkpoint.model, prepare_dataset("synthetic", tmp_path), "u3",
+                               merged_items=10)
     k = explanation.coupling.shape[1]
     assert len(explanation.interest_top_items) == len(explanation.interest_top_scores) == k
     assert all(scores == sorted(scores, reverse=True) for scores in explanation.interest_top_scores)

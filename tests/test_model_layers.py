@@ -230,3 +230,105 @@ def test_label_aware_attention_returns_the_weighted_interest_vectors():
     soft = LabelAwareAttention(1.0)(vectors, valid, target)
     w = torch.softmax(torch.tensor([0.2, 1.0]), 0)
     torch.testing.assert_close(soft, torch.tensor([[w[0], w[1]]]))
+
+
+def test_item_keyed_routing_logits_follow_the_item_not_its_position():
+    routing = InterestRouting(
+        dim=4,
+        num_interests=3,
+        max_history_length=8,
+        iterations=3,
+        logit_std=1.0,
+        seed=5,
+        init="item",
+        num_items=20,
+    )
+    assert tuple(routing.routing_logits.shape) == (21, 3)
+    history = torch.tensor([[3, 7, 11, 19, 2]])
+    order = torch.tensor([4, 0, 3, 1, 2])
+    table = torch.randn(21, 4)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    capsules, coupling = routing(table[history], mask, valid, history)
+    shuffled_capsules, shuffled_coupling = routing(table[history[:, order]], mask, valid, history[:, order])
+    torch.testing.assert_close(shuffled_capsules, capsules)           # the same items in any order
+    torch.testing.assert_close(shuffled_coupling, coupling[:, order])
+    with pytest.raises(ValueError, match="item ids"):
+        routing(table[history], mask, valid)
+
+
+def test_zero_update_scale_keeps_the_initial_coupling_and_training_records_the_logit_shift():
+    e = torch.randn(2, 6, 4)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    frozen = InterestRouting(
+        dim=4, num_interests=3, max_history_length=6, iterations=3, logit_std=1.0, seed=0, update_scale=0.0
+    )
+    _, coupling = frozen(e, mask, valid)
+    torch.testing.assert_close(coupling, torch.softmax(frozen.routing_logits, -1).expand(2, -1, -1))
+    for normalize in (False, True):
+        routing = InterestRouting(dim=4, num_interests=3, max_history_length=6, iterations=3, logit_std=1.0,
+                                  seed=0, update_scale=2.0, normalize=normalize).train()
+        routing(e, mask, valid)
+        assert routing.last_logit_shift is not None and float(routing.last_logit_shift) > 0
+    frozen.train()(e, mask, valid)
+    assert float(frozen.last_logit_shift) == 0.0
+
+
+def test_normalised_routing_update_is_the_scaled_cosine_of_capsule_and_behaviour():
+    routing = InterestRouting(
+        dim=4,
+        num_interests=2,
+        max_history_length=5,
+        iterations=2,
+        logit_std=1.0,
+        seed=1,
+        update_scale=3.0,
+        normalize=True,
+    )
+    e = torch.randn(1, 5, 4)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    _, coupling = routing(e, mask, valid)
+    mapped = e @ routing.bilinear.detach().t()
+    first = squash(torch.softmax(routing.routing_logits, -1).t() @ mapped[0])        # (K, d) round one
+    cosine = (
+        torch.nn.functional.normalize(mapped[0], dim=-1) @ torch.nn.functional.normalize(first, dim=-1).t()
+    )
+    torch.testing.assert_close(coupling[0], torch.softmax(routing.routing_logits + 3.0 * cosine, -1))
+
+
+def test_per_sample_routing_init_draws_afresh_in_training_and_is_fixed_in_eval():
+    routing = InterestRouting(
+        dim=4, num_interests=3, max_history_length=6, iterations=3, logit_std=1.0, seed=0, init="sample"
+    )
+    e = torch.randn(2, 6, 4)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    routing.train()
+    assert not torch.allclose(routing(e, mask, valid)[0], routing(e, mask, valid)[0])
+    routing.eval()
+    torch.testing.assert_close(routing(e, mask, valid)[0], routing(e, mask, valid)[0])
+
+
+def test_per_interest_bilinear_routing_with_equal_maps_is_the_shared_routing():
+    shared = InterestRouting(
+        dim=4, num_interests=3, max_history_length=6, iterations=3, logit_std=1.0, seed=2
+    )
+    per_interest = InterestRouting(
+        dim=4,
+        num_interests=3,
+        max_history_length=6,
+        iterations=3,
+        logit_std=1.0,
+        seed=2,
+        per_interest_bilinear=True,
+    )
+    assert tuple(per_interest.bilinear.shape) == (3, 4, 4)
+    with torch.no_grad():
+        per_interest.bilinear.copy_(shared.bilinear.expand(3, -1, -1))
+    e = torch.randn(2, 6, 4)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    for got, expected in zip(per_interest(e, mask, valid), shared(e, mask, valid), strict=True):
+        torch.testing.assert_close(got, expected)

@@ -8,6 +8,7 @@ import torch
 from support.tiny_model import NUM_ITEMS, batch, tiny_model
 
 from model.baselines import YouTubeDNN
+from model.config import LEGACY_VALUES, ConfigError, MindConfig
 
 
 def test_interests_have_documented_shapes_and_adaptive_masks():
@@ -88,10 +89,29 @@ def test_youtube_dnn_speaks_the_same_interface_with_one_interest():
     torch.testing.assert_close(out.coupling.sum(1), torch.ones(2, 1))
 
 
-def test_user_tower_traces_to_onnx_with_dynamic_batch_and_length(tmp_path):
+def test_normalised_interests_are_unit_length_and_invalid_ones_zero():
+    for kind in ("mind", "youtube_dnn"):
+        out = tiny_model(kind, normalize="interests").interests(*batch([1, 4, 20]))
+        norms = out.interest_vectors.norm(dim=-1)
+        torch.testing.assert_close(
+            norms[out.valid_interest_mask], torch.ones(int(out.valid_interest_mask.sum()))
+        )
+        assert bool((norms[~out.valid_interest_mask] == 0).all())
+
+
+def test_a_config_without_the_later_flags_rebuilds_the_model_it_was_trained_as():
+    stored = {k: v for k, v in MindConfig().to_dict().items() if k not in LEGACY_VALUES}
+    rebuilt = MindConfig.from_dict(stored)
+    assert all(getattr(rebuilt, k) == v for k, v in LEGACY_VALUES.items())
+    with pytest.raises(ConfigError, match="routing_init"):
+        MindConfig(routing_init="per-user")
+
+
+@pytest.mark.parametrize("routing_init", ["position", "item"])
+def test_user_tower_traces_to_onnx_with_dynamic_batch_and_length(tmp_path, routing_init):
     import onnxruntime
 
-    model = tiny_model()
+    model = tiny_model(routing_init=routing_init, normalize="interests")
 
     class Tower(torch.nn.Module):
         def __init__(self, inner):

@@ -20,7 +20,15 @@ from model.evaluate import (
     user_split_cases,
 )
 from model.synthetic import synthetic_planted
-from model.train import NegativeSampler, build_samples, make_batch, sampled_softmax_loss, train_model
+from model.train import (
+    NegativeSampler,
+    build_samples,
+    make_batch,
+    mean_pairwise_cosine,
+    random_target_rows,
+    sampled_softmax_loss,
+    train_model,
+)
 
 
 def test_samples_are_every_position_after_the_first_with_the_previous_items_as_history():
@@ -49,6 +57,32 @@ def test_sampled_softmax_is_cross_entropy_over_target_and_negatives_without_acci
     row1 = torch.tensor([2 - log_q[2], 2 - log_q[3]])
     expected = -(torch.log_softmax(row0, 0)[0] + torch.log_softmax(row1, 0)[0]) / 2
     assert float(corrected) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_random_target_rows_draw_users_uniformly_whatever_their_length():
+    sequences = [np.arange(1, 101), np.array([1, 2]), np.array([3, 4, 5])]
+    samples = build_samples(sequences, np.array([0, 1, 2]))
+    rows = random_target_rows(samples, 30_000, np.random.default_rng(0))
+    users = samples.sample_user[rows]
+    assert np.abs(np.bincount(users, minlength=3) / len(rows) - 1 / 3).max() < 0.02  # not 99 : 1 : 2
+    long_user_offsets = samples.target_offset[rows[users == 0]]
+    assert long_user_offsets.min() == 1 and long_user_offsets.max() == 99
+
+
+def test_mean_pairwise_cosine_counts_only_pairs_of_valid_interests():
+    vectors = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [5.0, 0.0], [-1.0, 0.0]]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    half = 2**-0.5
+    assert float(mean_pairwise_cosine(vectors, valid)) == pytest.approx((0 + half + half + 1) / 4)
+
+
+def test_temperature_divides_the_logits():
+    user, items = torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    targets, negatives = torch.tensor([1]), torch.tensor([2])
+    cooled = sampled_softmax_loss(user, items[targets], targets, negatives, items[negatives], None, 0.5)
+    assert float(cooled) == pytest.approx(
+        float(sampled_softmax_loss(2 * user, items[targets], targets, negatives, items[negatives], None))
+    )
 
 
 @pytest.mark.parametrize("kind", ["uniform", "popularity"])
@@ -146,6 +180,35 @@ def test_capsules_separate_a_users_planted_clusters(planted):
     assert users >= 50
     assert separated / users > 0.5
     assert separated / users > 1.5 * chance / users
+
+
+def test_training_records_slot_wins_and_routing_shift_per_epoch_with_every_option_on():
+    data, _ = synthetic_planted(num_users=60, num_clusters=4, items_per_cluster=10, seed=2)
+    split = user_split(data, seed=0)
+    config = SYNTHETIC_CONFIG.replace(
+        epochs=2,
+        routing_init="item",
+        routing_normalize=True,
+        routing_update_scale=5.0,
+        full_softmax=True,
+        sample_mode="random_target",
+        normalize="interests",
+        logit_temperature=0.2,
+        interest_cosine_penalty=0.1,
+        attention_soft_epochs=1,
+        attention_power=math.inf,
+    )
+    result = train_model("mind", config, data, split.train_users, split.valid_users, progress=False,
+                         log=lambda _: None)
+    assert [e["attention_power"] for e in result.epochs] == ["0.0", "inf"]
+    for epoch in result.epochs:
+        training = epoch["training"]
+        assert len(training["slot_win_share"]) == 4 and sum(training["slot_win_share"]) == pytest.approx(
+            1, abs=1e-3
+        )
+        assert training["routing_logit_shift"] > 0 and -1 <= training["interest_cosine"] <= 1
+        assert math.isfinite(epoch["loss"])
+    assert result.model.label_aware_attention.power == math.inf
 
 
 def test_training_is_deterministic_for_a_seed():

@@ -27,20 +27,22 @@ OWN_LOG = REPO / "tests" / "data" / "own_log"
 
 
 def readme_data_flags() -> list[str]:
-    """The flags of the README's `mind-model data --interactions ... --name shop` command, paths made absolute."""
+    """The flags of the README's `mind-model data --interactions ... --name shop` command, paths made
+    absolute."""
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Your own data"):]
     lines = section[section.index(".venv/bin/mind-model data"):].splitlines()
     end = next(i for i, line in enumerate(lines) if not line.endswith("\\"))  # continuation lines end in \
-    flags = shlex.split(" ".join(line.rstrip("\\") for line in lines[:end + 1]))[2:]  # after `mind-model data`
+    # [2:]: the flags after `mind-model data`
+    flags = shlex.split(" ".join(line.rstrip("\\") for line in lines[:end + 1]))[2:]
     name = flags.index("--name")
     del flags[name:name + 2]
     return [str(REPO / f) if f.startswith("tests/") else f for f in flags]
 
 
 SHOP_FLAGS = readme_data_flags()
-SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4", "--num-negatives", "20",
-         "--epochs", "1", "--no-progress"]
+SMALL = ["--embedding-dim", "8", "--hidden-dim", "16", "--profile-embedding-dim", "4",
+         "--num-negatives", "20", "--epochs", "1", "--no-progress"]
 
 # One log, four ways of writing its times: user a's order is 2, 1, 3 in time, user b's is 5, 4.
 TIMES = {"a": [("1", "2024-03-01T10:00:05Z"), ("2", "2024-03-01T10:00:00Z"), ("3", "2024-03-01T10:01:00Z")],
@@ -104,7 +106,8 @@ def test_shipped_example_maps_columns_buckets_prices_and_keeps_titles_out_of_the
     products = pd.read_csv(OWN_LOG / "products.csv", dtype=str, keep_default_na=False).set_index("product")
     first = data.item_ids[1]
     assert data.item_titles[1] == products.loc[first, "title"]
-    assert data.item_feature_vocabs["tags"][1:] == sorted({t for ts in products["tags"] for t in ts.split(";") if t})
+    assert data.item_feature_vocabs["tags"][1:] == sorted({t for ts in products["tags"]
+                                                           for t in ts.split(";") if t})
     # 4 quantile buckets, labelled by range, in value order: an item's bucket holds its price.
     price_vocab = data.item_feature_vocabs["price"]
     assert len(price_vocab) == 5
@@ -133,11 +136,12 @@ def test_side_columns_choose_features_and_single_valued_columns(tmp_path):
      "log.csv:3:time: time 'next tuesday' is not an ISO-8601 time"),
     ("log.csv", "customer,product,time\nc1,p1,1709287200\nc1,p2,2024-03-01\n", [],
      "log.csv:3:time: time '2024-03-01' is not an integer (expected seconds since the epoch"),
-    ("log.csv", "customer,product,time\nc1,p1,2024-03-01\nc1,p2,2024-03-02\n", ["--time-format", "milliseconds"],
+    ("log.csv", "customer,product,time\nc1,p1,2024-03-01\nc1,p2,2024-03-02\n",
+     ["--time-format", "milliseconds"],
      "log.csv:2:time: time '2024-03-01' is not an integer (expected milliseconds since the epoch"),
     ("log.tsv", "customer\tproduct\nc1\tp1\n", [],
-     "log.tsv:1:time: missing column 'time' (interaction log); found columns: customer, product; name the column "
-     "that holds it (mind-model data --user-col, --item-col, --time-col, --behavior-col)"),
+     "log.tsv:1:time: missing column 'time' (interaction log); found columns: customer, product; name the "
+     "column that holds it (mind-model data --user-col, --item-col, --time-col, --behavior-col)"),
     ("log.csv", "customer,product,time\nc1,p1,5\n,p2,6\n", [],
      "log.csv:3:customer: empty customer; every row needs one: fill it or drop the row"),
     ("log.csv", "customer,product,time\nc1,p1,5\nc1,p2,6,7\n", [], "log.csv:3: malformed row"),
@@ -146,8 +150,8 @@ def test_bad_file_is_one_line_naming_file_line_and_column(tmp_path, capsys, file
     path = tmp_path / file_name
     path.write_text(text)
     err = _one_line_error(["data", "--interactions", str(path), "--name", "x", "--user-col", "customer",
-                           "--item-col", "product", "--time-col", "time", "--cache-dir", str(tmp_path), *flags],
-                          capsys)
+                           "--item-col", "product", "--time-col", "time", "--cache-dir", str(tmp_path),
+                           *flags], capsys)
     assert f"{tmp_path / expected}" in err
 
 
@@ -161,7 +165,8 @@ def test_bad_side_file_values_name_their_line_and_the_fix(tmp_path, capsys):
     err = _one_line_error([*base, "--bucket", "price=3"], capsys)
     assert f"{items}:3:price: price 'cheap' is not a number; fix the value, or do not bucket price" in err
     err = _one_line_error(base, capsys)
-    assert f"{log}:4:product: product 'P003' is not in the item file {items}" in err and "--keep-missing" in err
+    assert f"{log}:4:product: product 'P003' is not in the item file {items}" in err
+    assert "--keep-missing" in err
     assert main([*base, "--keep-missing"]) == 0
 
 

@@ -3,17 +3,13 @@ against export.merge over the whole catalogue (the merge itself is tested in tes
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
-with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
-    warnings.simplefilter("ignore")
-    from export.merge import InterestList, merge_interests
-    from streams.recall import MAX_N, RecalledItem, recall, validate_n
-    from streams.store import StoreError, VectorStore
-    from streams.updater import interest_rows
+from export.merge import InterestList, merge_interests
+from streams.recall import MAX_N, RecalledItem, recall, validate_n
+from streams.store import StoreError, VectorStore
+from streams.updater import interest_rows
 
 
 @pytest.mark.parametrize(("given", "expected"),
@@ -89,7 +85,8 @@ def test_recall_excluding_items_equals_the_numpy_f_score_top_n_of_the_items_left
 
 
 @pytest.mark.parametrize("diversity", [0.25, 1.0])
-def test_diverse_recall_equals_the_served_merge_over_the_whole_catalogue(store: VectorStore, diversity: float) -> None:
+def test_diverse_recall_equals_the_served_merge_over_the_whole_catalogue(store: VectorStore,
+                                                                         diversity: float) -> None:
     rng = np.random.default_rng(5)
     interest_vectors = rng.standard_normal((3, 16)).astype(np.float32)
     store.write_user_interests(*interest_rows("dv", interest_vectors, np.ones(3, bool), model_version="v1",
@@ -160,3 +157,26 @@ def test_recall_on_a_store_without_a_model_says_what_to_run(tmp_path) -> None:
     empty = VectorStore(str(tmp_path / "empty.db"))
     with pytest.raises(StoreError, match="index-items"):
         recall(empty, "u1", 5)
+
+
+def test_index_items_stores_each_items_title_and_recall_answers_carry_it(tmp_path) -> None:
+    from support.artifact import build_tiny_artifact
+
+    from export.runtime import UserTowerRuntime
+    from streams.store import index_items
+
+    artifact = build_tiny_artifact(tmp_path / "titled", num_items=40, item_titles=True)
+    runtime = UserTowerRuntime.load(artifact)
+    titles = dict(zip(runtime.item_ids(), runtime.item_titles(), strict=True))
+    with VectorStore(str(tmp_path / "titled.db")) as titled:
+        version = index_items(artifact, titled, progress=False)
+        side = runtime.item_side_features()
+        assert [row["side"] for row in titled.get_items(range(1, 41))] == [
+            {**{name: values[j] for name, values in side.items()}, "title": title}
+            for j, title in enumerate(runtime.item_titles())]
+        vectors = runtime.item_vectors()[[3, 25]]  # two interests that point at two items
+        titled.write_user_interests(*interest_rows("fan", vectors, np.ones(2, bool), model_version=version,
+                                                   event_ts_ms=1))
+        result = recall(titled, "fan", 10, diversity=0.5)
+    assert len(result.items) == 10 and all(item.title == titles[item.item_id] for item in result.items)
+    assert result.to_dict()["items"][0]["title"] == titles[result.items[0].item_id]

@@ -77,7 +77,7 @@ def test_every_payload_is_either_a_valid_interaction_or_a_rejection_with_a_docum
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=labelled_payloads())
 def test_a_payload_breaking_one_rule_is_rejected_for_that_rule_and_an_intact_one_is_accepted(payload):
-    result = parse_event(payload.raw)  # the generator's timestamps are relative to the real clock
+    result = parse_event(payload.raw, key=payload.key)  # the timestamps are relative to the real clock
     if payload.expected is None:
         assert isinstance(result, Interaction), result
     else:

@@ -179,8 +179,8 @@ def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes
 
         def supervised_lag() -> int:
             # The test plays the supervisor a deployment has (compose `restart: on-failure`, Kubernetes): a
-            # worker that exits EXIT_STALLED (its partitions stalled in faust, see streams/worker/watchdog.py) is
-            # restarted.
+            # worker that exits EXIT_STALLED (its partitions stalled in faust, see
+            # streams/worker/watchdog.py) is restarted.
             if survivor.proc.poll() == EXIT_STALLED:
                 restarts.append(time.monotonic() - killed)
                 survivor.start()
@@ -190,7 +190,8 @@ def test_two_workers_share_the_partitions_and_when_one_is_killed_the_other_takes
         figures["survivor_restarted_after_stall_s"] = [round(t, 1) for t in restarts]
         figures["lag_0_after_kill_s"] = round(time.monotonic() - killed, 1)
         figures["survivor_partitions_at_end"] = int(survivor.metric("mindstream_assigned_partitions"))
-        # faust-streaming issue 221 (see streams/worker/watchdog.py): the survivor may re-read from its commit once.
+        # faust-streaming issue 221 (see streams/worker/watchdog.py): the survivor may re-read from its
+        # commit once.
         figures["survivor_stall_seeks"] = int(survivor.metric("mindstream_stall_recoveries_total"))
         assert survivor.proc.poll() is None
     finally:

@@ -53,7 +53,8 @@ def test_sasl_ssl_settings_reach_kafka_python():
 
 
 def test_sasl_ssl_settings_reach_the_faust_app_itself():
-    """Import the real streams.worker.app in a child with SASL_SSL in its environment and read what faust got."""
+    """Import the real streams.worker.app in a child with SASL_SSL in its environment and read what faust
+    got."""
     probe = (
         "import json, streams.worker.app as a\n"
         "c = a.app.conf.broker_credentials\n"
@@ -95,7 +96,7 @@ def test_secrets_come_only_from_the_environment_and_never_show_in_reprs_or_flags
         for sub in action.choices.values():
             flags |= {opt for a in sub._actions for opt in a.option_strings}
     assert not {f for f in flags if re.search("password|token|secret", f)}, "a secret must not be a CLI flag"
-    assert set(SECRET_FIELDS) == {"kafka_sasl_password", "milvus_token"}
+    assert set(SECRET_FIELDS) == {"kafka_sasl_password", "milvus_token", "web_token"}
     with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL"):
         Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "PLAIN"})
 

@@ -33,6 +33,7 @@ from support.worker import (
     get_json,
     index_items,
     lags_across_commits,
+    running_worker,
     worker_env,
 )
 
@@ -47,16 +48,9 @@ WAIT_S = 240  # ceiling against hanging (2 shared cores), not a performance asse
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, artifact_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("live")
-    env = worker_env(kafka_bootstrap, tmp, MINDSTREAM_BATCH_SIZE="128")
-    index_items(env, artifact_dir)
-    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log", own_session=True)
-    w.start()
-    try:
+    with running_worker(kafka_bootstrap, artifact_dir, tmp_path_factory.mktemp("live"), own_session=True,
+                        MINDSTREAM_BATCH_SIZE="128") as w:
         yield w
-    finally:
-        w.stop()
-        cleanup_topics(kafka_bootstrap, env)
 
 
 def test_http_endpoints_bind_to_localhost_and_refuse_bad_input(live, runtime):

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import itertools
 import threading
-import warnings
 
 import numpy as np
 import pytest
 
-with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
-    warnings.simplefilter("ignore")
-    from streams.ids import interest_key
-    from streams.store import StoreError, VectorStore, validate_user_id
-    from streams.updater import interest_rows
+from streams.ids import interest_key
+from streams.store import StoreError, VectorStore, validate_user_id
+from streams.updater import interest_rows
 
 _prefixes = itertools.count()
 
@@ -169,8 +166,8 @@ def test_flat_search_equals_numpy_brute_force(store: VectorStore) -> None:
 def test_an_ivf_flat_index_on_lite_still_gives_the_exact_top_n_and_a_filter_applies(
         store: VectorStore) -> None:
     """The IVF_FLAT path (index creation, search params) on Milvus Lite, which ignores nlist / nprobe and
-    searches these 2000 rows exhaustively (streams/store/items.py): the answer must be numpy's exact top-n. This
-    does not test IVF probing itself, which only a Milvus server does."""
+    searches these 2000 rows exhaustively (streams/store/items.py): the answer must be numpy's exact top-n.
+    This does not test IVF probing itself, which only a Milvus server does."""
     rng = np.random.default_rng(5)
     items = random_unit_vectors(rng, 2000, 8)
     queries = rng.standard_normal((3, 8)).astype(np.float32)

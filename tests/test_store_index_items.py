@@ -3,14 +3,10 @@ Budget: ~15 s (the export dominates)."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
-    warnings.simplefilter("ignore")
-    from export.runtime import UserTowerRuntime
-    from streams.store import VectorStore, index_items
+from export.runtime import UserTowerRuntime
+from streams.store import VectorStore, index_items
 
 
 def test_index_items_writes_every_item_with_its_id_side_features_and_vector(artifact_dir, tmp_path) -> None:

@@ -268,7 +268,8 @@ def test_a_profile_change_refreshes_that_users_vectors(worker, runtime):
 
 def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_committed_offsets(
         worker, runtime, kafka_bootstrap):
-    """Last in this module: it restarts the module's worker with its local state wiped, then stops it."""
+    """Last in this module: it restarts the module's worker with its local state wiped and a recall
+    diversity of 1 by default (MINDSTREAM_RECALL_DIVERSITY), then stops it."""
     from streams.config import Settings
     from streams.recall import recall
 
@@ -286,12 +287,16 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     with pytest.raises(urllib.error.HTTPError) as refused_user:
         urllib.request.urlopen(f"{worker.url}/recall/bad%20user?n=5", timeout=5)
     assert refused_user.value.code == 400
+    # Without ?diversity the worker's MINDSTREAM_RECALL_DIVERSITY applies: 0 by default, 1 after the restart.
+    by_default = get_json(f"{worker.url}/recall/restart?n=10")
+    assert by_default == get_json(f"{worker.url}/recall/restart?n=10&diversity=0")
 
     # Everything read so far is committed (faust commits every few seconds); then stop and wipe the
     # worker's local state: the table must come back from its changelog topic.
     wait_until(lambda: committed_lag(worker) == 0, WAIT_S, interval=0.5, what="offsets committed")
     worker.stop()
     shutil.rmtree(worker.env["MINDSTREAM_DATA_DIR"], ignore_errors=True)
+    worker.env["MINDSTREAM_RECALL_DIVERSITY"] = "1"
     worker.start()
     second = [(items[(3 * j + 1) % len(items)], now - 20 + j) for j in range(3)]
     worker.produce([event("restart", item, ts) for item, ts in second])
@@ -302,30 +307,45 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     # Resumed from committed offsets: this worker read only the 3 new events, none of the earlier ones.
     assert worker.metric("mindstream_events_in_total") == 3
 
-    over_http = get_json(f"{worker.url}/recall/restart?n=10")
-    assert cli_recall(worker, "restart", 10) == over_http  # the CLI asks the running worker
-    # exclude_seen: the same ranking with the user's history items left out, still 10 items.
+    over_http = get_json(f"{worker.url}/recall/restart?n=10&diversity=0")
+    # the CLI asks the running worker
+    assert cli_recall(worker, "restart", 10, "--diversity", "0") == over_http
+    # exclude_seen: the same max-merge ranking with the user's history items left out, still 10 items.
     seen = {item for item, _ in history}
-    deeper = get_json(f"{worker.url}/recall/restart?n={10 + len(seen)}")
-    excluding = get_json(f"{worker.url}/recall/restart?n=10&exclude_seen=true")
+    deeper = get_json(f"{worker.url}/recall/restart?n={10 + len(seen)}&diversity=0")
+    excluding = get_json(f"{worker.url}/recall/restart?n=10&exclude_seen=true&diversity=0")
     assert excluding["items"] == [i for i in deeper["items"] if i["item_id"] not in seen][:10]
     # something to leave out
     assert len(excluding["items"]) == 10 and seen & {i["item_id"] for i in deeper["items"]}
-    assert cli_recall(worker, "restart", 10, "--exclude-seen") == excluding
+    assert cli_recall(worker, "restart", 10, "--exclude-seen", "--diversity", "0") == excluding
     with pytest.raises(urllib.error.HTTPError) as refused_flag:
         urllib.request.urlopen(f"{worker.url}/recall/restart?n=5&exclude_seen=maybe", timeout=5)
     assert refused_flag.value.code == 400
+    # The diversity λ: ?diversity=1 over HTTP, --diversity 1 on the CLI; a bad λ is refused with a 400.
+    diverse = get_json(f"{worker.url}/recall/restart?n=10&diversity=1")
+    assert get_json(f"{worker.url}/recall/restart?n=10") == diverse  # the configured default
+    assert cli_recall(worker, "restart", 10) == diverse  # the CLI leaves λ to the worker
+    for bad in ("-0.5", "abc", "nan", "1e9", ""):
+        with pytest.raises(urllib.error.HTTPError) as refused_diversity:
+            urllib.request.urlopen(f"{worker.url}/recall/restart?n=5&diversity={bad}", timeout=5)
+        assert refused_diversity.value.code == 400, bad
+        error = json.loads(refused_diversity.value.read())["error"]
+        assert "diversity must be a number between 0 and" in error, bad
     worker.stop()
-    # No worker up: the CLI opens the Milvus Lite file itself (a Lite file is one process's at a time).
+    # No worker up: the CLI opens the Milvus Lite file itself (a Lite file is one process's at a time),
+    # with the λ of its settings (MINDSTREAM_RECALL_DIVERSITY=1 here).
     from_cli_store = cli_recall(worker, "restart", 10)
     # Free again: the Python function over the same file gives the same answer.
     store = Settings.from_env(worker.env).open_store()
     try:
         in_process = recall(store, "restart", 10).to_dict()
+        in_process_diverse = recall(store, "restart", 10, diversity=1).to_dict()
     finally:
         store.close()
-    assert over_http == in_process
-    assert from_cli_store == in_process
+    assert over_http == in_process and over_http["diversity"] == 0.0
+    assert diverse == in_process_diverse and diverse["diversity"] == 1.0
+    assert diverse["items"] != over_http["items"]  # λ reached the merge: another list
+    assert from_cli_store == in_process_diverse
     assert len(over_http["items"]) == 10 and not over_http["cold_start"]
     assert {item["slot"] for item in over_http["items"]} <= {row["slot"] for row in answer["interests"]}
 

@@ -42,7 +42,7 @@ class ScriptedStore:
         self.written: dict[str, list[dict]] = {}
         self.reconnects = 0
 
-    def write_user_interests(self, rows, delete_keys=()):
+    def write_user_interests(self, rows, delete_keys=(), *, model_version=None):
         if self.outages:
             self.outages -= 1
             raise StoreError("vector store at test.db: write user interests failed: server gone")
@@ -67,7 +67,8 @@ def make_service(store: ScriptedStore, *, max_attempts: int = 3) -> tuple[Worker
         slept.append(seconds)
 
     settings = Settings.from_env({}, max_attempts=max_attempts)
-    service = WorkerService(settings, open_resources=lambda: Resources(TinyTower(), store, max_len=8), sleep=sleep)
+    service = WorkerService(settings, open_resources=lambda: Resources(TinyTower(), store, max_len=8),
+                            sleep=sleep)
     return service, slept
 
 
@@ -86,7 +87,8 @@ def test_a_store_outage_is_waited_out_on_a_fresh_connection_and_nothing_is_dead_
     async def dead_letter(event, reason):
         dead.append((event, reason))
 
-    written = asyncio.run(service.write_with_retry({"u1": history("a", "b")}, {}, {"u1": ["event"]}, dead_letter))
+    written = asyncio.run(service.write_with_retry({"u1": history("a", "b")}, {}, {"u1": ["event"]},
+                                                   dead_letter))
 
     assert list(written) == ["u1"] and written["u1"]["num_interests"] == 2
     assert [row["slot"] for row in store.written["u1"]] == [0, 1]
@@ -108,7 +110,7 @@ def test_the_outage_state_says_down_with_the_last_error_until_a_write_succeeds()
     assert not service.outage.is_down
 
 
-def test_a_failing_batch_is_retried_then_each_user_alone_and_only_the_failing_users_events_are_dead_lettered():
+def test_failing_batch_is_retried_then_each_user_alone_and_only_the_failing_users_events_are_dead_lettered():
     store = ScriptedStore(poison=frozenset({"bad"}))
     service, slept = make_service(store, max_attempts=3)
     dead: list = []

@@ -194,11 +194,13 @@ class VectorStore:
         return self._items.get(item_indices, version=self._registry.resolve(model_version))
 
     def search_items(self, vectors: np.ndarray, top_n: int, *, model_version: str | None = None,
-                     filter: str = "", search_params: Mapping[str, Any] | None = None) -> list[list[ItemHit]]:
+                     filter: str = "", search_params: Mapping[str, Any] | None = None,
+                     titles: bool = False) -> list[list[ItemHit]]:
         """Top-`top_n` items by inner product for each query; ONE batched search call.
 
         vectors float32 (Q, d) -> Q lists of ItemHit, best first. `filter` is a Milvus boolean expression
         over the items' scalar fields (e.g. ``'item_index > 10'``), written by code, never by a request.
+        `titles`: also read each hit's title from its side data (None where it has none).
         """
         version = self._registry.resolve(model_version)
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -206,7 +208,8 @@ class VectorStore:
             raise ValueError(f"expected query vectors (Q, d), got shape {queries.shape}")
         if queries.shape[0] == 0:
             return []
-        return self._items.search(queries, top_n, version=version, filter=filter, search_params=search_params)
+        return self._items.search(queries, top_n, version=version, filter=filter, search_params=search_params,
+                                  titles=titles)
 
     # --- user interests ------------------------------------------------------------------------------
 

@@ -8,6 +8,10 @@ A write inserts each user's new set as a new generation and removes the slots it
 older generations are deleted later, by primary key, in batches (`CleanupQueue`). Readers keep each
 user's newest generation, so they see the old set or the new one, never a user without vectors (a Milvus
 Lite upsert is a delete then an insert; docs/ARCHITECTURE.md, "Decisions").
+
+Newest is by `(event_ts_ms, generation)`: the newest event time a set reflects never decreases for a user
+(events are only added to a history), and does not depend on the writing host's clock; the generation (the
+writer's clock, microseconds) only orders sets that reflect the same newest event time.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ READ_USERS_PER_QUERY = 256  # ≤ K rows each, x2 mid-write: well inside one que
 DELETE_KEYS_PER_CALL = 4096  # a cleanup's keys per delete call (one expression `key in [...]`)
 DELETE_USERS_PER_FILTER = 1024
 _log = logging.getLogger(__name__)
+# Which of a user's generations is the newest: event time first, so a writer's clock skew cannot make an
+# older set win (issue 16); the generation (writer clock) breaks ties of equal event time.
+NEWEST_ORDER = ("event_ts_ms", "generation")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,11 @@ class PlannedWrite:
 
     columns: dict[str, list] = field(default_factory=dict)
     deleted_slots: dict[str, set[int]] = field(default_factory=dict)
+
+    @property
+    def event_ts_of(self) -> dict[str, int]:
+        """Written user -> the newest event time its new generation reflects."""
+        return dict(zip(self.columns.get("user_id", []), self.columns.get("event_ts_ms", []), strict=True))
 
     @property
     def slots_of(self) -> dict[str, list[int]]:
@@ -126,21 +138,24 @@ class CleanupQueue:
         self._live: dict[str, dict[str, tuple[int, tuple[int, ...]]]] = {}  # version -> user -> (gen, slots)
         self._obsolete: dict[str, list[str]] = {}  # version -> primary keys of replaced generations
         self._unknown: dict[str, dict[str, int]] = {}  # version -> user -> first generation this store wrote
+        self._first_event_ts: dict[str, dict[str, int]] = {}  # version -> user -> event time of that write
         self._pending_rows = 0  # rows waiting (a user new to this store counts its new rows)
         self._last_cleanup = clock()
 
     def record(self, version: str, generation: int, slots_of: Mapping[str, Sequence[int]],
-               deleted_slots: Mapping[str, set[int]]) -> None:
+               deleted_slots: Mapping[str, set[int]], event_ts_of: Mapping[str, int] | None = None) -> None:
         """A write of `generation` landed: queue what it replaced."""
         with self._lock:
             live = self._live.setdefault(version, {})
             obsolete = self._obsolete.setdefault(version, [])
             unknown = self._unknown.setdefault(version, {})
+            first_event_ts = self._first_event_ts.setdefault(version, {})
             for user_id, slots in slots_of.items():
                 previous = live.get(user_id)
                 live[user_id] = (generation, tuple(slots))
                 if previous is None:
                     unknown.setdefault(user_id, generation)
+                    first_event_ts.setdefault(user_id, (event_ts_of or {}).get(user_id, 0))
                     self._pending_rows += len(slots)
                 else:
                     obsolete.extend(f"{user_id}#{slot}#{previous[0]}" for slot in previous[1])
@@ -160,6 +175,13 @@ class CleanupQueue:
             again = self._unknown.setdefault(version, {})
             for user_id, generation in users:
                 again[user_id] = min(generation, again.get(user_id, generation))
+
+    def first_event_ts(self, version: str, users: Iterable[str]) -> int:
+        """The oldest event time of these users' first writes by this store (0 if unknown): any row of theirs
+        reflecting an older event time is stale, whatever its writer's clock said."""
+        with self._lock:
+            known = self._first_event_ts.get(version, {})
+            return min((known.get(user_id, 0) for user_id in users), default=0)
 
     def due(self) -> bool:
         return self._pending_rows >= self.batch_rows or self._clock() - self._last_cleanup >= self.interval_s
@@ -184,7 +206,7 @@ class CleanupQueue:
     def forget(self, version: str | None = None) -> None:
         """Drop the bookkeeping of one version (dropped) or of all (collections dropped)."""
         with self._lock:
-            for bookkeeping in (self._live, self._obsolete, self._unknown):
+            for bookkeeping in (self._live, self._obsolete, self._unknown, self._first_event_ts):
                 if version is None:
                     bookkeeping.clear()
                 else:
@@ -241,7 +263,7 @@ class Interests:
             clauses = [f"(user_id == {json.dumps(user_id)} and slot in {sorted(slots)})"
                        for user_id, slots in sorted(plan.deleted_slots.items())]
             self._db.call("delete user interests", self._db.client.delete, name, filter=" or ".join(clauses))
-        self.cleanup.record(version, generation, plan.slots_of, plan.deleted_slots)
+        self.cleanup.record(version, generation, plan.slots_of, plan.deleted_slots, plan.event_ts_of)
         if self.cleanup_in_writes and self.cleanup.due():
             self.flush_cleanup()
 
@@ -270,6 +292,10 @@ class Interests:
             for start in range(0, len(users), DELETE_USERS_PER_FILTER):
                 chunk = dict(users[start : start + DELETE_USERS_PER_FILTER])
                 condition = f"user_id in {_quoted_list(chunk)} and generation < {min(chunk.values())}"
+                older = self.cleanup.first_event_ts(version, chunk)
+                if older > 0:  # a skewed-clock writer's stale set (see NEWEST_ORDER)
+                    condition = (f"user_id in {_quoted_list(chunk)} and (generation < {min(chunk.values())} "
+                                 f"or event_ts_ms < {older})")
                 try:
                     self._db.call("delete user interests written before", self._db.client.delete, name,
                                   filter=condition)
@@ -293,7 +319,8 @@ class Interests:
                                   self._db.interests_name(version), filter=condition, output_fields=fields,
                                   limit=MAX_QUERY_ROWS)
         # Between a write's insert and its cleanup a user has two generations: keep the newest only.
-        newest = {user: row["generation"] for user, row in latest_by(rows, "user_id", "generation").items()}
+        newest = {user: row["generation"]
+                  for user, row in latest_by(rows, "user_id", NEWEST_ORDER).items()}
         by_slot: dict[tuple[str, int], StoredInterest] = {}
         for row in rows:
             if row["generation"] != newest[row["user_id"]]:

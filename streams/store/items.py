@@ -1,7 +1,8 @@
 """The items collection of each model version: upsert, index, search.
 
 ``{prefix}items__{version}``: ``item_index`` int64 pk (1..num_items), ``item_id`` varchar (raw id), ``side``
-varchar (JSON of the item's side-feature values, e.g. ``{"genres": ["Action"]}``), ``vector`` float (d,),
+varchar (JSON of the item's side-feature values and, when the artifact has titles, its ``title``, e.g.
+``{"genre": ["Action"], "title": "Heat (1995)"}``), ``vector`` float (d,),
 metric IP. Index types: FLAT (exact; the default), IVF_FLAT and AUTOINDEX on Lite, HNSW too on a server.
 On Milvus Lite use FLAT: Lite searches its growing segments with an interim index that ignores IVF
 parameters (docs/ARCHITECTURE.md, "Decisions").
@@ -36,11 +37,12 @@ _log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ItemHit:
-    """One search result: the item and its inner product with the query vector."""
+    """One search result: the item, its inner product with the query vector and, when asked, its title."""
 
     item_index: int
     item_id: str
     score: float
+    title: str | None = None
 
 
 class Items:
@@ -139,13 +141,17 @@ class Items:
                 for i in (int(i) for i in item_indices) if i in by_index]
 
     def search(self, queries: np.ndarray, top_n: int, *, version: str, filter: str,
-               search_params: Mapping[str, Any] | None) -> list[list[ItemHit]]:
-        """Top-`top_n` items per query (float32 (Q, d)), best first; ONE batched search call."""
+               search_params: Mapping[str, Any] | None, titles: bool = False) -> list[list[ItemHit]]:
+        """Top-`top_n` items per query (float32 (Q, d)), best first; ONE batched search call.
+
+        `titles`: the side data comes back with each hit (cheaper than a second read of the winners)."""
         params = {"metric_type": "IP", "params": dict(search_params or self._registry.search_params(version))}
+        fields = ["item_id", "side"] if titles else ["item_id"]
         results = self._db.call("search items", self._db.client.search, self._db.items_name(version),
-                                data=queries, limit=int(top_n), filter=filter, output_fields=["item_id"],
+                                data=queries, limit=int(top_n), filter=filter, output_fields=fields,
                                 search_params=params)
-        return [[ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"]))
+        return [[ItemHit(int(hit["id"]), str(hit["entity"]["item_id"]), float(hit["distance"]),
+                         json.loads(hit["entity"]["side"]).get("title") if titles else None)
                  for hit in hits] for hits in results]
 
 
@@ -154,8 +160,9 @@ def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = 
                 search_params: Mapping[str, Any] | None = None, progress: bool = True) -> str:
     """Fill the `items` collection of the artifact's model version from the artifact, build its index.
 
-    Loads item ids, vectors and side features through `export.runtime`, creates the version's collections
-    if needed (the first version in a store becomes active), writes item index 1..N and builds the index.
+    Loads item ids, vectors, side features and titles through `export.runtime`, creates the version's
+    collections if needed (the first version in a store becomes active), writes item index 1..N and builds
+    the index. A title goes into the item's side data as "title" (a side feature of that name wins).
     Returns the model version. Raises `export.artifact.ArtifactError` for a bad artifact.
     """
     from export.runtime import UserTowerRuntime
@@ -168,6 +175,10 @@ def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = 
         vectors = vectors[1:]
     side_by_name = runtime.item_side_features() if hasattr(runtime, "item_side_features") else {}
     side = [{name: values[j] for name, values in side_by_name.items()} for j in range(len(item_ids))]
+    titles = runtime.item_titles() if hasattr(runtime, "item_titles") else None
+    for entry, title in zip(side, titles or (), strict=False):
+        if title:
+            entry.setdefault("title", title)
     store.ensure_collections(int(vectors.shape[1]), version)
     store.upsert_items(item_ids, vectors, model_version=version, side=side, batch_size=batch_size,
                        progress=progress)

@@ -6,10 +6,27 @@ measurements behind them are in docs/ARCHITECTURE.md, "Decisions".
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 _log = logging.getLogger(__name__)
+
+
+def server_manager() -> Any:
+    """milvus-lite's per-process server manager, imported without milvus-lite's pkg_resources warning.
+
+    Works around: milvus-lite 2.5.1's `milvus_lite/__init__.py` imports `pkg_resources` (for its own
+    version), which setuptools 80.9 to 81 deprecate with a warning on import (setuptools 81 removes it:
+    pyproject pins setuptools<81). Fixed upstream in milvus-io/milvus-lite#323 (2.5.2rc1). Every use of
+    milvus-lite in the project, pymilvus' own included, comes after this first import: the store checks the
+    Lite file's lock (`refuse_if_locked_elsewhere`) before it opens a client. Only that warning is filtered,
+    only around this import.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=Warning)
+        from milvus_lite.server_manager import server_manager_instance
+    return server_manager_instance
 
 
 def lite_db_path(uri: str) -> Path:
@@ -26,10 +43,8 @@ def refuse_if_locked_elsewhere(uri: str, error: type[Exception]) -> None:
     """
     import fcntl
 
-    from milvus_lite.server_manager import server_manager_instance
-
     db = lite_db_path(uri)
-    if str(db) in getattr(server_manager_instance, "_servers", {}):
+    if str(db) in getattr(server_manager(), "_servers", {}):
         return  # this process owns it (and closing a second fd here would drop its POSIX lock)
     lock = db.parent / f".{db.name}.lock"
     if not lock.exists():
@@ -51,9 +66,7 @@ def release_dead_server(uri: str) -> None:
     Works around: pymilvus does not restart a Milvus Lite server that died (killed, crashed); milvus-lite's
     server manager keeps the dead process per file (no upstream report found).
     """
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(uri)
+    server_manager().release_server(uri)
 
 
 def index_primary_keys(uri: str, collection: str) -> None:

@@ -22,12 +22,14 @@ VALUE_MAX_LENGTH = 8192
 _DUMMY_DIM = 2  # Milvus requires a vector field in every collection, even a key/value one.
 
 
-def latest_by(rows: Iterable[Mapping[str, Any]], group: str, order: str) -> dict[Any, Mapping[str, Any]]:
-    """For each value of `group`, the row with the highest `order`."""
+def latest_by(rows: Iterable[Mapping[str, Any]], group: str,
+              order: str | tuple[str, ...]) -> dict[Any, Mapping[str, Any]]:
+    """For each value of `group`, the row with the highest `order` (a field, or fields compared in turn)."""
+    fields = (order,) if isinstance(order, str) else order
     latest: dict[Any, Mapping[str, Any]] = {}
     for row in rows:
         seen = latest.get(row[group])
-        if seen is None or row[order] > seen[order]:
+        if seen is None or tuple(row[f] for f in fields) > tuple(seen[f] for f in fields):
             latest[row[group]] = row
     return latest
 

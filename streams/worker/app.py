@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import faust
 
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.config import HEARTBEAT_INTERVAL_S, Settings
+from streams.inspector import RecentUsers
 from streams.kafka import CommittedLag
 from streams.worker import watchdog as stall
 from streams.worker.batches import BatchProcessor, Popularity
 from streams.worker.intake import natural_batches
-from streams.worker.service import WorkerService
+from streams.worker.service import WorkerService, now_ms
 from streams.worker.web import register_views
 
 settings = Settings.from_env()
+faust_fixes.install()  # faust-streaming consumer workarounds (streams/faust_fixes.py)
 
 app = faust.App(
     settings.app_id,
@@ -50,22 +52,34 @@ app = faust.App(
 )
 
 # value_serializer="raw": the agent decodes, so a value that is not JSON goes to the DLQ, not crashing it.
+# Every topic and changelog: MINDSTREAM_REPLICATION replicas, min.insync.replicas from settings.topic_configs.
 interactions_topic = app.topic(settings.topic_interactions, value_serializer="raw",
-                               partitions=settings.partitions)
-profiles_topic = app.topic(settings.topic_profiles, value_serializer="raw", partitions=settings.partitions)
-updates_topic = app.topic(settings.topic_updates, value_serializer="json")
-dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw")
+                               partitions=settings.partitions, config=settings.topic_configs)
+profiles_topic = app.topic(settings.topic_profiles, value_serializer="raw", partitions=settings.partitions,
+                           config=settings.topic_configs)
+updates_topic = app.topic(settings.topic_updates, value_serializer="json", config=settings.topic_configs)
+dlq_topic = app.topic(settings.topic_dlq, value_serializer="raw", config=settings.topic_configs)
 
 # Values are re-assigned (never mutated in place): only `table[key] = value` reaches the changelog.
 histories = app.Table("histories", default=None, partitions=settings.partitions,
+                      extra_topic_configs=settings.topic_configs,
                       help="user id -> {items: [[item_id, ts_ms, event_id], ...], seen: [event_id, ...]}")
 profiles = app.Table("profiles", default=None, partitions=settings.partitions,
-                     help="user id -> profile fields")
+                     extra_topic_configs=settings.topic_configs, help="user id -> profile fields")
 
 service = app.service(WorkerService(settings, on_fatal=app.crash))
 popularity = Popularity()
+recent_users = RecentUsers()  # the users written last, listed by the interests inspector (/ui)
+
+
+async def send_update(key: str, value: dict) -> None:
+    """A user's vectors are written: announce it on `interest-updates`, and list the user on /ui."""
+    await updates_topic.send(key=key, value=value)
+    recent_users.touch(key, now_ms())
+
+
 processor = BatchProcessor(settings, service, histories=histories, profiles=profiles,
-                           send_update=updates_topic.send, send_dlq=dlq_topic.send, popularity=popularity)
+                           send_update=send_update, send_dlq=dlq_topic.send, popularity=popularity)
 watchdog = stall.StallWatchdog(settings.stall_timeout_s)
 committed_lag = CommittedLag(settings, settings.topic_interactions)
 
@@ -120,4 +134,4 @@ def partition_owners() -> dict[int, str]:
 
 metrics.ASSIGNED_PARTITIONS.set_function(lambda: len(assigned_input_partitions()))
 register_views(app, settings=settings, service=service, histories=histories, popularity=popularity,
-               owners=partition_owners)
+               owners=partition_owners, recent_users=recent_users)

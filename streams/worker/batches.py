@@ -210,7 +210,8 @@ class BatchProcessor:
         metrics.BATCH_EVENTS.observe(len(events))
         parsed: list[_Parsed] = []
         for event in events:
-            result = parse_event(event.message.value, max_future_s=self.settings.max_future_s)
+            result = parse_event(event.message.value, key=event.message.key,
+                                 max_future_s=self.settings.max_future_s)
             if isinstance(result, Rejection):
                 await self.dead_letter(event, result.reason, progress)
             else:

@@ -119,7 +119,9 @@ class Resources:
         """Blocking (runs in a thread): one store write of a computed batch."""
         with self.store_lock:
             started = time.perf_counter()
-            self.store.write_user_interests(result.rows, result.delete_keys)
+            # Its own version, never the store's default (the active one): a batch of cold users has no row
+            # to name the version by, and its deletes belong to this model's collection.
+            self.store.write_user_interests(result.rows, result.delete_keys, model_version=self.model_version)
             metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
 
     def recompute_and_write(self, users: Mapping[str, dict], user_profiles: Mapping[str, Any]) -> Recompute:

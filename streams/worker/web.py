@@ -1,19 +1,28 @@
 """The worker's HTTP views, and the routing of a user's request to the worker that owns the user.
 
-    GET /recall/{user}?n=50&exclude_seen=false   RecallResult as JSON (400 {"error"} on bad input)
+    GET /recall/{user}?n=50&exclude_seen=false&diversity=λ
+                                                 RecallResult as JSON (400 {"error"} on bad input);
+                                                 λ defaults to MINDSTREAM_RECALL_DIVERSITY
     GET /users/{user}/interests                  the user's stored interest rows
     GET /metrics                                 Prometheus text
     GET /healthz                                 ok / starting (503) / degraded (store down)
+    GET /ui, /ui/users/{user}, /ui/api/...       the interests inspector (streams/inspector_web.py)
 
 A recall or an interests request is answered where the user's history lives: the worker that owns the
 user's partition (faust's assignor metadata; each worker announces MINDSTREAM_WEB_URL). Any other worker
 passes the request there, once: the `ROUTED_HEADER` stops a ping-pong while a rebalance settles.
+
+With MINDSTREAM_WEB_TOKEN set (required when the server binds beyond loopback), /recall and /users need
+`Authorization: Bearer TOKEN` (401 otherwise), and so does the inspector's /ui/api; the `ROUTED_HEADER`
+counts only on a request that carries it; workers send both when they pass a request on. /metrics, /healthz
+and the inspector's pages and static files stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,11 +32,42 @@ import faust
 
 from streams import metrics
 from streams.config import Settings
+from streams.inspector import RecentUsers
+from streams.inspector_web import register_inspector
 from streams.store import StoreError
 from streams.worker.batches import Popularity
 from streams.worker.service import WorkerService
 
 ROUTED_HEADER = "X-Mindstream-Routed"
+
+
+# --- access (issue 16): bearer token and the routed header -------------------------------------------
+
+
+def bearer_ok(authorization: str | None, token: str) -> bool:
+    """Whether an `Authorization` header carries `token` (constant-time); always True without a token."""
+    if not token:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def routed_here(headers: Mapping[str, str], token: str) -> bool:
+    """Whether a request was passed on by another worker: the routed header, trusted only with the token."""
+    return bool(headers.get(ROUTED_HEADER)) and bearer_ok(headers.get("Authorization"), token)
+
+
+def forwarding_headers(token: str) -> dict[str, str]:
+    """What a worker sends when it passes a request to the owner."""
+    return {ROUTED_HEADER: "1", **({"Authorization": f"Bearer {token}"} if token else {})}
+
+
+def unauthorized(view: Any) -> Any:
+    return view.json({"error": "missing or wrong bearer token: send Authorization: Bearer "
+                               "$MINDSTREAM_WEB_TOKEN"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+# --- routing -------------------------------------------------------------------------------------------
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -83,20 +123,23 @@ def jsonable(value: Any) -> Any:
 
 
 def register_views(app: faust.App, *, settings: Settings, service: WorkerService, histories: Any,
-                   popularity: Popularity, owners: Callable[[], Mapping[int, str]]) -> None:
-    """Add the views to `app`; `owners()` maps each partition to the base URL of the worker owning it."""
+                   popularity: Popularity, owners: Callable[[], Mapping[int, str]],
+                   recent_users: RecentUsers) -> None:
+    """Add the views to `app`; `owners()` maps each partition to the base URL of the worker owning it;
+    `recent_users` are the users this worker wrote last (the inspector's /ui lists them)."""
+    settings.check_web_access()  # `mind-stream worker` says so in one line before faust starts
 
     async def answer_from_the_owner(view: Any, request: Any, user_id: str) -> Any | None:
         """The owning worker's reply when another worker owns `user_id`'s history; None to answer here."""
         owner = forward_to(owner_of(user_id, owners(), settings.partitions), settings.web_url,
-                           bool(request.headers.get(ROUTED_HEADER)))
+                           routed_here(request.headers, settings.web_token))
         if owner is None:
             return None
         import aiohttp
 
         url = owner.rstrip("/") + request.path_qs
         try:
-            async with app.http_client.get(url, headers={ROUTED_HEADER: "1"},
+            async with app.http_client.get(url, headers=forwarding_headers(settings.web_token),
                                            timeout=aiohttp.ClientTimeout(total=30)) as response:
                 return view.bytes(await response.read(), content_type=response.content_type,
                                   status=response.status)
@@ -114,13 +157,17 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
     @app.page("/recall/{user}")
     async def recall_view(self: Any, request: Any, user: str) -> Any:
         """The user's top-N items by max inner product over their interests; with exclude_seen=true, the
-        items in the user's history are left out (still an exact top-N)."""
-        from streams.recall import recall, validate_n, validate_user_id
+        items in the user's history are left out (still an exact top-N); diversity=λ > 0 trades score for
+        coverage of the user's interests (default: the worker's MINDSTREAM_RECALL_DIVERSITY)."""
+        from streams.recall import recall, validate_diversity, validate_n, validate_user_id
 
+        if not bearer_ok(request.headers.get("Authorization"), settings.web_token):
+            return unauthorized(self)
         try:
             user_id = validate_user_id(user)
             n = validate_n(request.query.get("n", "50"))
             exclude_seen = parse_flag("exclude_seen", request.query.get("exclude_seen", "false"))
+            diversity = validate_diversity(request.query.get("diversity", settings.recall_diversity))
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)
         routed = await answer_from_the_owner(self, request, user_id)
@@ -132,7 +179,8 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
         popular = popularity.top(n + len(seen), histories.values)  # on the event loop (see Popularity)
         try:
             store = store_or_error()
-            result = await asyncio.to_thread(recall, store, user_id, n, fallback=popular, exclude=seen)
+            result = await asyncio.to_thread(recall, store, user_id, n, fallback=popular, exclude=seen,
+                                             diversity=diversity)
         except StoreError as exc:  # an outage: the writer reconnects; say so instead of a 500
             return self.json({"error": str(exc)}, status=503)
         metrics.RECALL_SECONDS.observe(time.perf_counter() - started)
@@ -143,6 +191,8 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
         """The user's stored interest rows (slot, model version, event time, vector)."""
         from streams.recall import validate_user_id
 
+        if not bearer_ok(request.headers.get("Authorization"), settings.web_token):
+            return unauthorized(self)
         try:
             user_id = validate_user_id(user)
         except ValueError as exc:
@@ -158,6 +208,14 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
         history = histories.get(user_id) or {"items": []}
         return self.json({"user_id": user_id, "interests": jsonable(rows),
                           "history_length": len(history["items"])})
+
+    register_inspector(app, recent=recent_users, history_of=histories.get,
+                       resources=lambda: (store_or_error(), service.resources.runtime.vocab),
+                       popular=lambda n: popularity.top(n, histories.values),
+                       answer_from_the_owner=answer_from_the_owner,
+                       authorized=lambda request: bearer_ok(request.headers.get("Authorization"),
+                                                            settings.web_token),
+                       default_diversity=settings.recall_diversity)
 
     @app.page("/metrics")
     async def metrics_view(self: Any, request: Any) -> Any:

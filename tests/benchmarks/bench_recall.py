@@ -23,7 +23,6 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,9 @@ import numpy as np  # noqa: E402
 if not _had_blas_threads:
     del os.environ["OPENBLAS_NUM_THREADS"]
 
-with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources, which warns on import
-    warnings.simplefilter("ignore")
-    from streams.recall import recall  # noqa: E402
-    from streams.store import VectorStore  # noqa: E402
-    from streams.updater import interest_rows  # noqa: E402
+from streams.recall import recall  # noqa: E402
+from streams.store import VectorStore  # noqa: E402
+from streams.updater import interest_rows  # noqa: E402
 
 DIM = 64
 NUM_INTERESTS = 4

@@ -19,7 +19,6 @@ import argparse
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +50,6 @@ def zipf_batches(rng: np.random.Generator, users: int, batch_users: int, writes:
 def run(*, users: int, slots: int, dim: int, batch_users: int, writes: int, rounds: int,
         variants: dict[str, dict] | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
     """`variants`: label -> VectorStore keyword arguments (default: one variant, the store's defaults)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pymilvus  # noqa: F401 - milvus-lite's pkg_resources warning, once
     from streams.store import VectorStore
 
     work = Path(tempfile.mkdtemp(prefix="bench_store_write_"))
@@ -137,18 +133,27 @@ def raw_lite_calls(uri: str, *, users: int, slots: int, dim: int) -> dict[str, f
         out[label] = float(np.median(ms))
 
     picks = np.random.default_rng(8).permutation(users)
+    # Each delete takes users no earlier call deleted: 9 small and 2 x 5 large batches. A smaller --users
+    # shrinks the batches (their sizes are in the labels) rather than deleting nothing.
+    small, large = 75, 700
+    if users < 9 * small + 10 * large:
+        share = users / (9 * small + 10 * large)
+        small, large = max(1, int(small * share)), max(1, int(large * share))
+    by_key_large, by_filter = 9 * small, 9 * small + 5 * large
+
+    def pick(start: int, size: int, r: int) -> list[str]:
+        return [f"user{u}" for u in picks[start + size * r : start + size * (r + 1)]]
+
     timed("insert 75 users, vectors as lists",
           lambda r: client.insert(name, records(range(users + 75 * r, users + 75 * r + 75))))
     timed("insert 75 users, vectors as float32 arrays",
           lambda r: client.insert(name, records(range(2 * users + 75 * r, 2 * users + 75 * r + 75), "array")))
-    timed("delete 75 users' rows by key", lambda r: client.delete(
-        name, ids=[f"user{u}#{s}#1" for u in picks[75 * r : 75 * r + 75] for s in range(slots)]))
-    timed("delete 700 users' rows by key", lambda r: client.delete(
-        name, ids=[f"user{u}#{s}#1" for u in picks[2000 + 700 * r : 2700 + 700 * r] for s in range(slots)]),
-          repeats=5)
-    timed("delete 700 users' rows by filter", lambda r: client.delete(
-        name, filter=f"user_id in {json.dumps([f'user{u}' for u in picks[8000 + 700 * r : 8700 + 700 * r]])}"
-                     " and generation < 2"), repeats=5)
+    timed(f"delete {small} users' rows by key", lambda r: client.delete(
+        name, ids=[f"{u}#{s}#1" for u in pick(0, small, r) for s in range(slots)]))
+    timed(f"delete {large} users' rows by key", lambda r: client.delete(
+        name, ids=[f"{u}#{s}#1" for u in pick(by_key_large, large, r) for s in range(slots)]), repeats=5)
+    timed(f"delete {large} users' rows by filter", lambda r: client.delete(
+        name, filter=f"user_id in {json.dumps(pick(by_filter, large, r))} and generation < 2"), repeats=5)
     client.close()
     store.drop_all()
     store.close()

@@ -49,6 +49,8 @@ from support.milvus import release_all_lite_servers
 from support.topics import create_topics, delete_topics
 from support.worker import Worker, index_items
 
+from streams.kafka import changelog_topic
+
 ZIPF_USERS = 1.1
 ZIPF_ITEMS = 0.8
 
@@ -595,7 +597,7 @@ def new_deployment(tag: str, partitions: int, histories: dict[str, dict],
     app_id = f"bench-{tag}-{os.getpid()}-{int(time.time())}"
     topics = {"interactions": f"{app_id}-interactions", "profiles": f"{app_id}-profiles",
               "updates": f"{app_id}-updates",
-              "dlq": f"{app_id}-dlq", "changelog": f"{app_id}-histories-changelog"}
+              "dlq": f"{app_id}-dlq", "changelog": changelog_topic(app_id, "histories")}
     create_topics(bootstrap(),
                   {topics["interactions"]: partitions, topics["profiles"]: partitions, topics["updates"]: 1,
                    topics["dlq"]: 1, topics["changelog"]: partitions},

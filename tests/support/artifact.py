@@ -8,7 +8,8 @@ parity on the data's histories, manifest with hashes. Use from any test module:
     artifact_dir = build_tiny_artifact(tmp_path / "artifact", num_items=40)
     runtime = UserTowerRuntime.load(artifact_dir)
 
-Raw item ids are "c{cluster}_{j}" (or "1".."N" with numeric_ids=True); one profile field, "cohort", with
+Raw item ids are "c{cluster}_{j}" (or "1".."N" with numeric_ids=True; titles "Title of {id}" with
+item_titles=True); one profile field, "cohort", with
 values "a", "b", "c". Needs torch (the train extras); the artifact it writes does not.
 """
 
@@ -41,9 +42,14 @@ def build_tiny_run(
     routing_iterations: int = 3,
     adaptive_interests: bool = True,
     numeric_ids: bool = False,
+    item_titles: bool = False,
     seed: int = 0,
+    config_changes: dict | None = None,
 ) -> TinyRun:
-    """Save RUN_DIR/checkpoint.pt of a random-weight MIND over synthetic data with `num_items` items."""
+    """Save RUN_DIR/checkpoint.pt of a random-weight MIND over synthetic data with `num_items` items.
+
+    `config_changes` sets further MindConfig fields (e.g. {"routing_init": "position"}).
+    """
     import torch
 
     from model.checkpoint import save_checkpoint
@@ -64,6 +70,8 @@ def build_tiny_run(
     )
     if numeric_ids:
         data.item_ids = [data.item_ids[0]] + [str(i) for i in range(1, len(data.item_ids))]
+    if item_titles:  # display names, as an item file's title column gives them
+        data.item_titles = [""] + [f"Title of {item_id}" for item_id in data.item_ids[1:]]
     config = MindConfig(
         embedding_dim=embedding_dim,
         num_interests=num_interests,
@@ -73,6 +81,7 @@ def build_tiny_run(
         hidden_dim=2 * embedding_dim,
         profile_embedding_dim=4,
         seed=seed,
+        **(config_changes or {}),
     )
     torch.manual_seed(seed)
     # save_checkpoint treats a path that is not (yet) a directory as the checkpoint file itself.

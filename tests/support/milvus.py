@@ -7,6 +7,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from streams.store.lite import server_manager
 from support.basics import wait_until
 
 
@@ -20,6 +21,7 @@ class MilvusTcpServer:
     """
 
     def __init__(self, db: Path, port: int) -> None:
+        server_manager()  # milvus-lite imported through the store's adapter (no pkg_resources warning)
         import milvus_lite
 
         self.lib = Path(milvus_lite.__file__).parent / "lib"
@@ -57,16 +59,12 @@ class MilvusTcpServer:
 def release_lite(store) -> None:
     """Close a store opened in this process and stop its Milvus Lite server, so another process can open the
     file (pymilvus keeps the server, and the file lock, until the process exits)."""
-    from milvus_lite.server_manager import server_manager_instance
-
     store.close()
     if store.is_lite:
-        server_manager_instance.release_server(store.uri)
+        server_manager().release_server(store.uri)
 
 
 def release_all_lite_servers() -> None:
     """Stop every Milvus Lite server this process started (closing a client leaves them running, and an idle
     Lite server still burns CPU)."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_all()
+    server_manager().release_all()

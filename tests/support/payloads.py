@@ -101,7 +101,7 @@ _BROKEN_RULES = (
     "item_id too long",
     "item_id contains control characters", "wrong type for ts", "ts is not a finite number", "ts negative",
     "ts too far in the future", "wrong type for behavior", "behavior too long", "wrong type for event_id",
-    "event_id length",
+    "event_id length", "key is not the user id",
 )
 
 
@@ -164,6 +164,8 @@ def labelled_payloads(draw: st.DrawFn) -> LabelledPayload:
         raw = raw[: draw(st.integers(1, len(raw) - 1))]
     if rule is not None and rule.startswith("bad JSON"):
         expected = "bad JSON"
+    if rule == "key is not the user id":  # another user's id, a near miss, or no key at all
+        key = draw(st.sampled_from([b"someone-else", key + b"x", b" " + key, b""]))
     if rule in ("wrong type for user_id", "user_id format", "not an object", "bad JSON (not UTF-8)",
                 "bad JSON (truncated)") or (rule == "missing field" and expected.endswith("user_id")):
         key = b"fz-key"

@@ -15,11 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from streams.kafka import changelog_topic
 from support.basics import die_with_parent, free_port, process_tree, rss_mb, unique_name, wait_until
 from support.topics import delete_topics, produce, read_topic
 
@@ -54,7 +56,7 @@ def worker_topics(env: dict[str, str]) -> list[str]:
     """Every topic a worker with settings `env` uses or creates: its own and faust's internal ones."""
     app_id = env["MINDSTREAM_APP_ID"]
     topics = [env[k] for k in env if k.startswith("MINDSTREAM_TOPIC_")]
-    return topics + [f"{app_id}-histories-changelog", f"{app_id}-profiles-changelog",
+    return topics + [changelog_topic(app_id, "histories"), changelog_topic(app_id, "profiles"),
                      f"{app_id}-__assignor-__leader"]
 
 
@@ -245,6 +247,22 @@ class Worker:
         worker = rss_mb(tree[0])
         children = sum(rss_mb(p) for p in tree[1:])
         return {"worker_rss_mb": worker, "lite_server_rss_mb": children, "total_rss_mb": worker + children}
+
+
+@contextmanager
+def running_worker(kafka_bootstrap: str, artifact_dir: Path, tmp: Path, *, own_session: bool = False,
+                   **extra: str) -> Iterator[Worker]:
+    """A started worker on its own topics and Milvus Lite file (items indexed), `extra` settings on top of
+    `worker_env`'s; stopped, and its topics deleted, on exit."""
+    env = worker_env(kafka_bootstrap, tmp, **extra)
+    index_items(env, artifact_dir)
+    w = Worker(env=env, artifact_dir=artifact_dir, log_path=tmp / "worker.log", own_session=own_session)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        cleanup_topics(kafka_bootstrap, env)
 
 
 def committed_lag(worker: Worker) -> int:
