@@ -27,7 +27,8 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 - `MINDSTREAM_MIN_INSYNC_REPLICAS` (default `1`): `min.insync.replicas` of those topics, the replicas an
   `acks=all` write needs; `2` with replication 3
 - `MINDSTREAM_BATCH_SIZE` (default `256`): most events per micro-batch (one tower call per batch)
-- `MINDSTREAM_BATCH_WINDOW_S` (default `0.1`): longest wait for a micro-batch to fill, seconds
+- `MINDSTREAM_BATCH_WINDOW_S` (default `0`): linger: how long a batch may wait for more events before it is
+  processed, seconds; `0` = process whatever is buffered at once (batches grow by themselves under load)
 - `MINDSTREAM_TABLE_STORE` (default `memory://`): `memory://` or `rocksdb://` (needs `pip install
   mindstream[rocksdb]`)
 - `MINDSTREAM_WEB_HOST` (default `127.0.0.1`): address the worker's web server binds to
@@ -66,6 +67,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TABLE_STORES = ("memory://", "rocksdb://")
 # A Kafka broker refuses a session timeout outside group.min/max.session.timeout.ms (defaults 6 s and 30 min).
 MIN_SESSION_TIMEOUT_S, MAX_SESSION_TIMEOUT_S = 6.0, 1800.0
+MAX_LINGER_S = 10.0  # a linger beyond this is a typo (ms given as s), not a setting
 # A worker whose partitions stay stalled after seeks back to the commit exits with this code (EX_TEMPFAIL),
 # for its supervisor to restart it (streams/worker/watchdog.py).
 EXIT_STALLED = 75
@@ -103,7 +105,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "replication": ("MINDSTREAM_REPLICATION", "1"),
     "min_insync_replicas": ("MINDSTREAM_MIN_INSYNC_REPLICAS", "1"),
     "batch_size": ("MINDSTREAM_BATCH_SIZE", "256"),
-    "batch_window_s": ("MINDSTREAM_BATCH_WINDOW_S", "0.1"),
+    "batch_window_s": ("MINDSTREAM_BATCH_WINDOW_S", "0"),
     "table_store": ("MINDSTREAM_TABLE_STORE", "memory://"),
     "web_host": ("MINDSTREAM_WEB_HOST", "127.0.0.1"),
     "web_port": ("MINDSTREAM_WEB_PORT", "6066"),
@@ -199,9 +201,9 @@ class Settings:
         if not self.stall_timeout_s >= 5:
             raise ConfigError(f"MINDSTREAM_STALL_TIMEOUT_S={self.stall_timeout_s:g}: must be at least "
                               f"5 seconds")
-        if not self.batch_window_s > 0:
-            raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be > 0 "
-                              f"(a batch must close)")
+        if not 0 <= self.batch_window_s <= MAX_LINGER_S:
+            raise ConfigError(f"MINDSTREAM_BATCH_WINDOW_S={self.batch_window_s}: must be between 0 (no "
+                              f"linger, the default) and {MAX_LINGER_S:g} seconds")
         from export.merge import validate_diversity
 
         try:

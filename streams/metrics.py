@@ -32,8 +32,14 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 TOWER_SECONDS = Histogram("mindstream_tower_seconds", "Wall time of one user-tower call (encode + infer)",
                           buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 UPSERT_SECONDS = Histogram("mindstream_upsert_seconds",
-                           "Wall time of one vector-store write (upsert + delete)",
+                           "Wall time of one vector-store write (the new generation's insert)",
                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+CLEANUP_SECONDS = Histogram("mindstream_cleanup_seconds",
+                            "Wall time of one clean-up of replaced generations (between writes)",
+                            buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+SAVE_SECONDS = Histogram("mindstream_save_seconds",
+                         "Wall time of a batch's save after its write: update messages sent, histories saved",
+                         buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 FRESHNESS_SECONDS = Histogram(
     "mindstream_freshness_seconds",
     "now - event time, when the event's vectors are written (replays of old logs land in +Inf)",

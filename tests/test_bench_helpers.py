@@ -52,6 +52,10 @@ def _results() -> dict:
              "p99_ms": 90.0, "mean_ms": 45.0, "max_ms": 95.0, "latencies_ms": [30.0, 40.0, 95.0],
              "batch_events_mean": 5.0, "batch_users_mean": 4.0, "tower_ms_mean": 1.0, "upsert_ms_mean": 8.0}
     slow = {**phase, "rate": 100, "p50_ms": 20.0, "p99_ms": 30.0}
+    idle = {**phase, "rate": "idle", "achieved_rate": float("nan"), "p50_ms": 8.0, "p99_ms": 12.0,
+            "http_probe": {"n": 3, "p50_ms": 9.0, "p99_ms": 20.0, "timeouts": 0}}
+    step = {"n": 5, "p50_ms": 2.0, "p99_ms": 3.0}
+    floor = {"kafka_round_trip": step, "lite_write_1x4": step, "tower_1_user": step, "sum_p50_ms": 6.0}
     drain = {"events": 100, "events_per_s": 6000.0, "interval_p50_events_per_s": 6100.0,
              "burst_produce_s": 0.1,
              "drain_s": 1.0, "series": [(0.0, 0), (1.0, 100)], "batch_events_mean": 100.0,
@@ -62,8 +66,11 @@ def _results() -> dict:
         "machine": {"date": "d", "commit": "c", "cpus": 2, "cpu": "x", "load_at_start": [1, 1, 1]},
         "stream": {"setup": {"users": 10, "zipf_users_s": 1.1, "zipf_items_s": 0.8, "items": 5,
                              "history_median": 3,
-                             "history_p90": 5, "max_history_length": 50, "batch_window_s": 0.005},
-                   "freshness": [slow, phase], "max_sustainable_rate": 1000, "throughput_1_worker": drain,
+                             "history_p90": 5, "max_history_length": 50, "baseline_src": "/tmp/main"},
+                   "floor": floor, "freshness": [idle, slow, phase], "max_sustainable_rate": 1000,
+                   "throughput_1_worker": drain,
+                   "baseline": {"freshness": [{**idle, "p50_ms": 104.0}, slow], "max_sustainable_rate": 100,
+                                "throughput_1_worker": {**drain, "events_per_s": 3000.0}},
                    "naive_peer": {"events": 10, "events_per_s": 100.0, "worker_vs_naive": 60.0}},
         "tower": {"setup": "s", "rows": [
             {"engine": "pytorch eager", "batch": 1, "L": 5, "p50_ms": 1.0, "p99_ms": 2.0,
@@ -82,6 +89,12 @@ def test_the_report_names_unmet_goals_met_goals_and_failed_benchmarks(tmp_path: 
     assert "p50 40.0 ms, p99 90.0 ms" in freshness_row and freshness_row.endswith("| **no** |")
     throughput_row = next(line for line in text.splitlines() if line.startswith("| Throughput, 1 worker"))
     assert throughput_row.endswith("| yes |") and "60.0×" in throughput_row
+    idle_row = next(line for line in text.splitlines() if line.startswith("| Freshness idle"))
+    assert "p50 9.0 ms, p99 20.0 ms" in idle_row and "1.5×" in idle_row and idle_row.endswith("| yes |")
+    against_main = next(line for line in text.splitlines()
+                        if line.startswith("| idle (closed loop) | 9.0 / 20.0"))
+    assert "13.0× / 1.0×" in against_main  # main's 104 ms against this 8 ms interest-updates p50
+    assert "| drain, ev/s | – | – | 3,000 | 6,000 | 2.00× faster |" in text
     assert "**failed**: RuntimeError: boom" in text
     assert "Goals not met" in text and "**Freshness at 1,000 ev/s**" in text
     assert (tmp_path / "plots" / "freshness.png").stat().st_size > 0

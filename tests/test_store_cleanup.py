@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.store.interests import CleanupQueue, plan_write
+from streams.store.interests import DELETE_USERS_PER_FILTER, CleanupQueue, plan_write
 
 
 def row(user: str, slot: int, **extra) -> dict:
@@ -80,3 +80,16 @@ def test_a_cleanup_is_due_after_enough_rows_or_after_the_interval_and_failures_a
     queue.record("v2", 3, {"u": [0]}, {})
     queue.forget("v2")
     assert queue.take() == ({}, {})
+
+
+def test_a_partial_cleanup_leaves_users_of_an_earlier_process_until_enough_wait_or_their_interval_passed():
+    clock = Clock()
+    queue = CleanupQueue(batch_rows=100, interval_s=1, clock=clock, users_interval_s=30)
+    queue.record("v1", 10, {"u": [0]}, {})
+    queue.record("v1", 11, {"u": [0]}, {})
+    assert queue.take(full=False) == ({"v1": ["u#0#10"]}, {})  # u's older rows: a scan, not yet
+    clock.now = 31
+    assert queue.take(full=False) == ({}, {"v1": {"u": 10}})
+    queue.record("v1", 12, {f"n{i}": [0] for i in range(DELETE_USERS_PER_FILTER)}, {})
+    keys, users = queue.take(full=False)  # enough users wait for one filter delete
+    assert len(users["v1"]) == DELETE_USERS_PER_FILTER

@@ -21,10 +21,16 @@ class RecordingResources(Resources):
         super().__init__(SimpleNamespace(manifest=SimpleNamespace(model_version="v1")), None, max_len=8)
         self.writes: list[dict[str, int]] = []
 
-    def recompute_and_write(self, users, user_profiles):
-        self.writes.append({user: len(history["items"]) for user, history in users.items()})
-        updates = [{"user_id": user, "model_version": "v1", "num_interests": 1} for user in users]
+    def compute(self, users, user_profiles):
+        updates = [{"user_id": user, "model_version": "v1", "num_interests": 1,
+                    "history_length": len(history["items"])} for user, history in users.items()]
         return Recompute(rows=[], delete_keys=[], updates=updates, interests=[])
+
+    def write(self, result):
+        self.writes.append({u["user_id"]: u.pop("history_length") for u in result.updates})
+
+    def cleanup_if_due(self):
+        pass
 
 
 class Event:
@@ -102,7 +108,7 @@ def test_a_profile_change_is_stored_and_refreshes_a_user_with_a_history_and_a_to
 def test_an_unexpected_error_dead_letters_the_whole_batch_instead_of_crashing_the_agent():
     batch, tables, sent, store = processor()
 
-    async def broken(events):
+    async def broken(events, progress):
         raise RuntimeError("boom")
 
     events = [message(b"u1", b"x", 0), message(b"u2", b"y", 1)]

@@ -227,10 +227,26 @@ class VectorStore:
         """
         self._interests.write(rows, delete_keys, model_version=model_version)
 
-    def flush_cleanup(self) -> None:
+    def flush_cleanup(self, full: bool = True) -> None:
         """Delete the generations that writes replaced since the last cleanup (`close` and
-        `count_user_interests` call it; writes call it when it is due)."""
-        self._interests.flush_cleanup()
+        `count_user_interests` call it; writes call it when it is due, unless `cleanup_in_writes` is off).
+        `full=False` (the worker, between writes): rows of users an earlier process wrote, which cost a scan,
+        wait until many of those users are due at once."""
+        self._interests.flush_cleanup(full)
+
+    def cleanup_due(self) -> bool:
+        """Enough replaced rows wait, or enough time passed since the last cleanup (see the class doc)."""
+        return self._interests.cleanup.due()
+
+    @property
+    def cleanup_in_writes(self) -> bool:
+        """Whether a write runs the cleanup when it is due (default). The worker turns it off and calls
+        `flush_cleanup` between writes, so a fresh write never waits for a delete."""
+        return self._interests.cleanup_in_writes
+
+    @cleanup_in_writes.setter
+    def cleanup_in_writes(self, value: bool) -> None:
+        self._interests.cleanup_in_writes = value
 
     def get_user_interests(self, user_ids: str | Sequence[str], *,
                            model_version: str | None = None) -> dict[str, list[StoredInterest]]:

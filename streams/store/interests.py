@@ -122,13 +122,18 @@ class CleanupQueue:
     It remembers the generation this store last wrote for each user (so the generation replacing it is
     deleted by primary key), the keys waiting, and the users whose older rows this store did not write (an
     earlier process): those are deleted once, by ``generation < the first one this store wrote``.
-    A cleanup is due once `batch_rows` rows wait or `interval_s` after the last one (0 = every write).
+    A cleanup is due once `batch_rows` rows wait or `interval_s` after the last one (0 = every write). The
+    users of an earlier process cost a filter delete, a scan of every row, so a partial cleanup (`take(
+    full=False)`) leaves them until `DELETE_USERS_PER_FILTER` wait or `users_interval_s` passed.
     """
 
-    def __init__(self, *, batch_rows: int, interval_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, *, batch_rows: int, interval_s: float, clock: Callable[[], float] = time.monotonic,
+                 users_interval_s: float = 30.0):
         self.batch_rows = batch_rows
         self.interval_s = interval_s
+        self.users_interval_s = users_interval_s
         self._clock = clock
+        self._last_users_cleanup = clock()
         self._lock = threading.Lock()
         self._live: dict[str, dict[str, tuple[int, tuple[int, ...]]]] = {}  # version -> user -> (gen, slots)
         self._obsolete: dict[str, list[str]] = {}  # version -> primary keys of replaced generations
@@ -181,13 +186,21 @@ class CleanupQueue:
     def due(self) -> bool:
         return self._pending_rows >= self.batch_rows or self._clock() - self._last_cleanup >= self.interval_s
 
-    def take(self) -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
-        """(keys, users of an earlier process) per version, emptied here; the clock restarts."""
+    def take(self, full: bool = True) -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
+        """(keys, users of an earlier process) per version, emptied here; the clock restarts. `full=False`:
+        the users only once enough of them wait or `users_interval_s` passed (else {})."""
         with self._lock:
+            now = self._clock()
             obsolete, self._obsolete = self._obsolete, {}
-            unknown, self._unknown = self._unknown, {}
+            waiting = sum(len(users) for users in self._unknown.values())
+            users_due = (waiting >= DELETE_USERS_PER_FILTER
+                         or now - self._last_users_cleanup >= self.users_interval_s)
+            unknown: dict[str, dict[str, int]] = {}
+            if full or users_due:
+                unknown, self._unknown = self._unknown, {}
+                self._last_users_cleanup = now
             self._pending_rows = 0
-            self._last_cleanup = self._clock()
+            self._last_cleanup = now
         return obsolete, unknown
 
     def forget(self, version: str | None = None) -> None:
@@ -207,6 +220,7 @@ class Interests:
         self._db = connection
         self._registry = registry
         self.cleanup = cleanup
+        self.cleanup_in_writes = True  # False: the caller runs `flush_cleanup` when `cleanup.due()`
 
     def ensure_collection(self, version: str, dim: int) -> str:
         """Create `version`'s user_interests collection if absent. Users are read by key, never searched;
@@ -250,18 +264,19 @@ class Interests:
                        for user_id, slots in sorted(plan.deleted_slots.items())]
             self._db.call("delete user interests", self._db.client.delete, name, filter=" or ".join(clauses))
         self.cleanup.record(version, generation, plan.slots_of, plan.deleted_slots, plan.event_ts_of)
-        if self.cleanup.due():
+        if self.cleanup_in_writes and self.cleanup.due():
             self.flush_cleanup()
 
-    def flush_cleanup(self) -> None:
-        """Delete the generations that writes replaced since the last cleanup.
+    def flush_cleanup(self, full: bool = True) -> None:
+        """Delete the generations that writes replaced since the last cleanup (`full=False`: the users of an
+        earlier process only when their filter delete is due, see `CleanupQueue`).
 
         By primary key (a Lite delete by filter evaluates the filter over every row; by key it looks the keys
         up, see `lite.index_primary_keys`); users an earlier process wrote are deleted once by filter. A
         failure is logged and retried at the next cleanup: readers only use each user's newest generation,
         so a late cleanup costs storage, never correctness.
         """
-        obsolete, unknown = self.cleanup.take()
+        obsolete, unknown = self.cleanup.take(full)
         for version in sorted(set(obsolete) | set(unknown)):
             name = self._db.interests_name(version)
             keys = obsolete.get(version, [])

@@ -7,8 +7,9 @@
                                                 └──► interest-updates (user, model version, K'u, event time)
 
 Run with `mind-stream worker --artifact DIR` (`faust -A streams.worker.app worker`; settings:
-streams/config.py). The agents read micro-batches without acking (`noack_take`), hand them to the
-`BatchProcessor` (streams/worker/batches.py) and ack them when it returns. What lives as long as the worker
+streams/config.py). The agents take whatever their stream has buffered, without acking
+(`natural_batches`, streams/worker/intake.py), and hand it to the `BatchProcessor`
+(streams/worker/batches.py), which acks each event once its work is done. What lives as long as the worker
 is the `WorkerService` (streams/worker/service.py); the views are in streams/worker/web.py.
 """
 
@@ -22,6 +23,7 @@ from streams.inspector import RecentUsers
 from streams.kafka import CommittedLag
 from streams.worker import watchdog as stall
 from streams.worker.batches import BatchProcessor, Popularity
+from streams.worker.intake import natural_batches
 from streams.worker.service import WorkerService, now_ms
 from streams.worker.web import register_views
 
@@ -84,18 +86,21 @@ committed_lag = CommittedLag(settings, settings.topic_interactions)
 
 @app.agent(interactions_topic)
 async def update_interests(stream: faust.StreamT) -> None:
-    """Micro-batches of interactions: parse, append to histories, recompute touched users, then ack."""
-    async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
-        watchdog.note_read(len(events))
-        await processor.never_crash(processor.interactions, events)
-        for event in events:
-            await stream.ack(event)
+    """Micro-batches of interactions: parse, append to histories, recompute touched users; each batch's
+    store write overlaps the next batch's parse and tower call, and acks its events when saved."""
+    try:
+        async for events in natural_batches(stream, settings.batch_size, settings.batch_window_s):
+            watchdog.note_read(len(events))
+            # Returns once the batch's tower call is done; its write stage acks the events (pipelined).
+            await processor.submit_interactions(events, ack=stream.ack)
+    finally:
+        processor.abandon()  # stopping: an unfinished write stage leaves its events unacked (replayed)
 
 
 @app.agent(profiles_topic)
 async def update_profiles(stream: faust.StreamT) -> None:
     """Profile changes (compacted topic, key = user id): store them and refresh that user's vectors."""
-    async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
+    async for events in natural_batches(stream, settings.batch_size, settings.batch_window_s):
         await processor.never_crash(processor.profile_changes, events)
         for event in events:
             await stream.ack(event)

@@ -5,7 +5,9 @@ while the store cannot be opened (StoreError: server down, Lite file locked by a
 and retries like any outage, so no batch is dead-lettered for it; any other error (a bad artifact) crashes
 the worker. Every wait between tries comes from one `backoff` helper: 0.5 s doubling to a 5 s cap.
 
-A store outage (StoreError) while writing is retried for as long as it takes with a fresh connection,
+A batch's tower call (`compute`) and its store write (`write_computed`) are separate steps, so the
+tower call of the next batch runs while the store writes this one (streams/worker/batches.py pipelines
+them). A store outage (StoreError) while writing is retried for as long as it takes with a fresh connection,
 the batch unacked and /healthz "degraded": good events are never dead-lettered for an outage. Any other
 failing tower/store step is retried `max_attempts` times; then each user is tried alone and the events of
 users that still fail go to the DLQ with the reason.
@@ -83,7 +85,9 @@ class Resources:
         self.store = store
         self.model_version = str(runtime.manifest.model_version)
         self.max_len = max_len
-        self.write_lock = threading.Lock()  # one recompute+write at a time: the two agents share users
+        # The tower call of one batch runs while the store write of the previous one does (another thread).
+        self.tower_lock = threading.Lock()
+        self.store_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
@@ -92,6 +96,7 @@ class Resources:
 
         runtime = UserTowerRuntime.load(settings.artifact_dir)
         store = settings.open_store()
+        store.cleanup_in_writes = False  # the worker cleans up after a batch is saved: `cleanup_if_due`
         store.ensure_collections(runtime.manifest.embedding_dim, runtime.manifest.model_version)
         active = store.current_version()
         if active != runtime.manifest.model_version:
@@ -102,27 +107,45 @@ class Resources:
         metrics.MODEL_INFO.labels(runtime.manifest.model_version).set(1)
         return cls(runtime, store, max_len=max_len)
 
-    def recompute_and_write(self, users: Mapping[str, dict], user_profiles: Mapping[str, Any]) -> Recompute:
-        """Blocking (runs in a thread): one tower call for `users`, then one store write."""
-        with self.write_lock:
+    def compute(self, users: Mapping[str, dict], user_profiles: Mapping[str, Any]) -> Recompute:
+        """Blocking (runs in a thread): one tower call for `users` → the store rows and update messages."""
+        with self.tower_lock:
             started = time.perf_counter()
             result = recompute(self.runtime, users, user_profiles, updated_at_ms=now_ms())
             metrics.TOWER_SECONDS.observe(time.perf_counter() - started)
+            return result
+
+    def write(self, result: Recompute) -> None:
+        """Blocking (runs in a thread): one store write of a computed batch."""
+        with self.store_lock:
             started = time.perf_counter()
             # Its own version, never the store's default (the active one): a batch of cold users has no row
             # to name the version by, and its deletes belong to this model's collection.
             self.store.write_user_interests(result.rows, result.delete_keys, model_version=self.model_version)
             metrics.UPSERT_SECONDS.observe(time.perf_counter() - started)
-            return result
+
+    def recompute_and_write(self, users: Mapping[str, dict], user_profiles: Mapping[str, Any]) -> Recompute:
+        """Blocking (runs in a thread): one tower call for `users`, then one store write."""
+        result = self.compute(users, user_profiles)
+        self.write(result)
+        return result
+
+    def cleanup_if_due(self) -> None:
+        """Blocking: delete replaced generations if the store's clean-up is due (between writes)."""
+        with self.store_lock:
+            if self.store.cleanup_due():
+                started = time.perf_counter()
+                self.store.flush_cleanup(full=False)
+                metrics.CLEANUP_SECONDS.observe(time.perf_counter() - started)
 
     def close(self) -> None:
         """Blocking: run the store's pending clean-up and close it, after any write in progress."""
-        with self.write_lock:
+        with self.store_lock:
             self.store.close()
 
     def reconnect_store(self) -> None:
         """Blocking: a fresh store connection (a dead Lite server is replaced); StoreError if still down."""
-        with self.write_lock:
+        with self.store_lock:
             self.store.reconnect()
 
 
@@ -180,6 +203,47 @@ class WorkerService(faust.Service):
                     await self._sleep(delay)
             self.outage.recovered()  # opened: whatever kept it down at start is over
         return self.resources
+
+    async def compute(self, users: Mapping[str, dict], user_profiles: Mapping[str, Any]) -> Recompute | None:
+        """One tower call in a thread; None if it failed (`write_computed` then retries it with the write)."""
+        resources = await self.ready()
+        try:
+            return await asyncio.to_thread(resources.compute, users, user_profiles)
+        except Exception as exc:
+            log.warning("tower call for %d users failed, retried with the write: %r", len(users), exc)
+            return None
+
+    async def write_computed(self, users: Mapping[str, dict], user_profiles: Mapping[str, Any],
+                             computed: Recompute | None, events_of: Mapping[str, Sequence[Any]],
+                             dead_letter: DeadLetter) -> dict[str, dict]:
+        """Write a batch whose tower call is done (`compute`); if that or the write fails, the batch goes
+        through `write_with_retry`. Returns user id → its `interest-updates` message for each user written."""
+        if computed is not None:
+            resources = await self.ready()
+            try:
+                await asyncio.to_thread(resources.write, computed)
+                self.outage.recovered()
+                metrics.USERS_RECOMPUTED.inc(len(users))
+                metrics.BATCH_USERS.observe(len(users))
+                return {update["user_id"]: update for update in computed.updates}
+            except StoreError as exc:
+                self.outage.failed(exc)
+                log.warning("vector store unavailable, retrying %d users: %s", len(users), exc)
+            except Exception as exc:
+                log.warning("batch of %d users failed, retrying: %r", len(users), exc)
+            metrics.BATCH_RETRIES.inc()
+        return await self.write_with_retry(users, user_profiles, events_of, dead_letter)
+
+    async def cleanup_if_due(self) -> None:
+        """The store's clean-up of replaced generations, if due; after a batch is saved, never within a
+        write. A failure is logged: the next cleanup retries (a late cleanup costs storage, not
+        correctness)."""
+        if self.resources is None or self.outage.is_down:
+            return
+        try:
+            await asyncio.to_thread(self.resources.cleanup_if_due)
+        except StoreError as exc:
+            log.warning("cleanup of replaced user interests: %s", exc)
 
     async def write_through_outages(self, users: Mapping[str, dict],
                                     user_profiles: Mapping[str, Any]) -> Recompute:

@@ -9,13 +9,19 @@ id in `seen`) over the artifact's items drawn by Zipf popularity. They are pre-s
 `histories` table's changelog topic directly (the worker restores its table from it on start, as after a
 restart), so no warm-up stream is needed. Events pick users by Zipf (s = 1.1) over all of them.
 
-Freshness = the time from `producer.send()` of an event (its `ts` is stamped then) until the worker has
-written that user's new vectors: measured outside the worker, as the arrival of the user's
-`interest-updates` message (sent by the worker only after the store write returned) whose `event_ts_ms`
-covers the event. That is an upper bound: it adds the hop through Kafka back to the benchmark. A sample is
-cross-checked by polling the worker's `GET /users/{user}/interests` until the stored rows carry the event's
-time (also an upper bound: it adds an HTTP request and a Milvus query), and the worker's own freshness
-histogram (`/metrics`) is quoted too.
+Freshness, as a user sees it = the time from `producer.send()` of an event (its `ts` is stamped then)
+until the user's vectors carrying that event are readable from the store: a probe polls the worker's
+`GET /users/{user}/interests` every 2 ms for a sample of events until a stored row carries the event's time
+(an upper bound: it adds an HTTP request and a Milvus query). For every event, also the arrival of the
+user's `interest-updates` message whose `event_ts_ms` covers it (sent by the worker after the store write
+returned; it adds the hop through Kafka back to the benchmark). Load levels: idle (a closed loop, one event
+at a time, the next sent once the last is readable), paced 100 / 1,000 / 2,000 ev/s, and the highest paced
+rate whose p99 stays ≤ 100 ms. The worker runs with its DEFAULT settings (no linger, batch ≤ 256).
+
+The floor on this machine, timed in the same run: a Kafka produce → consume round trip alone, one Milvus
+Lite write of 1 user × 4 vectors, one tower call for one user; each freshness figure is also given as a
+ratio to their sum. With `--baseline-src DIR` (a checkout of main, e.g. from `git archive`), the same
+single-worker phases run first with that code at its own defaults, so both read side by side.
 
 Throughput = events/s applied by the worker (its `mindstream_events_applied` counter) while it drains a
 backlog produced in one burst, measured from the end of the burst (and 10 % applied) to 90 % applied. The
@@ -88,7 +94,9 @@ def bench_worker(name: str, artifact: Path, workdir: Path, env: dict[str, str]) 
     """A worker of this benchmark with its own Milvus Lite file, data dir and web port under `workdir`."""
     env = {**os.environ, **env, "MINDSTREAM_MILVUS_URI": str(workdir / f"{name}.db"),
            "MINDSTREAM_WEB_PORT": str(free_port()), "MINDSTREAM_DATA_DIR": str(workdir / f"{name}-data")}
-    return Worker(env=env, artifact_dir=artifact, log_path=workdir / f"{name}.log", loglevel="warning")
+    # loglevel: the default (info). At warning faust's progress spinner sets the root logger to DEBUG, and
+    # every aiokafka debug call then builds a log record (py-spy: ~8 % of a drain's GIL time).
+    return Worker(env=env, artifact_dir=artifact, log_path=workdir / f"{name}.log")
 
 
 def seed_changelog(topic: str, histories: dict[str, dict], partitions: int) -> float:
@@ -193,8 +201,8 @@ class UpdatesListener:
 
 
 class InterestsProbe:
-    """Cross-check: for one sampled event at a time, poll GET /users/{user}/interests until a stored row
-    carries the event's time; latency = first such answer − send time."""
+    """Freshness as a user sees it: for one sampled event at a time, poll GET /users/{user}/interests until
+    a stored row carries the event's time; latency = first such answer − send time."""
 
     def __init__(self, url: str, poll_s: float = 0.002) -> None:
         self.url, self.poll_s = url, poll_s
@@ -276,13 +284,16 @@ def freshness_histogram(before: dict[str, float], after: dict[str, float]) -> di
             for le in ("0.01", "0.025", "0.05")}
 
 
-def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource, rate: float, seconds: float,
-                    probe: bool) -> dict[str, Any]:
+PROBES_PER_S = 20  # sampled events per second whose store read is polled (one at a time)
+
+
+def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource, rate: float,
+                    seconds: float) -> dict[str, Any]:
     listener = UpdatesListener(topics["updates"])
     before = worker.metrics()
-    checker = InterestsProbe(worker.url) if probe else None
+    checker = InterestsProbe(worker.url)
     sent = produce_paced(topics["interactions"], source, rate, seconds, checker,
-                         probe_every=max(1, int(rate // 10)))
+                         probe_every=max(1, int(rate // PROBES_PER_S)))
     deadline = time.time() + 30
     latencies, missing = match_freshness(sent, listener.arrivals)
     while missing and time.time() < deadline:
@@ -294,34 +305,180 @@ def freshness_phase(worker: Worker, topics: dict[str, str], source: EventSource,
     listener.close()
     after = worker.metrics()
     achieved = len(sent) / max(1e-9, sent[-1][2] - sent[0][2]) if len(sent) > 1 else 0.0
-    result = {"rate": rate, "achieved_rate": achieved, "events": len(sent),
-              "not_readable_within_30s": missing,
-              **summary_ms(latencies), **freshness_histogram(before, after),
-              # for the plot; dropped from printed JSON
-              "latencies_ms": [round(x * 1000, 3) for x in latencies],
-              "batch_events_mean": _mean_of(before, after, "mindstream_batch_events"),
-              "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
-              "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
-              "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds")}
-    if checker is not None:
-        result["http_probe"] = {**summary_ms(checker.latencies), "timeouts": checker.timeouts}
-    return result
+    return _phase_result(rate, achieved, len(sent), latencies, missing, checker, before, after)
 
 
-SUSTAINED_P99_MS = 1000.0
+def _phase_result(rate: float | str, achieved: float, events: int, latencies: list[float], missing: int,
+                  checker: InterestsProbe, before: dict[str, float],
+                  after: dict[str, float]) -> dict[str, Any]:
+    return {"rate": rate, "achieved_rate": achieved, "events": events, "not_readable_within_30s": missing,
+            **summary_ms(latencies), **freshness_histogram(before, after),
+            # for the plot; dropped from printed JSON
+            "latencies_ms": [round(x * 1000, 3) for x in latencies],
+            "batch_events_mean": _mean_of(before, after, "mindstream_batch_events"),
+            "batch_users_mean": _mean_of(before, after, "mindstream_batch_users"),
+            "tower_ms_mean": 1000 * _mean_of(before, after, "mindstream_tower_seconds"),
+            "upsert_ms_mean": 1000 * _mean_of(before, after, "mindstream_upsert_seconds"),
+            **_step_means(before, after),
+            "http_probe": {**summary_ms(checker.latencies), "timeouts": checker.timeouts}}
+
+
+def _step_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean ms of the steps only this branch's worker times (nan for main's): save and clean-up."""
+    return {"save_ms_mean": 1000 * _mean_of(before, after, "mindstream_save_seconds"),
+            "cleanup_ms_mean": 1000 * _mean_of(before, after, "mindstream_cleanup_seconds"),
+            "cleanups": after.get("mindstream_cleanup_seconds_count", 0)
+            - before.get("mindstream_cleanup_seconds_count", 0)}
+
+
+def idle_phase(worker: Worker, topics: dict[str, str], source: EventSource, count: int) -> dict[str, Any]:
+    """Closed loop, one event at a time: send, poll the store read until the event is there, then the next.
+    Both figures per event: store read (HTTP probe) and the `interest-updates` arrival."""
+    from kafka import KafkaProducer
+
+    listener = UpdatesListener(topics["updates"])
+    before = worker.metrics()
+    producer = KafkaProducer(acks=1, linger_ms=0, **kafka_kwargs())
+    checker = InterestsProbe(worker.url)
+    sent = []
+    for user, item in source.batch(count):
+        now = time.time()
+        ts, event_id = source.stamp(user, now)
+        producer.send(topic=topics["interactions"], key=user.encode(),
+                      value=event_value(user, item, ts, event_id))
+        producer.flush()
+        sent.append((user, ts, now))
+        checker.busy.set()
+        checker._probe(user, ts, now)  # noqa: SLF001 - in this thread: the loop waits for the read
+        time.sleep(0.01)  # idle between events: nothing is queued when the next one is sent
+    producer.close()
+    deadline = time.time() + 10
+    latencies, missing = match_freshness(sent, listener.arrivals)
+    while missing and time.time() < deadline:
+        time.sleep(0.2)
+        latencies, missing = match_freshness(sent, listener.arrivals)
+    listener.close()
+    after = worker.metrics()
+    return _phase_result("idle", float("nan"), len(sent), latencies, missing, checker, before, after)
+
+
+SUSTAINED_P99_MS = 100.0
 
 
 def _sustained(phase: dict[str, Any]) -> bool:
-    return phase["not_readable_within_30s"] == 0 and phase["p99_ms"] <= SUSTAINED_P99_MS
+    probe = phase.get("http_probe", {})
+    return (phase["not_readable_within_30s"] == 0 and phase["p99_ms"] <= SUSTAINED_P99_MS
+            and not probe.get("p99_ms", 0) > SUSTAINED_P99_MS)
 
 
 def _freshness_logged(worker: Worker, topics: dict[str, str], source: EventSource, rate: float,
-                      seconds: float) -> dict[str, Any]:
-    phase = freshness_phase(worker, topics, source, rate, seconds, probe=rate == 100)
-    print(f"  streaming: freshness at {rate:,.0f} ev/s: p50 {phase['p50_ms']:.1f} ms, p99 "
-          f"{phase['p99_ms']:.1f} ms"
-          f" ({phase['n']} events, {phase['not_readable_within_30s']} missing)", flush=True)
+                      seconds: float, tag: str) -> dict[str, Any]:
+    phase = freshness_phase(worker, topics, source, rate, seconds)
+    _print_phase(tag, f"{rate:,.0f} ev/s", phase)
+    phase["catch_up_s"] = wait_caught_up(worker, source.count)
     return phase
+
+
+def wait_caught_up(worker: Worker, produced: int, timeout: float = 600.0) -> float:
+    """Seconds until the worker has read every event sent so far (an overloaded phase leaves a queue that
+    would otherwise be measured by the next phase)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if worker.metrics().get("mindstream_events_in_total", 0.0) >= produced:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"worker {worker.url} did not catch up with {produced} events in {timeout:.0f} s")
+
+
+def _print_phase(tag: str, load: str, phase: dict[str, Any]) -> None:
+    probe = phase["http_probe"]
+    print(f"  streaming [{tag}]: {load}: store read p50 {probe['p50_ms']:.1f} ms, "
+          f"p99 {probe['p99_ms']:.1f} ms (n={probe['n']}); "
+          f"interest-updates p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms "
+          f"({phase['n']} events, {phase['not_readable_within_30s']} missing; "
+          f"{phase['batch_events_mean']:.1f} events/batch)", flush=True)
+
+
+# --- the floor: each step alone ---------------------------------------------------------------------------
+
+
+def floor_kafka(topic: str, samples: int) -> dict[str, Any]:
+    """One message produced, then consumed by a consumer already waiting at the end: send → receipt."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    producer = KafkaProducer(acks=1, linger_ms=0, **kafka_kwargs())
+    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, fetch_max_wait_ms=500,
+                             **kafka_kwargs())
+    consumer.assign([TopicPartition(topic, 0)])
+    consumer.seek_to_end()
+    consumer.position(TopicPartition(topic, 0))
+    latencies = []
+    for i in range(samples):
+        started = time.perf_counter()
+        producer.send(topic, key=b"floor", value=str(i).encode(), partition=0)
+        producer.flush()
+        got = False
+        while not got:
+            got = any(records for records in consumer.poll(timeout_ms=1000, max_records=1).values())
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.005)
+    producer.close()
+    consumer.close()
+    return summary_ms(latencies)
+
+
+def floor_store_and_tower(artifact: Path, workdir: Path, samples: int) -> dict[str, Any]:
+    """One Milvus Lite write of 1 user × 4 vectors (a fresh Lite file, the worker's write path) and one
+    tower call for one user of 30 items."""
+    from export.runtime import UserTowerRuntime
+    from streams.store import VectorStore
+    from streams.updater import recompute
+
+    runtime = UserTowerRuntime.load(artifact)
+    manifest = runtime.manifest
+    item_ids, _ = read_artifact(artifact)
+    history = {"items": [[item_ids[j % len(item_ids)], 1_000 + j, f"f{j}"] for j in range(30)], "seen": []}
+    tower = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        recompute(runtime, {"floor": history}, None, updated_at_ms=1)
+        tower.append(time.perf_counter() - started)
+    store = VectorStore(str(workdir / "floor.db"))
+    writes = []
+    try:
+        store.cleanup_in_writes = False  # as the worker runs it
+        store.ensure_collections(manifest.embedding_dim, manifest.model_version)
+        rng = np.random.default_rng(0)
+        for i in range(samples):
+            rows = [{"user_id": f"floor{i % 50}", "slot": slot, "event_ts_ms": 1_000 + i,
+                     "vector": rng.standard_normal(manifest.embedding_dim).astype(np.float32).tolist()}
+                    for slot in range(4)]
+            started = time.perf_counter()
+            store.write_user_interests(rows, model_version=manifest.model_version)
+            writes.append(time.perf_counter() - started)
+            if store.cleanup_due():
+                store.flush_cleanup()
+    finally:
+        store.close()
+        release_all_lite_servers()
+    return {"lite_write_1x4": summary_ms(writes), "tower_1_user": summary_ms(tower)}
+
+
+def floor(artifact: Path, workdir: Path, samples: int) -> dict[str, Any]:
+    topic = f"bench-floor-{os.getpid()}-{int(time.time())}"
+    create_topics(bootstrap(), {topic: 1})
+    try:
+        result = {"kafka_round_trip": floor_kafka(topic, samples), **floor_store_and_tower(artifact, workdir,
+                                                                                          samples)}
+    finally:
+        delete_topics(bootstrap(), [topic])
+    result["sum_p50_ms"] = sum(result[k]["p50_ms"] for k in ("kafka_round_trip", "lite_write_1x4",
+                                                             "tower_1_user"))
+    print(f"  streaming: floor p50: Kafka round trip {result['kafka_round_trip']['p50_ms']:.2f} ms, "
+          f"Lite write 1x4 {result['lite_write_1x4']['p50_ms']:.2f} ms, "
+          f"tower 1 user {result['tower_1_user']['p50_ms']:.2f} ms; sum {result['sum_p50_ms']:.2f} ms",
+          flush=True)
+    return result
 
 
 def _mean_of(before: dict[str, float], after: dict[str, float], name: str) -> float:
@@ -367,7 +524,8 @@ def drain_rate(workers: list[Worker], topic: str, source: EventSource, backlog: 
             "tower_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_tower_seconds")
                                                      for b, a in zip(before, after, strict=True)),
             "upsert_ms_mean": 1000 * statistics.fmean(_mean_of(b, a, "mindstream_upsert_seconds")
-                                                      for b, a in zip(before, after, strict=True))}
+                                                      for b, a in zip(before, after, strict=True)),
+            **_step_means(before[0], after[0])}
 
 
 def naive_peer(run_dir: Path, topic: str, histories: dict[str, dict], count: int, workdir: Path,
@@ -463,12 +621,77 @@ def wait_restored(worker: Worker, user: str, length: int, timeout: float = 600.0
                        f"{worker.started_logs[-1]})")
 
 
-def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None = None,
-        batch_window_s: float = 0.005, seed: int = 0, profile: Path | None = None,
-        parts: tuple[str, ...] = ("freshness", "naive", "two_workers")) -> dict[str, Any]:
+RATES = (100, 1000, 2000)
+
+
+def single_worker(tag: str, artifact: Path, workdir: Path, histories: dict[str, dict], item_ids: list[str],
+                  seed: int, sizes: dict[str, Any], all_topics: list[str], workers: list[Worker],
+                  source_dir: Path | None = None, profile: Path | None = None,
+                  freshness: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+    """One worker on one partition with its default settings: drain rate, then freshness at every load
+    level. `source_dir`: run that checkout's code (the baseline) instead of this one."""
+    users = len(histories)
+    result: dict[str, Any] = {}
+    topics, env, seed_s = new_deployment(tag, 1, histories, workdir)
+    all_topics += topics.values()
+    result["seed_changelog_s"] = seed_s
+    worker = bench_worker(tag, artifact, workdir, env)
+    if source_dir is not None:
+        worker.source_dir = source_dir
+    workers.append(worker)
+    index_items(worker.env, artifact)
+    ready_s = worker.start(timeout=180)
+    restore_s = wait_restored(worker, "u0", len(histories["u0"]["items"]))
+    result["worker_ready_s"], result["table_restored_s"] = ready_s, ready_s + restore_s
+    result["memory_after_restore"] = worker.memory_mb()
+    rng = np.random.default_rng(seed + 1)  # the same events for every variant
+    source = EventSource(rng, users, item_ids)
+    print(f"  streaming [{tag}]: {users:,} users seeded in {seed_s:.1f} s, worker restored its table in "
+          f"{ready_s + restore_s:.1f} s", flush=True)
+    result["throughput_1_worker"] = drain_rate([worker], topics["interactions"], source, sizes["backlog"])
+    max_rate = result["throughput_1_worker"]["events_per_s"]
+    print(f"  streaming [{tag}]: 1 worker drained {sizes['backlog']:,} events at {max_rate:,.0f} events/s",
+          flush=True)
+    if profile:  # a separate, smaller drain: the sampler's own CPU must not lower the figure above
+        spy = start_profiler(worker, profile)
+        profiled = drain_rate([worker], topics["interactions"], source, sizes["backlog"] // 3)
+        result["profile"] = {**finish_profiler(spy, profile),
+                             "events_per_s_while_sampled": profiled["events_per_s"]}
+    result["freshness"] = []
+    if freshness:
+        idle = idle_phase(worker, topics, source, sizes["idle_events"])
+        _print_phase(tag, "idle, closed loop", idle)
+        result["freshness"].append(idle)
+        for rate in RATES:
+            result["freshness"].append(_freshness_logged(worker, topics, source, rate, sizes["phase_s"], tag))
+        # The most events/s a paced stream sustains with p99 ≤ SUSTAINED_P99_MS: the highest tried rate that
+        # does, trying fractions of the drain rate from the top.
+        shares = (0.9, 0.8, 0.6, 0.45, 0.3, 0.2)
+        candidates = sorted({round(max_rate * share, -2) for share in shares} - set(RATES), reverse=True)
+        sustained = [p["rate"] for p in result["freshness"][1:] if _sustained(p)]
+        for rate in candidates:
+            if sustained and rate < max(sustained):
+                break
+            phase = _freshness_logged(worker, topics, source, rate, sizes["phase_s"] / 2, tag)
+            result["freshness"].append(phase)
+            if _sustained(phase):
+                sustained.append(rate)
+                break
+        result["max_sustainable_rate"] = max(sustained) if sustained else None
+        result["max_sustainable_vs_drain"] = (result["max_sustainable_rate"] or 0) / max_rate
+    result["memory"] = {**worker.memory_mb(), "lite_file_mb": path_size_mb(worker.db),
+                        "users_in_table": users,
+                        "events_applied": worker.metrics().get("mindstream_events_applied_total")}
+    worker.stop()
+    return result, topics
+
+
+def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None = None, seed: int = 0,
+        profile: Path | None = None, parts: tuple[str, ...] = ("freshness", "naive", "two_workers"),
+        baseline_src: Path | None = None) -> dict[str, Any]:
     users = 10_000 if quick else 100_000
-    backlog = 10_000 if quick else 60_000
-    phase_s = 6.0 if quick else 20.0
+    sizes = {"backlog": 10_000 if quick else 60_000, "phase_s": 6.0 if quick else 20.0,
+             "idle_events": 60 if quick else 200}
     naive_events = 200 if quick else 1_000
     item_ids, max_len = read_artifact(artifact)
     rng = np.random.default_rng(seed)
@@ -482,81 +705,47 @@ def run(artifact: Path, run_dir: Path, quick: bool = False, workdir: Path | None
         "name": "streaming", "setup": {
             "users": users, "zipf_users_s": ZIPF_USERS, "zipf_items_s": ZIPF_ITEMS, "items": len(item_ids),
             "history_median": statistics.median(lengths), "history_p90": float(np.percentile(lengths, 90)),
-            "max_history_length": max_len, "batch_window_s": batch_window_s, "backlog_events": backlog,
-            "phase_seconds": phase_s, "cpus": os.cpu_count()}}
-    worker_env = {"MINDSTREAM_BATCH_WINDOW_S": str(batch_window_s), "MINDSTREAM_ORT_THREADS": "1"}
+            "max_history_length": max_len, "worker_settings": "defaults", "backlog_events": sizes["backlog"],
+            "phase_seconds": sizes["phase_s"], "idle_events": sizes["idle_events"], "cpus": os.cpu_count(),
+            "sustained_p99_ms": SUSTAINED_P99_MS,
+            "baseline_src": str(baseline_src) if baseline_src else None}}
     all_topics: list[str] = []
     workers: list[Worker] = []
     try:
-        # 1) one worker, one partition
-        topics, env, seed_s = new_deployment("w1", 1, histories, workdir)
-        all_topics += topics.values()
-        result["setup"]["seed_changelog_s"] = seed_s
-        worker = bench_worker("w1", artifact, workdir, {**env, **worker_env})
-        workers.append(worker)
-        index_items(worker.env, artifact)
-        ready_s = worker.start(timeout=180)
-        restore_s = wait_restored(worker, "u0", len(histories["u0"]["items"]))
-        result["setup"]["worker_ready_s"], result["setup"]["table_restored_s"] = ready_s, ready_s + restore_s
-        result["memory_after_restore"] = worker.memory_mb()
-        source = EventSource(rng, users, item_ids)
-        print(f"  streaming: {users:,} users seeded in {seed_s:.1f} s, worker restored its table in "
-              f"{ready_s + restore_s:.1f} s", flush=True)
-        result["throughput_1_worker"] = drain_rate([worker], topics["interactions"], source, backlog)
+        result["floor"] = floor(artifact, workdir, 50 if quick else 200)
+        if baseline_src is not None:  # main's code at main's defaults, same events, same machine, same run
+            result["baseline"], _ = single_worker("base", artifact, workdir, histories, item_ids, seed, sizes,
+                                                  all_topics, workers, source_dir=baseline_src,
+                                                  freshness="freshness" in parts)
+        one, topics = single_worker("w1", artifact, workdir, histories, item_ids, seed, sizes, all_topics,
+                                    workers, profile=profile, freshness="freshness" in parts)
+        for key in ("seed_changelog_s", "worker_ready_s", "table_restored_s"):
+            result["setup"][key] = one.pop(key)
+        result.update(one)
         max_rate = result["throughput_1_worker"]["events_per_s"]
-        print(f"  streaming: 1 worker drained {backlog:,} events at {max_rate:,.0f} events/s", flush=True)
-        if profile:  # a separate, smaller drain: the sampler's own CPU must not lower the figure above
-            spy = start_profiler(worker, profile)
-            profiled = drain_rate([worker], topics["interactions"], source, backlog // 3)
-            result["profile"] = {**finish_profiler(spy, profile),
-                                 "events_per_s_while_sampled": profiled["events_per_s"]}
-        result["freshness"] = []
-        if "freshness" in parts:
-            for rate in (100, 1000):
-                result["freshness"].append(_freshness_logged(worker, topics, source, rate, phase_s))
-            # The most events/s a paced stream can sustain: the highest tried rate whose p99 stays under
-            # SUSTAINED_P99_MS (no queue building up), trying fractions of the drain rate from the top.
-            shares = (0.8, 0.6, 0.45, 0.3, 0.2)
-            candidates = sorted({round(max_rate * share, -2) for share in shares} - {100, 1000}, reverse=True)
-            sustained = [p["rate"] for p in result["freshness"] if _sustained(p)]
-            for rate in candidates:
-                if sustained and rate < max(sustained):
-                    break
-                phase = _freshness_logged(worker, topics, source, rate, phase_s / 2)
-                result["freshness"].append(phase)
-                if _sustained(phase):
-                    sustained.append(rate)
-                    break
-            result["max_sustainable_rate"] = max(sustained) if sustained else None
-        result["memory"] = {**worker.memory_mb(), "lite_file_mb": path_size_mb(worker.db),
-                            "users_in_table": users,
-                            "events_applied": worker.metrics().get("mindstream_events_applied_total")}
-        worker.stop()
-        if "naive" not in parts and "two_workers" not in parts:
-            return result
-        # 2) the naive peer on the same backlog events (the first `naive_events` of them)
-        result["naive_peer"] = naive_peer(run_dir, topics["interactions"], histories, naive_events, workdir,
-                                          max_len)
-        result["naive_peer"]["worker_vs_naive"] = max_rate / result["naive_peer"]["events_per_s"]
-        print(f"  streaming: naive peer {result['naive_peer']['events_per_s']:.0f} events/s "
-              f"(worker {result['naive_peer']['worker_vs_naive']:.1f}x)", flush=True)
-        # 3) two workers, two partitions, each with its own Lite file
-        topics2, env2, _ = new_deployment("w2", 2, histories, workdir)
-        all_topics += topics2.values()
-        pair = [bench_worker(f"w2-{i}", artifact, workdir, {**env2, **worker_env}) for i in range(2)]
-        workers += pair
-        for w in pair:
-            index_items(w.env, artifact)
-            w.spawn()
-        for w in pair:
-            w.wait_ready(timeout=180)
-        wait_restored_any(pair, {u: len(histories[u]["items"]) for u in ("u0", "u1", "u2", "u3", "u4", "u5")})
-        result["throughput_2_workers"] = drain_rate(pair, topics2["interactions"],
-                                                    EventSource(rng, users, item_ids), backlog)
-        two = result["throughput_2_workers"]
-        two["vs_1_worker"] = two["events_per_s"] / max_rate
-        print("  streaming: 2 workers drained at "
-              f"{result['throughput_2_workers']['events_per_s']:,.0f} events/s", flush=True)
+        if "naive" in parts:  # the naive peer on the same backlog events (the first `naive_events` of them)
+            result["naive_peer"] = naive_peer(run_dir, topics["interactions"], histories, naive_events,
+                                              workdir, max_len)
+            result["naive_peer"]["worker_vs_naive"] = max_rate / result["naive_peer"]["events_per_s"]
+            print(f"  streaming: naive peer {result['naive_peer']['events_per_s']:.0f} events/s "
+                  f"(worker {result['naive_peer']['worker_vs_naive']:.1f}x)", flush=True)
+        if "two_workers" in parts:  # two workers, two partitions, each with its own Lite file
+            topics2, env2, _ = new_deployment("w2", 2, histories, workdir)
+            all_topics += topics2.values()
+            pair = [bench_worker(f"w2-{i}", artifact, workdir, env2) for i in range(2)]
+            workers += pair
+            for w in pair:
+                index_items(w.env, artifact)
+                w.spawn()
+            for w in pair:
+                w.wait_ready(timeout=180)
+            wait_restored_any(pair, {u: len(histories[u]["items"]) for u in ("u0", "u1", "u2", "u3", "u4",
+                                                                             "u5")})
+            two = drain_rate(pair, topics2["interactions"], EventSource(rng, users, item_ids),
+                             sizes["backlog"])
+            two["vs_1_worker"] = two["events_per_s"] / max_rate
+            result["throughput_2_workers"] = two
+            print(f"  streaming: 2 workers drained at {two['events_per_s']:,.0f} events/s", flush=True)
     finally:
         for w in workers:
             w.stop()
@@ -626,7 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path,
                         help="the checkpoint behind the artifact (for the naive PyTorch peer)")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--batch-window", type=float, default=0.005)
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="a checkout of main (e.g. `git archive main | tar -x -C DIR`): run its worker "
+                             "first, at its defaults, for a side-by-side baseline")
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (logs, Lite files)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy the worker while it drains; collapsed stacks here")
@@ -635,12 +826,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-    result = run(args.artifact, args.run_dir, args.quick, args.keep, args.batch_window, profile=args.profile,
-                 parts=tuple(p for p in args.parts.split(",") if p))
-    result.get("throughput_1_worker", {}).pop("series", None)
-    result.get("throughput_2_workers", {}).pop("series", None)
-    for phase in result.get("freshness", []):
-        phase.pop("latencies_ms", None)
+    result = run(args.artifact.resolve(), args.run_dir.resolve(), args.quick, args.keep, profile=args.profile,
+                 parts=tuple(p for p in args.parts.split(",") if p), baseline_src=args.baseline_src)
+    for variant in (result, result.get("baseline", {})):
+        variant.get("throughput_1_worker", {}).pop("series", None)
+        variant.get("throughput_2_workers", {}).pop("series", None)
+        for phase in variant.get("freshness", []):
+            phase.pop("latencies_ms", None)
     print(json.dumps(result, indent=1, default=str))
     return 0
 

@@ -47,7 +47,7 @@ def worker_env(kafka_bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
         "MINDSTREAM_TOPIC_UPDATES": f"{app_id}-updates", "MINDSTREAM_TOPIC_DLQ": f"{app_id}-dlq",
         "MINDSTREAM_PARTITIONS": "3", "MINDSTREAM_MILVUS_URI": str(tmp / "milvus.db"),
         "MINDSTREAM_DATA_DIR": str(tmp / "faust-data"), "MINDSTREAM_WEB_PORT": str(free_port()),
-        "MINDSTREAM_BATCH_WINDOW_S": "0.05", "MINDSTREAM_ORT_THREADS": "1", **extra,
+        "MINDSTREAM_ORT_THREADS": "1", **extra,
     })  # fmt: skip
     return env
 
@@ -116,7 +116,8 @@ class Worker:
     """One `mind-stream worker` subprocess and the settings it runs with.
 
     `own_session=True` starts it in a process group of its own, so `kill9` also takes down the Milvus Lite
-    server it spawned (a `kill -9` of a whole worker, as a crashed container).
+    server it spawned (a `kill -9` of a whole worker, as a crashed container). `source_dir`: the checkout
+    whose `streams` package it runs (the benchmark runs main's next to this one).
     """
 
     env: dict[str, str]
@@ -126,6 +127,7 @@ class Worker:
     own_session: bool = False
     proc: subprocess.Popen | None = None
     started_logs: list[Path] = field(default_factory=list)
+    source_dir: Path = REPO_ROOT
 
     @property
     def url(self) -> str:
@@ -143,7 +145,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--artifact", str(self.artifact_dir),
              "--loglevel", self.loglevel],
-            env=self.env, cwd=REPO_ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env=self.env, cwd=self.source_dir, stdout=log.open("wb"), stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
             start_new_session=self.own_session,
         )
