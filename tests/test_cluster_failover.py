@@ -30,6 +30,8 @@ from support.milvus import MilvusTcpServer
 from support.synthetic_stream import make_stream
 from support.worker import Worker, cleanup_topics, worker_env
 
+from streams.kafka import changelog_topic
+
 pytestmark = pytest.mark.timeout(900)
 WAIT_S = 300  # ceiling against hanging (2 shared cores, 3 brokers), not a performance assertion
 EVENTS, USERS = 12_000, 1_000
@@ -85,7 +87,7 @@ def run_scenario(
                 "both workers assigned partitions",
                 interval=0.3,
             )
-            changelog = f"{app_id}-histories-changelog"
+            changelog = changelog_topic(app_id, "histories")
             # The production settings reached the topics faust declares itself, not only those created here.
             figures["changelog_replicas"] = len(describe(bootstrap, changelog)[0]["replicas"])
             figures["changelog_min_isr"] = topic_config(bootstrap, changelog, "min.insync.replicas")
@@ -188,7 +190,8 @@ def test_a_broker_killed_and_restarted_later_loses_nothing(kafka_cluster, artifa
         time.sleep(15)  # the stream goes on with 2 of 3 brokers (min.insync.replicas 2 still met)
         restarted = time.monotonic()
         kafka_cluster.start(2)
-        topics = [env["MINDSTREAM_TOPIC_INTERACTIONS"], f"{env['MINDSTREAM_APP_ID']}-histories-changelog"]
+        topics = [env["MINDSTREAM_TOPIC_INTERACTIONS"],
+                  changelog_topic(env["MINDSTREAM_APP_ID"], "histories")]
         wait_until(
             lambda: fully_replicated(kafka_cluster.bootstrap, topics),
             WAIT_S,
@@ -208,7 +211,8 @@ def test_a_broker_killed_and_restarted_later_loses_nothing(kafka_cluster, artifa
 @only_with_more_time
 def test_a_rolling_restart_of_all_three_brokers_loses_nothing(kafka_cluster, artifact_dir, runtime, tmp_path):
     def rolling_restart(env: dict[str, str]) -> dict:
-        topics = [env["MINDSTREAM_TOPIC_INTERACTIONS"], f"{env['MINDSTREAM_APP_ID']}-histories-changelog"]
+        topics = [env["MINDSTREAM_TOPIC_INTERACTIONS"],
+                  changelog_topic(env["MINDSTREAM_APP_ID"], "histories")]
         each = []
         for node in (1, 2, 3):
             started = time.monotonic()
