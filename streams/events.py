@@ -48,6 +48,8 @@ SECONDS_MS_THRESHOLD = 10**11
 DEFAULT_MAX_FUTURE_S = 86_400.0
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# json.loads lets a lone surrogate through (an escaped \ud800, or its CESU-8 bytes): not text, so not an id.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ def parse_event(raw: bytes | None, *, key: bytes | str | None | _ValueOnly = VAL
         return Rejection(f"item_id too long: {len(item_id)} characters, at most {MAX_ITEM_ID_LENGTH}", raw)
     if _CONTROL_CHARS.search(item_id):
         return Rejection("item_id contains control characters", raw)
+    if _SURROGATES.search(item_id):
+        return Rejection("bad JSON: item_id holds a lone surrogate, which is not Unicode text", raw)
 
     ts = obj["ts"]
     if isinstance(ts, bool) or not isinstance(ts, int | float):
@@ -153,6 +157,8 @@ def parse_event(raw: bytes | None, *, key: bytes | str | None | _ValueOnly = VAL
         return Rejection(f"wrong type for behavior: expected a string, got {_json_type(behavior)}", raw)
     elif len(behavior) > MAX_BEHAVIOR_LENGTH:
         return Rejection(f"behavior too long: {len(behavior)} characters, at most {MAX_BEHAVIOR_LENGTH}", raw)
+    elif _SURROGATES.search(behavior):
+        return Rejection("bad JSON: behavior holds a lone surrogate, which is not Unicode text", raw)
 
     event_id = obj.get("event_id")
     if event_id is None:
@@ -165,6 +171,8 @@ def parse_event(raw: bytes | None, *, key: bytes | str | None | _ValueOnly = VAL
         if not 1 <= len(event_id) <= MAX_EVENT_ID_LENGTH:
             return Rejection(f"event_id length {len(event_id)}: must be 1-{MAX_EVENT_ID_LENGTH} characters",
                              raw)
+        if _SURROGATES.search(event_id):
+            return Rejection("bad JSON: event_id holds a lone surrogate, which is not Unicode text", raw)
     return Interaction(user_id=user_id, item_id=item_id, ts_ms=ts_ms, event_id=event_id, behavior=behavior)
 
 

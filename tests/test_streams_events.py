@@ -121,3 +121,15 @@ def test_any_bytes_give_an_interaction_or_a_rejection_never_an_exception(raw):
 def test_any_json_value_in_any_field_never_raises(value, field):
     obj = {"user_id": "u", "item_id": "i", "ts": 5, field: value}
     assert isinstance(parse_event(json.dumps(obj).encode(), now_ms=NOW_MS), Interaction | Rejection)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"user_id": "0", "item_id": "\xed\xa0\x80", "ts": 0}',             # a surrogate's CESU-8 bytes
+    b'{"user_id": "0", "item_id": "a\\ud800", "ts": 0}',                 # an escaped lone surrogate
+    b'{"user_id": "0", "item_id": "i", "ts": 0, "behavior": "\\udfff"}',
+    b'{"user_id": "0", "item_id": "i", "ts": 0, "event_id": "e\\ud800"}',
+])
+def test_a_lone_surrogate_in_a_text_field_is_rejected_as_bad_json_not_raised(raw):
+    result = parse_event(raw, now_ms=NOW_MS)
+    assert isinstance(result, Rejection) and result.reason.startswith("bad JSON: ")
+    assert "lone surrogate" in result.reason and result.raw == raw
