@@ -24,11 +24,12 @@ from support.cluster import (
     fully_replicated,
     lag_or_none,
     only_with_more_time,
+    scenario_env,
     topic_config,
 )
 from support.milvus import MilvusTcpServer
 from support.synthetic_stream import make_stream
-from support.worker import Worker, cleanup_topics, worker_env
+from support.worker import Worker, cleanup_topics
 
 from streams.kafka import changelog_topic
 
@@ -46,16 +47,8 @@ def run_scenario(
     bootstrap = cluster.bootstrap
     server = MilvusTcpServer(tmp_path / "server.db", free_port())
     server.start()
-    base = worker_env(
-        bootstrap,
-        tmp_path,
-        MINDSTREAM_MILVUS_URI=server.uri,
-        MINDSTREAM_PARTITIONS=str(PARTITIONS),
-        MINDSTREAM_BATCH_SIZE="128",
-        MINDSTREAM_STALL_TIMEOUT_S="10",
-        MINDSTREAM_APP_ID=unique_name(f"cl{name}"),
-        **PRODUCTION,
-    )
+    base = scenario_env(bootstrap, tmp_path, server.uri, MINDSTREAM_APP_ID=unique_name(f"cl{name}"),
+                        **PRODUCTION)
     app_id = base["MINDSTREAM_APP_ID"]
     for key, topic in (
         ("INTERACTIONS", "interactions"),

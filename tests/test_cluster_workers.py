@@ -16,11 +16,11 @@ from collections import Counter
 
 import pytest
 from support.basics import free_port
-from support.cluster import RateProducer, check_every_user, lag_or_none, only_with_more_time
+from support.cluster import RateProducer, check_every_user, lag_or_none, only_with_more_time, scenario_env
 from support.milvus import MilvusTcpServer
 from support.synthetic_stream import make_stream
 from support.topics import create_topics
-from support.worker import Worker, cleanup_topics, worker_env
+from support.worker import Worker, cleanup_topics
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.cluster, only_with_more_time]
 WAIT_S = 300  # ceiling against hanging, not a performance assertion
@@ -68,14 +68,7 @@ def test_workers_added_stopped_and_killed_mid_stream_lose_nothing_and_recall_kee
 ):
     server = MilvusTcpServer(tmp_path / "server.db", free_port())
     server.start()
-    base = worker_env(
-        kafka_bootstrap,
-        tmp_path,
-        MINDSTREAM_MILVUS_URI=server.uri,
-        MINDSTREAM_PARTITIONS=str(PARTITIONS),
-        MINDSTREAM_BATCH_SIZE="128",
-        MINDSTREAM_STALL_TIMEOUT_S="10",
-    )
+    base = scenario_env(kafka_bootstrap, tmp_path, server.uri, partitions=PARTITIONS)
     create_topics(
         kafka_bootstrap,
         {base["MINDSTREAM_TOPIC_INTERACTIONS"]: PARTITIONS, base["MINDSTREAM_TOPIC_PROFILES"]: PARTITIONS},

@@ -15,10 +15,21 @@ from support.synthetic_stream import (
     expected_vectors,
     stored_vectors_of,
 )
-from support.worker import Worker, committed_lag, dlq_messages
+from support.worker import Worker, committed_lag, dlq_messages, worker_env
 
 PARTITIONS = 4
 PRODUCTION = {"MINDSTREAM_REPLICATION": "3", "MINDSTREAM_MIN_INSYNC_REPLICAS": "2"}
+
+
+def scenario_env(bootstrap: str, tmp_path, milvus_uri: str, partitions: int = PARTITIONS,
+                 **extra: str) -> dict[str, str]:
+    """The workers' settings shared by the cluster scenarios: a Milvus server, `partitions` partitions,
+    batches of 128 and a 10 s stall timeout (plus `extra`)."""
+    return worker_env(bootstrap, tmp_path, MINDSTREAM_MILVUS_URI=milvus_uri,
+                      MINDSTREAM_PARTITIONS=str(partitions), MINDSTREAM_BATCH_SIZE="128",
+                      MINDSTREAM_STALL_TIMEOUT_S="10", **extra)
+
+
 only_with_more_time = pytest.mark.skipif(
     os.environ.get("MINDSTREAM_CLUSTER") != "1",
     reason="more cluster scenarios: make test-cluster (MINDSTREAM_CLUSTER=1)",
