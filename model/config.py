@@ -21,6 +21,7 @@ NEGATIVE_SAMPLERS = ("uniform", "popularity")
 ROUTING_INITS = ("position", "item", "sample")
 SAMPLE_MODES = ("every_position", "random_target")
 NORMALIZE_CHOICES = ("none", "interests")
+CANDIDATE_SCORINGS = ("attention", "max", "logsumexp")
 # Departures from the paper added later: a stored config without the key was trained with this value.
 LEGACY_VALUES: dict[str, Any] = {
     "routing_init": "position",
@@ -34,6 +35,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "normalize": "none",
     "logit_temperature": 1.0,
     "per_interest_bilinear": False,
+    "candidate_scoring": "attention",
 }
 
 
@@ -86,6 +88,13 @@ class MindConfig:
     attention_power: float = _option(
         0.0, "p of label-aware attention, training only: 0 averages the interests, larger p sharpens "
                   "toward the one most similar to the target, inf = hard argmax (paper: hard is best)")
+    candidate_scoring: str = _option(
+        "attention",
+        "how training scores the target and every negative: 'attention' (paper 3.4: label-aware attention "
+        "builds one user vector from the target, and the negatives are scored with it), 'max' (each "
+        "candidate by its best valid interest, the serving f_score, so training ranks as recall does; "
+        "attention_power is then unused), 'logsumexp' (a smooth max: temperature * logsumexp over the valid "
+        "interests of v_k . e / temperature)")
     attention_soft_epochs: int = _option(
         0, "train with p = 0 (the average of the interests) for this many epochs, then with attention_power")
     normalize: str = _option(
@@ -145,7 +154,7 @@ class MindConfig:
             raise ConfigError(f"MindConfig.negative_sampler must be one of {NEGATIVE_SAMPLERS}, "
                               f"got {self.negative_sampler!r}")
         for name, allowed in (("routing_init", ROUTING_INITS), ("sample_mode", SAMPLE_MODES),
-                              ("normalize", NORMALIZE_CHOICES)):
+                              ("normalize", NORMALIZE_CHOICES), ("candidate_scoring", CANDIDATE_SCORINGS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MindConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (

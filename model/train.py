@@ -115,17 +115,17 @@ class NegativeSampler:
         return torch.from_numpy(np.minimum(draws, len(self.cumulative) - 1) + 1)
 
 
-def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Tensor, targets: torch.Tensor,
-                         negative_items: torch.Tensor, negative_embeddings: torch.Tensor,
-                         log_q: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
-    """-log softmax of the target among (target + shared negatives), logQ-corrected.
+def softmax_loss_from_scores(positive: torch.Tensor, negative: torch.Tensor, targets: torch.Tensor,
+                             negative_items: torch.Tensor, log_q: torch.Tensor | None,
+                             temperature: float = 1.0) -> torch.Tensor:
+    """-log softmax of the target among (target + shared negatives), logQ-corrected, from raw scores.
 
-    user_vectors (B, d), target_embeddings (B, d), targets (B,), negative_items (M,), negative_embeddings
-    (M, d), log_q (num_items + 1,) or None for uniform sampling or the full corpus (a constant correction
-    cancels). Inner products are divided by `temperature`.
+    positive (B,) the target's score, negative (B, M) each shared negative's, targets (B,), negative_items
+    (M,), log_q (num_items + 1,) or None for uniform sampling or the full corpus (a constant correction
+    cancels). Scores are divided by `temperature`; a negative equal to the row's target is masked out.
     """
-    positive = (user_vectors * target_embeddings).sum(-1, keepdim=True) / temperature   # (B, 1)
-    negative = user_vectors @ negative_embeddings.T / temperature                        # (B, M)
+    positive = positive.unsqueeze(-1) / temperature   # (B, 1)
+    negative = negative / temperature                  # (B, M)
     if log_q is not None:
         positive = positive - log_q[targets].unsqueeze(-1)
         negative = negative - log_q[negative_items].unsqueeze(0)
@@ -134,11 +134,47 @@ def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Te
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
 
 
+def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Tensor, targets: torch.Tensor,
+                         negative_items: torch.Tensor, negative_embeddings: torch.Tensor,
+                         log_q: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
+    """`softmax_loss_from_scores` with one user vector per row scoring every candidate.
+
+    user_vectors (B, d), target_embeddings (B, d), negative_embeddings (M, d); the rest as there.
+    """
+    positive = (user_vectors * target_embeddings).sum(-1)   # (B,)
+    negative = user_vectors @ negative_embeddings.T          # (B, M)
+    return softmax_loss_from_scores(positive, negative, targets, negative_items, log_q, temperature)
+
+
+def interest_candidate_scores(interest_vectors: torch.Tensor, valid_interest_mask: torch.Tensor,
+                              target_embeddings: torch.Tensor, negative_embeddings: torch.Tensor,
+                              reduce: str, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each candidate scored by all of the user's valid interests, reduced over the interests.
+
+    interest_vectors (B, K, d), valid_interest_mask (B, K) bool (>= 1 valid per row), target_embeddings
+    (B, d), negative_embeddings (M, d) -> positive (B,), negative (B, M). `reduce` "max" is serving's
+    f_score = max_k v_k . e; "logsumexp" is its smooth form temperature * logsumexp_k(v_k . e / temperature).
+    """
+    blocked = ~valid_interest_mask
+    positive = torch.einsum("bkd,bd->bk", interest_vectors, target_embeddings)
+    positive = positive.masked_fill(blocked, -torch.inf)
+    negative = torch.einsum("bkd,md->bkm", interest_vectors, negative_embeddings).masked_fill(
+        blocked.unsqueeze(-1), -torch.inf)
+    if reduce == "max":
+        return positive.max(dim=1).values, negative.max(dim=1).values
+    if reduce == "logsumexp":
+        return (temperature * torch.logsumexp(positive / temperature, dim=1),
+                temperature * torch.logsumexp(negative / temperature, dim=1))
+    raise ValueError(f"unknown reduce {reduce!r}: 'max' or 'logsumexp'")
+
+
 @dataclass
 class BatchForward:
     """One training forward: what the loss needs, and what the training diagnostics count."""
 
-    user_vectors: torch.Tensor         # (B, d) label-aware attention's pick for each target
+    user_vectors: torch.Tensor | None  # (B, d) label-aware attention's pick (candidate_scoring "attention")
+    interest_vectors: torch.Tensor     # (B, K, d)
+    valid_interest_mask: torch.Tensor  # (B, K) bool
     target_embeddings: torch.Tensor    # (B, d)
     negative_embeddings: torch.Tensor  # (M, d)
     interest_cosine: torch.Tensor      # () mean pairwise cosine of the valid interests (0 with K'u = 1)
@@ -155,9 +191,9 @@ def mean_pairwise_cosine(interest_vectors: torch.Tensor, valid_interest_mask: to
 
 
 def _embed_batch(
-    model: RetrievalModel, batch: dict[str, torch.Tensor], negatives: torch.Tensor
+    model: RetrievalModel, batch: dict[str, torch.Tensor], negatives: torch.Tensor, attention: bool = True
 ) -> BatchForward:
-    """User vectors (label-aware attention on each target), target and negative embeddings.
+    """Interest vectors (and with `attention` label-aware attention's pick), target and negative embeddings.
 
     Pooling an item costs a gather per side-feature value. When the batch touches more item slots than the
     corpus has items (MovieLens: 12,800 history slots vs 3,707 items) pooling the whole corpus once and
@@ -176,13 +212,26 @@ def _embed_batch(
         behaviour_embeddings, batch["history_mask"], batch["profile"], history
     )
     user_vectors = model.label_aware_attention(output.interest_vectors, output.valid_interest_mask,
-                                               target_embeddings)
+                                               target_embeddings) if attention else None
     with torch.no_grad():
         scores = torch.matmul(output.interest_vectors, target_embeddings.unsqueeze(-1)).squeeze(-1)  # (B, K)
         best = scores.masked_fill(~output.valid_interest_mask, -torch.inf).argmax(-1)
         slot_wins = torch.bincount(best, minlength=output.valid_interest_mask.shape[1])
     cosine = mean_pairwise_cosine(output.interest_vectors, output.valid_interest_mask)
-    return BatchForward(user_vectors, target_embeddings, negative_embeddings, cosine, slot_wins)
+    return BatchForward(user_vectors, output.interest_vectors, output.valid_interest_mask, target_embeddings,
+                        negative_embeddings, cosine, slot_wins)
+
+
+def batch_loss(forward: BatchForward, targets: torch.Tensor, negatives: torch.Tensor,
+               log_q: torch.Tensor | None, config: MindConfig) -> torch.Tensor:
+    """The softmax loss of one batch, each candidate scored as config.candidate_scoring says."""
+    if forward.user_vectors is not None:
+        return sampled_softmax_loss(forward.user_vectors, forward.target_embeddings, targets, negatives,
+                                    forward.negative_embeddings, log_q, config.logit_temperature)
+    positive, negative = interest_candidate_scores(
+        forward.interest_vectors, forward.valid_interest_mask, forward.target_embeddings,
+        forward.negative_embeddings, config.candidate_scoring, config.logit_temperature)
+    return softmax_loss_from_scores(positive, negative, targets, negatives, log_q, config.logit_temperature)
 
 
 class TrainingDiagnostics:
@@ -269,16 +318,8 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
             batch = make_batch(samples, rows, config.max_history_length, data.user_profile)
             negatives = every_item if config.full_softmax else sampler.sample(num_negatives)
-            forward = _embed_batch(model, batch, negatives)
-            loss = sampled_softmax_loss(
-                forward.user_vectors,
-                forward.target_embeddings,
-                batch["target"],
-                negatives,
-                forward.negative_embeddings,
-                log_q,
-                config.logit_temperature,
-            )
+            forward = _embed_batch(model, batch, negatives, config.candidate_scoring == "attention")
+            loss = batch_loss(forward, batch["target"], negatives, log_q, config)
             diagnostics.add(forward, model)
             if config.interest_cosine_penalty:
                 loss = loss + config.interest_cosine_penalty * forward.interest_cosine

@@ -105,6 +105,8 @@ def test_a_config_without_the_later_flags_rebuilds_the_model_it_was_trained_as()
     assert all(getattr(rebuilt, k) == v for k, v in LEGACY_VALUES.items())
     with pytest.raises(ConfigError, match="routing_init"):
         MindConfig(routing_init="per-user")
+    with pytest.raises(ConfigError, match="candidate_scoring"):
+        MindConfig(candidate_scoring="mean")
 
 
 @pytest.mark.parametrize("routing_init", ["position", "item"])

@@ -23,10 +23,12 @@ from model.synthetic import synthetic_planted
 from model.train import (
     NegativeSampler,
     build_samples,
+    interest_candidate_scores,
     make_batch,
     mean_pairwise_cosine,
     random_target_rows,
     sampled_softmax_loss,
+    softmax_loss_from_scores,
     train_model,
 )
 
@@ -83,6 +85,33 @@ def test_temperature_divides_the_logits():
     assert float(cooled) == pytest.approx(
         float(sampled_softmax_loss(2 * user, items[targets], targets, negatives, items[negatives], None))
     )
+
+
+def test_max_scoring_ranks_each_candidate_by_its_best_valid_interest():
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])   # the third interest is invalid
+    valid = torch.tensor([[True, True, False]])
+    target, negatives = torch.tensor([[0.2, 0.9]]), torch.tensor([[3.0, -1.0], [-1.0, -2.0]])
+    positive, negative = interest_candidate_scores(interests, valid, target, negatives, "max")
+    assert positive.tolist() == pytest.approx([0.9])                 # interest 1, not the invalid 5.5
+    assert negative.tolist() == [pytest.approx([3.0, -1.0])]         # interest 0, then the best of -1, -2
+    smooth, smooth_negative = interest_candidate_scores(interests, valid, target, negatives, "logsumexp", 0.5)
+    assert float(smooth[0]) == pytest.approx(0.5 * math.log(math.exp(0.2 / 0.5) + math.exp(0.9 / 0.5)))
+    assert float(smooth_negative[0, 0]) > 3.0                         # a smooth max lies above the max
+    sharp, _ = interest_candidate_scores(interests, valid, target, negatives, "logsumexp", 1e-3)
+    assert float(sharp[0]) == pytest.approx(0.9, abs=1e-3)
+
+
+def test_with_one_interest_every_candidate_scoring_is_the_single_vector_loss():
+    torch.manual_seed(0)
+    user, items = torch.randn(3, 4), torch.randn(6, 4)
+    targets, negatives = torch.tensor([1, 2, 3]), torch.tensor([2, 4, 5])
+    single = sampled_softmax_loss(user, items[targets], targets, negatives, items[negatives], None, 0.3)
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    for reduce in ("max", "logsumexp"):
+        positive, negative = interest_candidate_scores(user.unsqueeze(1), valid, items[targets],
+                                                       items[negatives], reduce, 0.3)
+        loss = softmax_loss_from_scores(positive, negative, targets, negatives, None, 0.3)
+        assert float(loss) == pytest.approx(float(single), rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "popularity"])
@@ -209,6 +238,20 @@ def test_training_records_slot_wins_and_routing_shift_per_epoch_with_every_optio
         assert training["routing_logit_shift"] > 0 and -1 <= training["interest_cosine"] <= 1
         assert math.isfinite(epoch["loss"])
     assert result.model.label_aware_attention.power == math.inf
+
+
+@pytest.mark.parametrize("scoring", ["max", "logsumexp"])
+def test_training_with_every_candidate_scored_by_its_interests_learns_and_ignores_attention_power(scoring):
+    data, _ = synthetic_planted(num_users=60, num_clusters=4, items_per_cluster=10, seed=2)
+    split = user_split(data, seed=0)
+    losses = {}
+    for power in (0.0, math.inf):
+        config = SYNTHETIC_CONFIG.replace(epochs=3, candidate_scoring=scoring, attention_power=power)
+        result = train_model("mind", config, data, split.train_users, split.valid_users, progress=False,
+                             log=lambda _: None)
+        losses[power] = [epoch["loss"] for epoch in result.epochs]
+    assert all(math.isfinite(loss) for loss in losses[0.0]) and losses[0.0][-1] < losses[0.0][0]
+    assert losses[math.inf] == pytest.approx(losses[0.0], rel=1e-6)  # float sums may differ in order
 
 
 def test_training_is_deterministic_for_a_seed():
