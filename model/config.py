@@ -3,9 +3,10 @@
 Defaults follow the paper (Li et al., CIKM 2019) where it gives a value (routing logits drawn from
 N(0, sigma^2) with sigma = 1, 3 routing iterations, Adam) except where a departure won on validation users
 (docs/MODEL.md has the measurements): the initial routing logits keyed by item instead of position,
-label-aware attention with p = 0 in training, unit-length interest vectors with a logit temperature, and a
-full softmax over the catalogue. Each departure is a field whose help names the paper's choice;
-LEGACY_VALUES holds the values that reproduce the paper. The rest are sized for MovieLens on a small CPU.
+every training candidate scored by its best interest (serving's f_score) instead of label-aware attention's
+one vector, unit-length interest vectors with a logit temperature, and a full softmax over the catalogue.
+Each departure is a field whose help names the paper's choice; LEGACY_VALUES holds the values that
+reproduce the paper. The rest are sized for MovieLens on a small CPU.
 Each field carries its help text (shown by `mind-model train --help`).
 """
 
@@ -86,10 +87,11 @@ class MindConfig:
         False, "ReLU on the interest MLP's output layer too (a literal reading of the paper's 'two ReLU "
                "layers'; measured worse)")
     attention_power: float = _option(
-        0.0, "p of label-aware attention, training only: 0 averages the interests, larger p sharpens "
-                  "toward the one most similar to the target, inf = hard argmax (paper: hard is best)")
+        0.0, "p of label-aware attention (candidate_scoring 'attention'), training only: 0 averages the "
+             "interests, larger p sharpens toward the one most similar to the target, inf = hard argmax "
+             "(paper: hard is best)")
     candidate_scoring: str = _option(
-        "attention",
+        "max",
         "how training scores the target and every negative: 'attention' (paper 3.4: label-aware attention "
         "builds one user vector from the target, and the negatives are scored with it), 'max' (each "
         "candidate by its best valid interest, the serving f_score, so training ranks as recall does; "

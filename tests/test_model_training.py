@@ -226,6 +226,7 @@ def test_training_records_slot_wins_and_routing_shift_per_epoch_with_every_optio
         interest_cosine_penalty=0.1,
         attention_soft_epochs=1,
         attention_power=math.inf,
+        candidate_scoring="attention",
     )
     result = train_model("mind", config, data, split.train_users, split.valid_users, progress=False,
                          log=lambda _: None)
