@@ -92,3 +92,25 @@ def test_a_broker_that_does_not_answer_is_not_a_stall():
         raise AssertionError("must not seek")
 
     assert asyncio.run(dog.check([0], unreachable, seek)) is Action.WAIT
+
+
+def test_events_read_since_the_last_tick_skip_the_broker_query_and_a_standstill_asks_it_again():
+    clock = Clock()
+    dog = watchdog(clock)
+    asked: list[list[int]] = []
+
+    def lag(partitions: list[int]) -> dict[int, int]:
+        asked.append(partitions)
+        return {p: 5 for p in partitions}
+
+    async def seek() -> None:
+        raise AssertionError("must not seek")
+
+    assert asyncio.run(dog.check([0], lag, seek)) is Action.WAIT and len(asked) == 1  # sets the mark
+    for _ in range(3):
+        dog.note_read(2)
+        clock.now += 31
+        assert asyncio.run(dog.check([0], lag, seek)) is Action.WAIT
+    assert len(asked) == 1  # progress at every tick: the broker was not asked
+    clock.now += 10
+    assert asyncio.run(dog.check([0], lag, seek)) is Action.WAIT and len(asked) == 2  # nothing read: asked

@@ -78,7 +78,12 @@ class StallWatchdog:
 
     async def check(self, partitions: list[int], committed_lag: Callable[[list[int]], Mapping[int, int]],
                     seek: Callable[[], Awaitable[Any]]) -> Action:
-        """One timer tick: ask the broker for the lag of `partitions` (in a thread), then act on `decide`."""
+        """One timer tick: ask the broker for the lag of `partitions` (in a thread), then act on `decide`.
+        Events read since the last tick are progress whatever the lag: then the broker is not asked (its
+        client in a thread held the GIL that the event loop needs for fresh events)."""
+        if self.mark is not None and self.events_read != self.mark and not self.seeks:
+            self.mark, self.since = self.events_read, self._clock()
+            return Action.WAIT
         try:
             lag = await asyncio.to_thread(committed_lag, partitions) if partitions else {}
         except Exception as exc:  # noqa: BLE001 - the broker is unreachable: faust reconnects, nothing to judge
