@@ -1,5 +1,5 @@
 """Adapters around faust-streaming 0.15, installed by one call, `install()`, before the app is built
-(streams/app.py): a workaround for its consumer losing track of offsets across a seek or a rebalance
+(streams/worker/app.py): a workaround for its consumer losing track of offsets across a seek or a rebalance
 (faust-streaming issue 221), and producer settings that faust has no option for. Each names what it fixes.
 """
 
@@ -76,17 +76,28 @@ def _install_stale_batch_fix() -> None:
             except Exception as exc:  # noqa: BLE001 - as faust's own getmany: a rebalance began; it seeks anew
                 self.log.warning("seek after a stale batch failed (a rebalance will seek again): %r", exc)
 
+    Consumer.perform_seek = perform_seek
+    Consumer.getmany = getmany
+
+
+def _install_revoked_read_offsets_fix() -> None:
+    """A revoke leaves no read offset of a revoked partition behind (faust-streaming issue 221, second path
+    in `_install_stale_batch_fix`): faust pops them, then stops the flow, which wakes the delivery the revoke
+    cut short, and that delivery sets its partition's read offset after the pop."""
+    from faust.transport import consumer as consumer_module
+
+    Consumer = consumer_module.Consumer
     original_revoked = Consumer.on_partitions_revoked
 
     async def on_partitions_revoked(self: Any, revoked: Any) -> None:
         await original_revoked(self, revoked)
-        # The read offset that the record cut short by the flow stop set after faust's pop (see above).
         for tp in revoked:
             self._read_offset.pop(tp, None)
 
-    Consumer.perform_seek = perform_seek
-    Consumer.getmany = getmany
     Consumer.on_partitions_revoked = on_partitions_revoked
+
+
+# --- producer settings ------------------------------------------------------------------------------------
 
 
 def _install_idempotent_producer() -> None:
@@ -108,4 +119,5 @@ def install() -> None:
         return
     install.done = True  # type: ignore[attr-defined]
     _install_stale_batch_fix()
+    _install_revoked_read_offsets_fix()
     _install_idempotent_producer()
