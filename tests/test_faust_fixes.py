@@ -7,7 +7,10 @@
   re-fetched from the commit are dropped as already read: the last assertion fails.
 - a rebalance while a delivery waits on the agent's full buffer: faust's revoke pops the read offsets, then
   stops the flow, which wakes that delivery, and it sets its partition's read offset after the pop. The
-  revoke fix forgets it; without it (`PROBE_FIX=seek-only`) the probe reports `left:0=<offset>`.
+  revoke fix forgets it; without it (`PROBE_FIX=stale_batch_fix`) the probe reports `left:0=<offset>`.
+- a rebalance of a worker whose table (memory store) holds every key: recovery reads only the changelog
+  records written since. faust's memory store keeps no offsets: without the fix
+  (`PROBE_FIX=stale_batch_fix,revoked_read_offsets_fix`) it reads all of them again.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def run_probe(bootstrap: str, tmp_path: Path, scenario: str, fix: str = "1") -> 
         PROBE_GROUP=group,
         PROBE_OUT=str(out),
         PROBE_FIX=fix,
+        PROBE_EVENTS=str(EVENTS),
         PROBE_SCENARIO=scenario,
         PYTHONPATH=f"{REPO_ROOT / 'tests'}:{REPO_ROOT}",
     )
@@ -126,8 +130,8 @@ def test_a_rebalance_mid_delivery_leaves_no_read_offset_of_a_revoked_partition_a
     # The delivery the revoke cut short did set its read offset after faust's pop: the path under test.
     late = [x for x in lines if x.startswith("late:")]
     assert late, "no read offset was set after the revoke's pop: the scenario did not happen"
-    # Unfixed, that read offset outlives the revoke (PROBE_FIX=seek-only: `left:0=<the late offset>`), and
-    # faust would drop every record below it as already read should it survive into an assignment.
+    # Unfixed, that read offset outlives the revoke (PROBE_FIX=stale_batch_fix: `left:0=<the late offset>`),
+    # and faust would drop every record below it as already read should it survive into an assignment.
     assert not [x for x in lines if x.startswith("left:")]
     assert not [x for x in lines if x.startswith("gap:")]
     offsets = [int(x) for x in lines if x.isdigit()]
@@ -135,3 +139,15 @@ def test_a_rebalance_mid_delivery_leaves_no_read_offset_of_a_revoked_partition_a
     assert set(offsets) == set(range(EVENTS)), (
         f"never processed: {sorted(set(range(EVENTS)) - set(offsets))[:10]}"
     )
+
+
+def test_a_rebalance_reads_again_only_the_changelog_records_the_memory_store_does_not_hold(
+    kafka_bootstrap, tmp_path
+):
+    committed, lines = run_probe(kafka_bootstrap, tmp_path, "table")
+    recovered = [x for x in lines if x.startswith("recovered:")]
+    assert recovered, "the probe's rebalance never completed"
+    read_again, keys = (int(x) for x in recovered[0].split(":")[1:])
+    assert keys == EVENTS and committed == EVENTS
+    # Recovery seeks to the last offset it holds, so that one record comes again; unfixed: all 3,000.
+    assert read_again <= 1
