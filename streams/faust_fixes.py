@@ -1,6 +1,7 @@
 """Adapters around faust-streaming 0.15, installed by one call, `install()`, before the app is built
-(streams/app.py): a workaround for its consumer losing track of offsets across a seek or a rebalance
-(faust-streaming issue 221), and producer settings that faust has no option for. Each names what it fixes.
+(streams/worker/app.py): a workaround for its consumer losing track of offsets across a seek or a rebalance
+(faust-streaming issue 221), changelog offsets for its memory store (recovery reads only what is new), and
+producer settings that faust has no option for. Each names what it fixes.
 """
 
 from __future__ import annotations
@@ -76,17 +77,82 @@ def _install_stale_batch_fix() -> None:
             except Exception as exc:  # noqa: BLE001 - as faust's own getmany: a rebalance began; it seeks anew
                 self.log.warning("seek after a stale batch failed (a rebalance will seek again): %r", exc)
 
+    Consumer.perform_seek = perform_seek
+    Consumer.getmany = getmany
+
+
+def _install_revoked_read_offsets_fix() -> None:
+    """A revoke leaves no read offset of a revoked partition behind (faust-streaming issue 221, second path
+    in `_install_stale_batch_fix`): faust pops them, then stops the flow, which wakes the delivery the revoke
+    cut short, and that delivery sets its partition's read offset after the pop."""
+    from faust.transport import consumer as consumer_module
+
+    Consumer = consumer_module.Consumer
     original_revoked = Consumer.on_partitions_revoked
 
     async def on_partitions_revoked(self: Any, revoked: Any) -> None:
         await original_revoked(self, revoked)
-        # The read offset that the record cut short by the flow stop set after faust's pop (see above).
         for tp in revoked:
             self._read_offset.pop(tp, None)
 
-    Consumer.perform_seek = perform_seek
-    Consumer.getmany = getmany
     Consumer.on_partitions_revoked = on_partitions_revoked
+
+
+# --- faust's memory store: every rebalance re-read every changelog from its start -------------------------
+
+
+def _install_memory_store_offsets() -> None:
+    """faust's memory store keeps no changelog offsets (`persisted_offset` is always None, as documented), so
+    every rebalance re-reads each active changelog partition from its first record: those this worker kept
+    and holds in memory, and those its standby copy already holds (faust's memory store also drops a standby
+    copy's keys at the end of each recovery while faust goes on reading it from where it was, so that copy
+    could not be trusted). Here the store keeps the keys of its active and standby partitions and remembers,
+    in memory as faust's RocksDB store does on disk, the changelog offset up to which each one's keys are
+    complete: where recovery left it, then each record applied and each write this worker's sends
+    acknowledge. Recovery then reads only what is newer: a standby copy taken over is ready at once. The
+    keys and offset of a partition neither active nor standby here are dropped: it is read from its start
+    when it comes back."""
+    from faust.stores import memory
+
+    Store = memory.Store
+    original_post_init = Store.__post_init__
+    original_apply = Store.apply_changelog_batch
+    original_recovered = Store.on_recovery_completed
+
+    def __post_init__(self: Any) -> None:
+        original_post_init(self)
+        self._mindstream_offsets = {}
+
+    def persisted_offset(self: Any, tp: Any) -> int | None:
+        return self._mindstream_offsets.get(tp)
+
+    def set_persisted_offset(self: Any, tp: Any, offset: int) -> None:
+        if tp in self._mindstream_offsets:  # kept since the last recovery: its keys are complete
+            self._mindstream_offsets[tp] = max(offset, self._mindstream_offsets[tp])
+
+    def apply_changelog_batch(self: Any, batch: Any, to_key: Any, to_value: Any) -> None:
+        batch = list(batch)
+        original_apply(self, batch, to_key, to_value)
+        for event in batch:
+            set_persisted_offset(self, event.message.tp, event.message.offset)
+
+    async def on_recovery_completed(self: Any, active_tps: Any, standby_tps: Any) -> None:
+        # faust's memory store drops the keys of every partition not in its first argument.
+        await original_recovered(self, set(active_tps) | set(standby_tps), standby_tps)
+        # The last changelog offset recovery read, per partition (-1: none yet; read from 0).
+        recovery = self.app.tables.recovery
+        read = ((active_tps, recovery.active_offsets), (standby_tps, recovery.standby_offsets))
+        self._mindstream_offsets = {tp: -1 if offsets.get(tp) is None else max(offsets[tp], -1)
+                                    for tps, offsets in read for tp in tps}
+
+    Store.__post_init__ = __post_init__
+    Store.persisted_offset = persisted_offset
+    Store.set_persisted_offset = set_persisted_offset
+    Store.apply_changelog_batch = apply_changelog_batch
+    Store.on_recovery_completed = on_recovery_completed
+
+
+# --- producer settings ------------------------------------------------------------------------------------
 
 
 def _install_idempotent_producer() -> None:
@@ -108,4 +174,6 @@ def install() -> None:
         return
     install.done = True  # type: ignore[attr-defined]
     _install_stale_batch_fix()
+    _install_revoked_read_offsets_fix()
+    _install_memory_store_offsets()
     _install_idempotent_producer()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import faust
 
 from streams import faust_fixes, metrics
-from streams.config import HEARTBEAT_INTERVAL_S, Settings
+from streams.config import COMMIT_INTERVAL_S, HEARTBEAT_INTERVAL_S, Settings
 from streams.inspector import RecentUsers
 from streams.kafka import CommittedLag
 from streams.worker import watchdog as stall
@@ -49,6 +49,7 @@ app = faust.App(
     # heartbeats run on the consumer's own thread, so a long batch does not starve them.
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
+    broker_commit_interval=COMMIT_INTERVAL_S,  # a producer flush and one commit request a second
 )
 
 # value_serializer="raw": the agent decodes, so a value that is not JSON goes to the DLQ, not crashing it.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from streams.config import COMMIT_INTERVAL_S
 from streams.kafka import changelog_topic
 from support.basics import die_with_parent, free_port, process_tree, rss_mb, unique_name, wait_until
 from support.topics import delete_topics, produce, read_topic
@@ -282,13 +283,33 @@ def committed_lag(worker: Worker) -> int:
         consumer.close()
 
 
+class LagWatch:
+    """`committed_lag` of a worker's consumer group through one long-lived client, for polling it often
+    (`committed_lag` connects anew on every call, a few hundred ms on a loaded machine). Close it after."""
+
+    def __init__(self, worker: Worker) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        topic = worker.env["MINDSTREAM_TOPIC_INTERACTIONS"]
+        self._consumer = KafkaConsumer(bootstrap_servers=worker.env["KAFKA_BOOTSTRAP"],
+                                       group_id=worker.env["MINDSTREAM_APP_ID"], enable_auto_commit=False)
+        self._partitions = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic)]
+
+    def lag(self) -> int:
+        ends = self._consumer.end_offsets(self._partitions)
+        return sum(end - (self._consumer.committed(tp) or 0) for tp, end in ends.items())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 def dlq_messages(env: dict[str, str]) -> list[Any]:
     """Every message on the dead-letter topic of the worker settings `env`."""
     return read_topic(env["KAFKA_BOOTSTRAP"], env["MINDSTREAM_TOPIC_DLQ"])
 
 
-# faust's broker_commit_interval default: acked offsets are committed this often
-FAUST_COMMIT_INTERVAL_S = 2.8
+# the worker's broker_commit_interval: acked offsets are committed this often
+FAUST_COMMIT_INTERVAL_S = COMMIT_INTERVAL_S
 
 
 def lags_across_commits(worker: Worker, intervals: int = 2) -> list[int]:
@@ -303,3 +324,35 @@ def lags_across_commits(worker: Worker, intervals: int = 2) -> list[int]:
         lags.append(committed_lag(worker))
         time.sleep(0.5)
     return lags
+
+
+# faust's log lines that mark the phases of a rebalance (faust-streaming 0.15 / aiokafka, loglevel info)
+REBALANCE_MARKS = {
+    "rebalance_noticed": "Revoking previously assigned partitions",
+    "assigned": "Executing _on_partitions_assigned",
+    "recovered": "Seek stream partitions to committed offsets.",
+}
+
+
+def rebalance_phases(log: Path, since: float) -> dict[str, float]:
+    """Seconds from `since` (a `time.time()`, e.g. a kill) to the first rebalance after it in a worker's
+    log: the group noticed it (the survivor's heartbeat answered "rebalancing": the session timeout
+    running out), partitions assigned (JoinGroup, SyncGroup and faust's assignor), table recovery done
+    (changelogs read to their end; the streams resume). A phase not reached is missing."""
+    from datetime import datetime
+
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("[20"):
+            continue
+        try:
+            at = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if at < since:
+            continue
+        for phase, mark in REBALANCE_MARKS.items():
+            if phase not in found and mark in line and all(p in found for p in list(REBALANCE_MARKS)[
+                    :list(REBALANCE_MARKS).index(phase)]):
+                found[phase] = round(at - since, 2)
+    return found
