@@ -1,8 +1,9 @@
 """MIND: Multi-Interest Network with Dynamic routing (Li et al., CIKM 2019).
 
 The user tower turns a history of items (plus a profile) into up to K interest vectors; the item tower is
-the pooled item embedding. Training scores the target through label-aware attention; serving scores an
-item by f_score = max over the valid interests of v_k . e_i.
+the pooled item embedding. Serving scores an item by f_score = max over the valid interests of v_k . e_i;
+training scores each candidate the same way by default, or through label-aware attention (the paper;
+config.candidate_scoring).
 """
 
 from __future__ import annotations

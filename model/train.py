@@ -4,9 +4,10 @@ A sample is (user u, position t >= 1): the target is u's item t, the history the
 config.max_history_length items. Batches are cut straight out of one flat array of all training
 sequences with numpy (no DataLoader, no per-sample Python). Each batch shares config.num_negatives items
 sampled from the corpus (uniform or popularity ** 0.75) and applies the logQ correction so the loss is an
-estimate of the full softmax over the corpus; a negative that equals a row's target is masked out.
-After every epoch the model is scored on the validation users (user-split Recall@50); the best epoch's
-weights are kept. Test users are never looked at here.
+estimate of the full softmax over the corpus (config.full_softmax: every item instead); a negative that
+equals a row's target is masked out. Each candidate is scored against the user's interests as
+config.candidate_scoring says (`batch_loss`). After every epoch the model is scored on the validation
+users (user-split Recall@50); the best epoch's weights are kept. Test users are never looked at here.
 """
 
 from __future__ import annotations
