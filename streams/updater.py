@@ -79,8 +79,10 @@ def history_item_ids(history: Mapping[str, list]) -> list[str]:
 
 
 def latest_event_ts(history: Mapping[str, list]) -> int:
-    """The newest event time (ms) a history reflects; 0 for an empty one."""
-    return max((int(item[1]) for item in history.get("items", [])), default=0)
+    """The newest event time (ms) a history reflects; 0 for an empty one. Items are kept ordered by ts
+    (`apply_events`), so it is the last one's."""
+    items = history.get("items")
+    return int(items[-1][1]) if items else 0
 
 
 @dataclass
