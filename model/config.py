@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
-ROUTING_INITS = ("position", "item", "sample")
+ROUTING_INITS = ("position", "item", "sample", "learned")
 SAMPLE_MODES = ("every_position", "random_target")
 NORMALIZE_CHOICES = ("none", "interests")
 CANDIDATE_SCORINGS = ("attention", "max", "logsumexp")
@@ -67,7 +67,8 @@ class MindConfig:
         "where the frozen N(0, sigma^2) initial routing logits live: 'position' (one draw per "
         "history position, shared by all users), 'item' (one draw per item id and interest, so an "
         "item keeps its pull toward the same slot as the window slides), 'sample' (a fresh draw "
-        "per training sample, the position draw at serving)",
+        "per training sample, the position draw at serving), 'learned' (the 'item' table, trained with "
+        "the model)",
     )
     routing_update_scale: float = _option(
         1.0, "factor on the routing update u_j . S e_i relative to the initial logits (paper: 1)")

@@ -136,11 +136,12 @@ class InterestRouting(nn.Module):
     """Behaviour-to-Interest dynamic routing (paper section 3.2) with one shared bilinear matrix S.
 
     The initial routing logits b are drawn once from N(0, sigma^2) with a generator seeded from the config
-    and kept as a buffer: never learned, never updated in place, so the same history always gives the same
-    capsules. Where they live is `init` (config.routing_init):
+    and kept as a buffer (except with "learned"): never updated in place, so the same history always gives
+    the same capsules. Where they live is `init` (config.routing_init):
     - "position": a (max_history_length, K) table, b_ij = table[position of i, j] (PaddleRec's choice);
     - "item": a (num_items + 1, K) table, b_ij = table[item id of i, j], so an item pulls toward the same
       slot wherever it sits in the window (a sliding window then barely moves the capsules);
+    - "learned": the "item" table as a parameter, so the loss learns which slot each item pulls toward;
     - "sample": a fresh N(0, sigma^2) draw per training call, the "position" table in eval mode.
     Each round, for every behaviour, a softmax over the (valid) interests gives the coupling w;
     z_j = sum_i w_ij S e_i; u_j = squash(z_j); b_ij += scale * u_j . S e_i (with `normalize`, the cosine
@@ -178,18 +179,21 @@ class InterestRouting(nn.Module):
         for matrix in self.bilinear.view(-1, dim, dim):
             nn.init.xavier_uniform_(matrix)
         generator = torch.Generator().manual_seed(seed)
-        rows = num_items + 1 if init == "item" else max_history_length
-        if init == "item" and num_items < 1:
-            raise ConfigError("routing init 'item' needs num_items >= 1")
-        self.register_buffer(
-            "routing_logits", torch.randn(rows, num_interests, generator=generator) * logit_std
-        )
+        keyed_by_item = init in ("item", "learned")
+        rows = num_items + 1 if keyed_by_item else max_history_length
+        if keyed_by_item and num_items < 1:
+            raise ConfigError(f"routing init {init!r} needs num_items >= 1")
+        table = torch.randn(rows, num_interests, generator=generator) * logit_std
+        if init == "learned":
+            self.routing_logits = nn.Parameter(table)
+        else:
+            self.register_buffer("routing_logits", table)
 
     def initial_logits(self, history: Tensor | None, length: int, like: Tensor) -> Tensor:
         """(B, L, K): a fresh tensor per call; the buffer is never written. `like` is (B, L, 1)."""
-        if self.init == "item":
+        if self.init in ("item", "learned"):
             if history is None:
-                raise ConfigError("routing init 'item' needs the history's item ids")
+                raise ConfigError(f"routing init {self.init!r} needs the history's item ids")
             return F.embedding(history, self.routing_logits)
         if self.init == "sample" and self.training:
             shape = (like.shape[0], length, self.routing_logits.shape[1])

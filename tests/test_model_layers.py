@@ -257,6 +257,31 @@ def test_item_keyed_routing_logits_follow_the_item_not_its_position():
         routing(table[history], mask, valid)
 
 
+def test_learned_routing_logits_are_an_item_keyed_parameter_that_the_loss_trains():
+    routing = InterestRouting(dim=4, num_interests=3, max_history_length=8, iterations=3, logit_std=1.0,
+                              seed=5, init="learned", num_items=20)
+    fixed = InterestRouting(dim=4, num_interests=3, max_history_length=8, iterations=3, logit_std=1.0,
+                            seed=5, init="item", num_items=20)
+    assert isinstance(routing.routing_logits, torch.nn.Parameter)
+    assert "routing_logits" not in dict(fixed.named_parameters())
+    torch.testing.assert_close(routing.routing_logits.detach(), fixed.routing_logits)  # the same first draw
+    history = torch.tensor([[3, 7, 11, 19, 2]])
+    e = torch.randn(1, 5, 4)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    capsules, coupling = routing(e, mask, valid, history)
+    order = torch.tensor([4, 0, 3, 1, 2])
+    shuffled, _ = routing(e[:, order], mask, valid, history[:, order])
+    torch.testing.assert_close(shuffled, capsules)  # keyed by item, like "item"
+    capsules[:, 0].sum().backward()
+    grad = routing.routing_logits.grad
+    assert grad is not None
+    assert grad[history[0]].abs().sum() > 0          # the items in the history get a gradient
+    untouched = torch.ones(21, dtype=torch.bool)
+    untouched[history[0]] = False
+    assert grad[untouched].abs().sum() == 0          # the others do not
+
+
 def test_zero_update_scale_keeps_the_initial_coupling_and_training_records_the_logit_shift():
     e = torch.randn(2, 6, 4)
     mask = torch.ones(2, 6, dtype=torch.bool)
