@@ -64,7 +64,7 @@ class MindConfig:
         1.0, "sigma of the N(0, sigma^2) draw of the frozen initial routing logits (paper: 1)")
     routing_init: str = _option(
         "item",
-        "where the frozen N(0, sigma^2) initial routing logits live: 'position' (one draw per "
+        "where the N(0, sigma^2) initial routing logits live: 'position' (one frozen draw per "
         "history position, shared by all users), 'item' (one draw per item id and interest, so an "
         "item keeps its pull toward the same slot as the window slides), 'sample' (a fresh draw "
         "per training sample, the position draw at serving), 'learned' (the 'item' table, trained with "

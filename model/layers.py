@@ -132,16 +132,20 @@ def interest_mask_from_lengths(history_lengths: Tensor, max_interests: int) -> T
     return history_lengths.to(torch.long).unsqueeze(-1) >= thresholds_t
 
 
+ITEM_KEYED_INITS = ("item", "learned")  # routing inits whose table is indexed by item id
+
+
 class InterestRouting(nn.Module):
     """Behaviour-to-Interest dynamic routing (paper section 3.2) with one shared bilinear matrix S.
 
-    The initial routing logits b are drawn once from N(0, sigma^2) with a generator seeded from the config
-    and kept as a buffer (except with "learned"): never updated in place, so the same history always gives
-    the same capsules. Where they live is `init` (config.routing_init):
+    The initial routing logits b are drawn once from N(0, sigma^2) with a generator seeded from the config.
+    Except with "learned", they are a buffer, never updated, so the same history always gives the same
+    capsules. Where they live is `init` (config.routing_init):
     - "position": a (max_history_length, K) table, b_ij = table[position of i, j] (PaddleRec's choice);
     - "item": a (num_items + 1, K) table, b_ij = table[item id of i, j], so an item pulls toward the same
       slot wherever it sits in the window (a sliding window then barely moves the capsules);
-    - "learned": the "item" table as a parameter, so the loss learns which slot each item pulls toward;
+    - "learned": the "item" table as a parameter that the optimizer trains, so the loss decides which slot
+      each item pulls toward (fixed once trained, so serving stays deterministic);
     - "sample": a fresh N(0, sigma^2) draw per training call, the "position" table in eval mode.
     Each round, for every behaviour, a softmax over the (valid) interests gives the coupling w;
     z_j = sum_i w_ij S e_i; u_j = squash(z_j); b_ij += scale * u_j . S e_i (with `normalize`, the cosine
@@ -179,7 +183,7 @@ class InterestRouting(nn.Module):
         for matrix in self.bilinear.view(-1, dim, dim):
             nn.init.xavier_uniform_(matrix)
         generator = torch.Generator().manual_seed(seed)
-        keyed_by_item = init in ("item", "learned")
+        keyed_by_item = init in ITEM_KEYED_INITS
         rows = num_items + 1 if keyed_by_item else max_history_length
         if keyed_by_item and num_items < 1:
             raise ConfigError(f"routing init {init!r} needs num_items >= 1")
@@ -190,8 +194,8 @@ class InterestRouting(nn.Module):
             self.register_buffer("routing_logits", table)
 
     def initial_logits(self, history: Tensor | None, length: int, like: Tensor) -> Tensor:
-        """(B, L, K): a fresh tensor per call; the buffer is never written. `like` is (B, L, 1)."""
-        if self.init in ("item", "learned"):
+        """(B, L, K): a fresh tensor per call; the table is never written here. `like` is (B, L, 1)."""
+        if self.init in ITEM_KEYED_INITS:
             if history is None:
                 raise ConfigError(f"routing init {self.init!r} needs the history's item ids")
             return F.embedding(history, self.routing_logits)

@@ -129,7 +129,8 @@ class MIND(RetrievalModel):
     def interests_from_embeddings(self, behaviour_embeddings: Tensor, history_mask: Tensor,
                                   profile: Tensor, history: Tensor | None = None) -> InterestOutput:
         """behaviour_embeddings (B, L, d), history_mask (B, L) bool, profile (B, P) int64,
-        history (B, L) int64 item ids (required when config.routing_init == "item") -> InterestOutput.
+        history (B, L) int64 item ids (required when config.routing_init is "item" or "learned")
+        -> InterestOutput.
 
         L must not exceed config.max_history_length (a position-keyed routing-logit table has that many rows).
         """
