@@ -42,7 +42,7 @@ _WORKER_FLAGS = {"--artifact": "artifact_dir", "--app-id": "app_id", "--batch-si
                  "--web-port": "web_port", "--data-dir": "data_dir", "--max-history": "max_history",
                  "--max-seen": "max_seen", "--max-attempts": "max_attempts",
                  "--session-timeout": "session_timeout_s", "--stall-timeout": "stall_timeout_s",
-                 "--recall-diversity": "recall_diversity"}
+                 "--recall-diversity": "recall_diversity", "--event-loop": "event_loop"}
 _OPS_FLAGS = {**_CONNECTION_FLAGS, "--app-id": "app_id", "--topic-interactions": "topic_interactions",
               "--topic-profiles": "topic_profiles", "--max-history": "max_history", "--max-seen": "max_seen"}
 _HELP = {
@@ -68,6 +68,7 @@ _HELP = {
     "session_timeout_s": "Kafka group session timeout, seconds: how soon a crashed worker's partitions move",
     "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from "
                        "its commit",
+    "event_loop": "the worker's event loop: uvloop or asyncio",
     "recall_diversity": "recall diversity λ when a request names none (0 = max-merge; λ > 0 trades score "
                         "for coverage of the user's interests)",
 }
@@ -210,11 +211,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.check_web_access()
+    faust_loop = settings.faust_loop  # uvloop missing: one line here, not a traceback inside faust
     load_runtime(settings.artifact_dir)  # fail here with one line, not inside faust
     ensure_topics(settings)
     os.environ.update(settings.to_env())
     loglevel = {"warning": "warn"}.get(args.loglevel, args.loglevel)  # faust's own spelling
-    argv = [sys.executable, "-m", "faust", "-A", "streams.worker.app", "worker", "--loglevel", loglevel]
+    argv = [sys.executable, "-m", "faust", "-A", "streams.worker.app", "--loop", faust_loop,
+            "worker", "--loglevel", loglevel]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached

@@ -50,6 +50,8 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
   long re-reads them from their committed offsets
 - `MINDSTREAM_RECALL_DIVERSITY` (default `0`): the recall diversity λ when a request names none (`0` = the
   paper's max-merge; λ > 0 trades score for coverage of the user's interests, see `export/merge.py`)
+- `MINDSTREAM_EVENT_LOOP` (default `uvloop`): the worker's asyncio event loop, `uvloop` or `asyncio` (the
+  standard library's; for a platform without uvloop)
 - `MINDSTREAM_SESSION_TIMEOUT_S` (default `10`): Kafka consumer-group session timeout: how long a crashed
   worker's partitions wait before another worker (or its restart) gets them
 """
@@ -65,6 +67,7 @@ from typing import Any
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TABLE_STORES = ("memory://", "rocksdb://")
+EVENT_LOOPS = {"uvloop": "uvloop", "asyncio": "aio"}  # setting -> faust's `--loop` name
 # A Kafka broker refuses a session timeout outside group.min/max.session.timeout.ms (defaults 6 s and 30 min).
 MIN_SESSION_TIMEOUT_S, MAX_SESSION_TIMEOUT_S = 6.0, 1800.0
 MAX_LINGER_S = 10.0  # a linger beyond this is a typo (ms given as s), not a setting
@@ -121,6 +124,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "session_timeout_s": ("MINDSTREAM_SESSION_TIMEOUT_S", "10"),
     "stall_timeout_s": ("MINDSTREAM_STALL_TIMEOUT_S", "30"),
     "recall_diversity": ("MINDSTREAM_RECALL_DIVERSITY", "0"),
+    "event_loop": ("MINDSTREAM_EVENT_LOOP", "uvloop"),
 }
 
 # Secrets are read from the environment only: never from flags (they would show in `ps`).
@@ -164,6 +168,7 @@ class Settings:
     session_timeout_s: float
     stall_timeout_s: float
     recall_diversity: float
+    event_loop: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -186,6 +191,8 @@ class Settings:
         if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
             raise ConfigError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}: use one of "
                               f"{', '.join(SASL_MECHANISMS)}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"MINDSTREAM_EVENT_LOOP={self.event_loop!r}: use uvloop or asyncio")
         if self.table_store not in TABLE_STORES:
             raise ConfigError(f"MINDSTREAM_TABLE_STORE={self.table_store!r}: use memory:// or rocksdb://")
         for name, low in (("partitions", 1), ("replication", 1), ("min_insync_replicas", 1),
@@ -237,6 +244,17 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The env vars that reproduce these settings in a child process (secrets included, never printed)."""
         return {_ENV[f.name][0]: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def faust_loop(self) -> str:
+        """faust's `--loop` for `event_loop`; ConfigError (one line) when uvloop is chosen but missing."""
+        if self.event_loop == "uvloop":
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                raise ConfigError("MINDSTREAM_EVENT_LOOP=uvloop but uvloop is not installed: pip install "
+                                  "uvloop, or set MINDSTREAM_EVENT_LOOP=asyncio") from None
+        return EVENT_LOOPS[self.event_loop]
 
     @property
     def topic_configs(self) -> dict[str, str]:

@@ -97,6 +97,16 @@ def test_settings_reject_bad_values_naming_the_env_var():
     for bad in ("-1", "nan", "many"):
         with pytest.raises(ConfigError, match="MINDSTREAM_RECALL_DIVERSITY"):
             Settings.from_env({"MINDSTREAM_RECALL_DIVERSITY": bad})
+    assert Settings.from_env({}).faust_loop == "uvloop"
+    assert Settings.from_env({"MINDSTREAM_EVENT_LOOP": "asyncio"}).faust_loop == "aio"
+    with pytest.raises(ConfigError, match="MINDSTREAM_EVENT_LOOP='gevent': use uvloop or asyncio"):
+        Settings.from_env({"MINDSTREAM_EVENT_LOOP": "gevent"})
+
+
+def test_uvloop_missing_is_one_line_naming_the_fallback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now raises ImportError
+    with pytest.raises(ConfigError, match="pip install uvloop, or set MINDSTREAM_EVENT_LOOP=asyncio"):
+        _ = Settings.from_env({}).faust_loop
 
 
 def test_every_flag_of_every_command_has_help():
@@ -117,6 +127,7 @@ def test_every_flag_of_every_command_has_help():
     (["worker", "--artifact", "/nonexistent/artifact"], "/nonexistent/artifact"),
     (["index-items", "/nonexistent/artifact"], "/nonexistent/artifact: not a directory"),
     (["worker", "--batch-size", "0", "--artifact", "x"], "MINDSTREAM_BATCH_SIZE=0: must be at least 1"),
+    (["worker", "--event-loop", "tokio", "--artifact", "x"], "MINDSTREAM_EVENT_LOOP='tokio': use uvloop or"),
 ])
 def test_bad_input_ends_with_one_clear_line_and_exit_2(args, message):
     result = mind_stream(*args)

@@ -113,6 +113,11 @@ def test_events_of_several_users_become_the_vectors_an_offline_recompute_gives(w
     assert counts["dave"] > counts["alice"]
 
 
+def test_the_worker_runs_on_uvloop_by_default(worker):
+    health = get_json(f"{worker.url}/healthz")
+    assert health["status"] == "ok" and health["event_loop"] == "uvloop"
+
+
 def test_interest_count_grows_as_one_users_history_grows(worker, runtime):
     items = items_of(runtime)
     now = time.time()

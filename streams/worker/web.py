@@ -5,7 +5,7 @@
                                                  λ defaults to MINDSTREAM_RECALL_DIVERSITY
     GET /users/{user}/interests                  the user's stored interest rows
     GET /metrics                                 Prometheus text
-    GET /healthz                                 ok / starting (503) / degraded (store down)
+    GET /healthz                                 ok / starting (503) / degraded (store down); the event loop
     GET /ui, /ui/users/{user}, /ui/api/...       the interests inspector (streams/inspector_web.py)
 
 A recall or an interests request is answered where the user's history lives: the worker that owns the
@@ -39,6 +39,11 @@ from streams.worker.batches import Popularity
 from streams.worker.service import WorkerService
 
 ROUTED_HEADER = "X-Mindstream-Routed"
+
+
+def event_loop_name() -> str:
+    """The running event loop's package: "uvloop" or "asyncio" (MINDSTREAM_EVENT_LOOP)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 # --- access (issue 16): bearer token and the routed header -------------------------------------------
@@ -234,4 +239,4 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
                               "store_down_s": round(service.outage.down_for_s(), 1),
                               "error": service.outage.last_error}, status=status)
         return self.json({"status": "ok" if resources is not None else "starting",
-                          "model_version": model_version}, status=status)
+                          "model_version": model_version, "event_loop": event_loop_name()}, status=status)
