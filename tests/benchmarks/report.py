@@ -589,11 +589,12 @@ FINDINGS = [
     "store's owner (2f67711): Lite runs every delete as a scan of an unindexed SQLite table; the store now indexes "
     "that key column and deletes replaced generations by primary key in batches of 1,024 rows (their A/B vs step 1: "
     "write p99 271 → 60 ms at 100k users).",
-    "- faust itself is not the cap: its consumer (fetch + drain), producer (changelog + `interest-updates` sends) "
-    "and table bookkeeping together are about a fifth of the GIL time; `PRODUCER_LINGER=0.005` (a faust setting, "
-    "read from the environment) gave ~5 % more drain throughput in an A/B, within noise on this machine. "
-    "Since issue 12 the next batch's parse, plan and tower call overlap the current batch's store write (one "
-    "write at a time, in order).",
+    "- The event loop is the cap: per-thread CPU from /proc while a quick drain ran at ~1,000 ev/s gave the "
+    "worker 0.90 of a core, 0.63 of it on the event-loop thread (faust's consumer and producer, our parse, plan "
+    "and save) and 0.24 on the tower and store threads. py-spy's `--gil` mode split it otherwise (faust about a "
+    "fifth) but misattributes samples between threads (docs/ARCHITECTURE.md). uvloop, now the default loop, gave "
+    "+5-10 % drain side by side. Since issue 12 the next batch's parse, plan and tower call overlap the current "
+    "batch's store write (one write at a time, in order).",
     "- Found (issue 12): at `--loglevel warning` faust's progress spinner sets the root logger to DEBUG, so every "
     "aiokafka `log.debug` builds a record that the handlers then drop (~8 % of the GIL time of a drain); the "
     "default level (info) has no spinner. The benchmark now runs the worker at the default level.",
