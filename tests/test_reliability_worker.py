@@ -244,6 +244,7 @@ def test_a_worker_started_while_its_store_file_is_locked_waits_unacked_then_appl
               f"{catch_up_s:.1f}s after the lock was released; "
               f"wrong vectors {len(wrong)}, DLQ {len(dead)}")
         assert seen[0] == 503 and "is open in another process" in seen[1]["error"]
+        assert seen[1]["event_loop"] == "uvloop"  # the same fields as a healthy answer
         assert alive_while_locked and set(lags_while_locked) == {len(stream.messages)}
         assert wrong == [] and dead == []
     finally:

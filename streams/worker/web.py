@@ -230,13 +230,13 @@ def register_views(app: faust.App, *, settings: Settings, service: WorkerService
     @app.page("/healthz")
     async def healthz_view(self: Any, request: Any) -> Any:
         resources = service.resources
-        model_version = resources.model_version if resources is not None else None
         status = 200 if resources is not None else 503
+        about = {"model_version": resources.model_version if resources is not None else None,
+                 "event_loop": event_loop_name()}
         if service.outage.is_down:
             # Alive and retrying (a restart would not help): 200 once serving, so a liveness probe leaves it
             # running; 503 while the store could not be opened yet at start (not ready).
-            return self.json({"status": "degraded", "model_version": model_version,
+            return self.json({"status": "degraded", **about,
                               "store_down_s": round(service.outage.down_for_s(), 1),
                               "error": service.outage.last_error}, status=status)
-        return self.json({"status": "ok" if resources is not None else "starting",
-                          "model_version": model_version, "event_loop": event_loop_name()}, status=status)
+        return self.json({"status": "ok" if resources is not None else "starting", **about}, status=status)
