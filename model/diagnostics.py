@@ -33,6 +33,7 @@ __all__ = [
     "mean_pairwise_cosine",
     "merged_top_n",
     "norm_ratio",
+    "planted_recovery",
     "same_slot_cosine",
     "stability",
     "summarize",
@@ -250,6 +251,49 @@ def stability(before: np.ndarray, before_mask: np.ndarray, after: np.ndarray, af
         "matched_slot_cosine": best_matching_cosine(before, after, before_mask, after_mask),
         "top_n_survival": top_n_survival(top_before, top_after),
     }
+
+
+def planted_recovery(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, item_vectors: np.ndarray,
+                     histories: Sequence[np.ndarray], item_cluster: np.ndarray,
+                     user_clusters: Sequence[np.ndarray], n: int = 10) -> dict[str, np.ndarray]:
+    """Did the interests find the clusters a user was planted with (model/synthetic.py)?
+
+    Each valid interest's own top-n items (history excluded) are labelled by their most common cluster;
+    its purity is that cluster's share of the n items.
+
+    Args:
+        interest_vectors, valid_interest_mask, item_vectors, histories: as `merged_top_n`.
+        item_cluster: (I,) int cluster of each item index (-1 for padding).
+        user_clusters: B int arrays, the clusters each user drew from.
+        n: items per interest.
+    Returns:
+        {"num_interests", "interest_purity" (mean over the valid interests), "clusters_found" (distinct
+        planted clusters that label an interest, over min(K'u, planted clusters)), "clusters_in_top"
+        (planted clusters with an item in the merged top-5n, over the planted clusters)}, each (B,).
+    """
+    vectors = np.asarray(interest_vectors, dtype=np.float64)
+    mask = np.asarray(valid_interest_mask, dtype=bool)
+    items = np.asarray(item_vectors, dtype=np.float64)
+    clusters = np.asarray(item_cluster, dtype=np.int64)
+    top_merged, _, top_scores = merged_top_n(vectors, mask, items, histories, min(5 * n, len(items) - 1))
+    purity, found, in_top = [], [], []
+    for row, history in enumerate(histories):
+        scores = vectors[row] @ items.T                                   # (K, I)
+        scores[:, 0] = -np.inf
+        scores[:, np.asarray(history, dtype=np.int64)] = -np.inf
+        planted = set(np.asarray(user_clusters[row]).tolist())
+        labels, shares = [], []
+        for slot in np.flatnonzero(mask[row]):
+            top = np.argsort(-scores[slot], kind="stable")[:n]
+            values, counts = np.unique(clusters[top], return_counts=True)
+            labels.append(int(values[counts.argmax()]))
+            shares.append(counts.max() / n)
+        purity.append(float(np.mean(shares)))
+        found.append(len(set(labels) & planted) / min(len(labels), len(planted)))
+        listed = top_merged[row][np.isfinite(top_scores[row])]            # never an excluded item
+        in_top.append(len(set(clusters[listed].tolist()) & planted) / len(planted))
+    return {"num_interests": mask.sum(axis=1), "interest_purity": np.asarray(purity),
+            "clusters_found": np.asarray(found), "clusters_in_top": np.asarray(in_top)}
 
 
 def _means(values: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, float | int]:

@@ -16,6 +16,7 @@ from model.diagnostics import (
     mean_pairwise_cosine,
     merged_top_n,
     norm_ratio,
+    planted_recovery,
     same_slot_cosine,
     stability,
     summarize,
@@ -118,6 +119,25 @@ def test_stability_excludes_the_same_history_both_times():
     assert result["top_n_survival"].tolist() == [0.5]     # {4, 1} -> {2, 1}
     assert result["same_slot_cosine"].tolist() == [0.0]
     assert result["num_interests"].tolist() == [1]
+
+
+def test_planted_recovery_labels_each_interest_by_its_top_items_cluster():
+    # item 1, 2: cluster 0 near (1, 0); item 3, 4: cluster 1 near (0, 1); item 5: cluster 2 at (-1, 0)
+    items = np.array([[0, 0], [1, 0.1], [1, -0.1], [0.1, 1], [-0.1, 1], [-1, 0]])
+    item_cluster = np.array([-1, 0, 0, 1, 1, 2])
+    vectors = np.array([[[1.0, 0.0], [0.0, 1.0]],     # two interests, one per planted cluster
+                        [[1.0, 0.0], [1.0, 0.0]],     # two alike: only cluster 0 found; history hides 3, 4
+                        [[0.0, 1.0], [9.0, 9.0]],     # K'u = 1: found = 1 of min(1, 2)
+                        [[1.0, 1.0], [0.0, 0.0]]])    # top 2 = items 1, 3 (a tie, smaller first): purity 0.5
+    mask = np.array([[True, True], [True, True], [True, False], [True, False]])
+    histories = [np.array([], np.int64), np.array([3, 4]), np.array([], np.int64), np.array([], np.int64)]
+    planted = [np.array([0, 1]), np.array([0, 1]), np.array([0, 1]), np.array([1])]
+    result = planted_recovery(vectors, mask, items, histories, item_cluster, planted, n=2)
+    np.testing.assert_array_equal(result["num_interests"], [2, 2, 1, 1])
+    np.testing.assert_allclose(result["interest_purity"], [1.0, 1.0, 1.0, 0.5])
+    np.testing.assert_allclose(result["clusters_found"], [1.0, 0.5, 1.0, 0.0])
+    # merged top 5 (all items not in the history): user 1 sees clusters 0 and 2 only
+    np.testing.assert_allclose(result["clusters_in_top"], [1.0, 0.5, 1.0, 1.0])
 
 
 def test_interest_diagnostics_and_summary_per_interest_count():
