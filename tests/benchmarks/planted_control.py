@@ -82,7 +82,7 @@ def recovery(args: argparse.Namespace) -> None:
             name: f"{np.mean([r[name] for r in rows]):.3f} ± {np.std([r[name] for r in rows]):.3f}"
             for name in ("interest_purity", "clusters_found", "clusters_in_top")}
         table[model_name]["users"] = [r["users"] for r in rows]
-    print(json.dumps(table, indent=2))
+    print(json.dumps(table, indent=2, ensure_ascii=False))
 
 
 def main() -> None:
