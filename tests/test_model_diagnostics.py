@@ -230,3 +230,26 @@ def test_explain_lists_each_interests_top_items_and_the_merged_list_with_its_int
     printed = capsys.readouterr().out
     assert "interest 1 retrieves:" in printed and "merged top 10" in printed
     assert explanation.merged_top[0][0] in printed
+
+
+def test_planted_control_script_scores_the_checkpoints_of_a_compare_run(tmp_path):
+    import subprocess
+    import sys
+
+    from model.cli import main
+
+    script = "tests/benchmarks/planted_control.py"
+    data = tmp_path / "planted.npz"
+    subprocess.run([sys.executable, script, "make", "--out", str(data), "--users", "120", "--clusters", "12",
+                    "--items-per-cluster", "8"], check=True, capture_output=True)
+    assert (tmp_path / "planted.clusters.npy").is_file()
+    assert main(["compare", "--data", str(data), "--out", str(tmp_path / "run"), "--models", "mind,mind1",
+                 *SMALL]) == 0
+    printed = subprocess.run([sys.executable, script, "recovery", str(tmp_path / "run")], check=True,
+                             capture_output=True, text=True).stdout
+    table = json.loads(printed)
+    assert set(table) == {"mind", "mind1"}
+    for row in table.values():
+        for name in ("interest_purity", "clusters_found", "clusters_in_top"):
+            mean = float(row[name].split(" ± ")[0])
+            assert 0.0 < mean <= 1.0, (name, row)
