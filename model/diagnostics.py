@@ -264,7 +264,7 @@ def planted_recovery(interest_vectors: np.ndarray, valid_interest_mask: np.ndarr
     Args:
         interest_vectors, valid_interest_mask, item_vectors, histories: as `merged_top_n`.
         item_cluster: (I,) int cluster of each item index (-1 for padding).
-        user_clusters: B int arrays, the clusters each user drew from.
+        user_clusters: B int arrays, the clusters each user drew from (empty: NaN for that user).
         n: items per interest.
     Returns:
         {"num_interests", "interest_purity" (mean over the valid interests), "clusters_found" (distinct
@@ -289,6 +289,10 @@ def planted_recovery(interest_vectors: np.ndarray, valid_interest_mask: np.ndarr
             labels.append(int(values[counts.argmax()]))
             shares.append(counts.max() / n)
         purity.append(float(np.mean(shares)))
+        if not planted:  # undefined: `summarize` leaves NaN out of its means
+            found.append(np.nan)
+            in_top.append(np.nan)
+            continue
         found.append(len(set(labels) & planted) / min(len(labels), len(planted)))
         listed = top_merged[row][np.isfinite(top_scores[row])]            # never an excluded item
         in_top.append(len(set(clusters[listed].tolist()) & planted) / len(planted))

@@ -138,6 +138,8 @@ def test_planted_recovery_labels_each_interest_by_its_top_items_cluster():
     np.testing.assert_allclose(result["clusters_found"], [1.0, 0.5, 1.0, 0.0])
     # merged top 5 (all items not in the history): user 1 sees clusters 0 and 2 only
     np.testing.assert_allclose(result["clusters_in_top"], [1.0, 0.5, 1.0, 1.0])
+    unknown = planted_recovery(vectors[:1], mask[:1], items, histories[:1], item_cluster, [np.array([])], n=2)
+    assert np.isnan(unknown["clusters_found"][0]) and unknown["interest_purity"][0] == 1.0
 
 
 def test_interest_diagnostics_and_summary_per_interest_count():

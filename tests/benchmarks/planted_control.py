@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -56,8 +55,7 @@ def recovery_of_run(run_dir: Path, top_n: int) -> dict[str, dict]:
     data_path = Path(record["source"])
     data = load_data(str(data_path), Path("data"))
     item_cluster = np.load(clusters_path(data_path))
-    split = _split(data, SimpleNamespace(**{f"{k}_fraction": record["split"][f"{k}_fraction"]
-                                            for k in ("valid", "test")}, split_seed=record["split"]["seed"]))
+    split = _split(data, record)  # the compare run's own split
     out = {}
     for model_name in summary["runs"]:
         checkpoint = load_checkpoint(run_dir / model_name)
