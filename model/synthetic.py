@@ -14,8 +14,8 @@ class PlantedInterests:
     """Ground truth of `synthetic_planted`.
 
     `user_clusters[u]`: sorted cluster ids (0-based) user u drew behaviours from — every one occurs in u's
-    sequence. `item_cluster`: (num_items + 1,) int64 cluster of each item index, -1 for padding. The
-    item's `category` feature index is `cluster + 1`.
+    sequence; the clusters of `noise` events are not among them. `item_cluster`: (num_items + 1,) int64
+    cluster of each item index, -1 for padding. The item's `category` feature index is `cluster + 1`.
     """
 
     user_clusters: list[np.ndarray]
@@ -80,7 +80,8 @@ def synthetic_planted(
         gaps[0] = int(rng.integers(0, 86_400))
         sequences.append(sequence)
         timestamps.append((start + np.cumsum(gaps)).astype(np.int64))
-        present = np.unique(item_cluster[sequence])
+        # The picked clusters still present (noise may replace a cluster's events, and is not planted).
+        present = np.intersect1d(clusters, item_cluster[sequence])
         user_clusters.append(present.astype(np.int64))
 
     data = InteractionData(

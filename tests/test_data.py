@@ -179,6 +179,18 @@ def test_synthetic_users_draw_only_from_their_planted_clusters() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(data.sequences, again.sequences, strict=True))
 
 
+def test_synthetic_noise_events_do_not_count_as_planted_clusters() -> None:
+    data, truth = synthetic_planted(num_users=300, num_clusters=20, items_per_cluster=10, max_interests=2,
+                                    noise=0.3, seed=4)
+    extra = 0
+    for u, sequence in enumerate(data.sequences):
+        clusters = truth.user_clusters[u]
+        present = np.unique(truth.item_cluster[sequence])
+        assert 1 <= len(clusters) <= 2 and np.isin(clusters, present).all()
+        extra += len(np.setdiff1d(present, clusters))
+    assert extra > 0  # noise put items of other clusters into the histories; they are not planted
+
+
 def assert_same_data(a: InteractionData, b: InteractionData) -> None:
     assert (a.name, a.item_ids, a.user_ids) == (b.name, b.item_ids, b.user_ids)
     assert a.item_feature_vocabs == b.item_feature_vocabs and a.profile_vocabs == b.profile_vocabs

@@ -244,7 +244,7 @@ def test_planted_control_script_scores_the_checkpoints_of_a_compare_run(tmp_path
     data = tmp_path / "planted.npz"
     subprocess.run([sys.executable, script, "make", "--out", str(data), "--users", "120", "--clusters", "12",
                     "--items-per-cluster", "8"], check=True, capture_output=True)
-    assert (tmp_path / "planted.clusters.npy").is_file()
+    assert (tmp_path / "planted.truth.npz").is_file()
     assert main(["compare", "--data", str(data), "--out", str(tmp_path / "run"), "--models", "mind,mind1",
                  *SMALL]) == 0
     printed = subprocess.run([sys.executable, script, "recovery", str(tmp_path / "run")], check=True,

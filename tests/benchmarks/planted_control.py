@@ -6,10 +6,11 @@
 
 `make` writes a `model.synthetic.synthetic_planted` data set (100 clusters of 20 items, every user drawing
 from 2 to 4 of them, 5 % noise; the parameters are the flags) as a .npz that `mind-model` reads like any
-prepared data, and the items' planted clusters beside it (`*.clusters.npy`). `recovery` loads each
-compare run's checkpoints, recomputes the test users' interests from their user-split histories, and
-prints `model.diagnostics.planted_recovery` (did each interest's own top 10 fall in one planted cluster,
-and did the interests find the user's clusters), mean ± std over the runs, as JSON.
+prepared data, and the planted truth beside it (`*.truth.npz`: each item's cluster, each user's
+clusters). `recovery` loads each compare run's checkpoints, recomputes the test users' interests from
+their user-split histories, and prints `model.diagnostics.planted_recovery` (did each interest's own top
+10 fall in one planted cluster, and did the interests find the user's clusters), mean ± std over the runs,
+as JSON.
 """
 
 from __future__ import annotations
@@ -28,14 +29,8 @@ from model.evaluate import model_interests, user_split_cases
 from model.synthetic import synthetic_planted
 
 
-def clusters_path(data_path: Path) -> Path:
-    return data_path.with_suffix(".clusters.npy")
-
-
-def planted_clusters(clusters_of_events: np.ndarray) -> np.ndarray:
-    """The clusters a user drew from: every planted cluster has at least 2 events, a noise event's rarely."""
-    values, counts = np.unique(clusters_of_events, return_counts=True)
-    return values[counts >= 2]
+def truth_path(data_path: Path) -> Path:
+    return data_path.with_suffix(".truth.npz")
 
 
 def make(args: argparse.Namespace) -> None:
@@ -44,7 +39,10 @@ def make(args: argparse.Namespace) -> None:
         min_interests=args.min_interests, max_interests=args.max_interests, min_length=args.min_length,
         max_length=args.max_length, noise=args.noise, seed=args.seed)
     save_dataset(data, args.out)
-    np.save(clusters_path(args.out), truth.item_cluster)
+    planted = np.zeros((data.num_users, args.clusters), dtype=bool)  # user x cluster: drawn from
+    for user, clusters in enumerate(truth.user_clusters):
+        planted[user, clusters] = True
+    np.savez(truth_path(args.out), item_cluster=truth.item_cluster, user_clusters=planted)
     print(f"wrote {args.out}: {data.num_users} users, {data.num_items} items, {data.num_interactions} events")
 
 
@@ -54,7 +52,8 @@ def recovery_of_run(run_dir: Path, top_n: int) -> dict[str, dict]:
     record = summary["dataset"]
     data_path = Path(record["source"])
     data = load_data(str(data_path), Path("data"))
-    item_cluster = np.load(clusters_path(data_path))
+    with np.load(truth_path(data_path)) as truth:
+        item_cluster, user_clusters = truth["item_cluster"], truth["user_clusters"]
     split = _split(data, record)  # the compare run's own split
     out = {}
     for model_name in summary["runs"]:
@@ -62,7 +61,7 @@ def recovery_of_run(run_dir: Path, top_n: int) -> dict[str, dict]:
         config = checkpoint.config
         cases = user_split_cases(data.sequences, split.test_users, config.holdout_fraction)
         histories = [case.history for case in cases]
-        planted = [planted_clusters(item_cluster[data.sequences[case.user]]) for case in cases]
+        planted = [np.flatnonzero(user_clusters[case.user]) for case in cases]
         profiles = data.user_profile[[case.user for case in cases]]
         vectors, mask = model_interests(checkpoint.model, histories, profiles, config.max_history_length)
         items = checkpoint.model.all_item_embeddings().detach().numpy()
