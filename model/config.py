@@ -118,6 +118,9 @@ class MindConfig:
         "every_position", "training samples per epoch: 'every_position' (one per user and position t >= 1) "
                           "or 'random_target' (ComiRec's reference code: as many samples, each a uniformly "
                           "drawn user and a random target position in that user's sequence)")
+    target_window: int = _option(
+        1, "W: a sample's target is drawn from the user's next W items instead of the next one (1 = the "
+           "next item, as in the paper); the history is the same")
     negative_sampler: str = _option(
         "uniform", "negatives drawn 'uniform' over the corpus or by 'popularity' (train count ** 0.75); "
                    "both logQ-corrected")
@@ -143,7 +146,8 @@ class MindConfig:
                     raise ConfigError(
                         f"MindConfig.{f.name} must be a number, got {getattr(self, f.name)!r}") from None
         positive_ints = ("embedding_dim", "num_interests", "routing_iterations", "profile_embedding_dim",
-                         "hidden_dim", "max_history_length", "num_negatives", "batch_size", "epochs")
+                         "hidden_dim", "max_history_length", "num_negatives", "batch_size", "epochs",
+                         "target_window")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

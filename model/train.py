@@ -1,13 +1,15 @@
 """Training: next-item samples from the training users, sampled softmax, early stopping on validation users.
 
 A sample is (user u, position t >= 1): the target is u's item t, the history the previous
-config.max_history_length items. Batches are cut straight out of one flat array of all training
-sequences with numpy (no DataLoader, no per-sample Python). Each batch shares config.num_negatives items
-sampled from the corpus (uniform or popularity ** 0.75) and applies the logQ correction so the loss is an
-estimate of the full softmax over the corpus (config.full_softmax: every item instead); a negative that
-equals a row's target is masked out. Each candidate is scored against the user's interests as
-config.candidate_scoring says (`batch_loss`). After every epoch the model is scored on the validation
-users (user-split Recall@50); the best epoch's weights are kept. Test users are never looked at here.
+config.max_history_length items. With config.target_window W > 1 the target is drawn afresh each epoch
+from u's items t .. t + W - 1 (the history stays the items before t). Batches are cut straight out of one
+flat array of all training sequences with numpy (no DataLoader, no per-sample Python). Each batch shares
+config.num_negatives items sampled from the corpus (uniform or popularity ** 0.75) and applies the logQ
+correction so the loss is an estimate of the full softmax over the corpus (config.full_softmax: every item
+instead); a negative that equals a row's target is masked out. Each candidate is scored against the user's
+interests as config.candidate_scoring says (`batch_loss`). After every epoch the model is scored on the
+validation users (user-split Recall@50); the best epoch's weights are kept. Test users are never looked at
+here.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class SampleIndex:
     sequence_start: np.ndarray  # (S,) where the sample's user sequence starts in flat_items
     target_offset: np.ndarray   # (S,) position t of the target inside that sequence (>= 1)
     sample_user: np.ndarray     # (S,) user index of the sample
+    sequence_length: np.ndarray  # (S,) length of the sample's user sequence
 
     def __len__(self) -> int:
         return len(self.target_offset)
@@ -64,6 +67,7 @@ def build_samples(sequences: Sequence[np.ndarray], users: np.ndarray) -> SampleI
         sequence_start=starts[sample_user_position],
         target_offset=offsets.astype(np.int64),
         sample_user=np.asarray(users, dtype=np.int64)[sample_user_position],
+        sequence_length=lengths[sample_user_position],
     )
 
 
@@ -78,15 +82,28 @@ def random_target_rows(samples: SampleIndex, count: int, rng: np.random.Generato
 
 
 def make_batch(samples: SampleIndex, rows: np.ndarray, max_history_length: int,
-               user_profile: np.ndarray) -> dict[str, torch.Tensor]:
-    """Left-aligned histories of the previous <= max_history_length items, targets and profiles."""
+               user_profile: np.ndarray, target_window: int = 1,
+               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Left-aligned histories of the previous <= max_history_length items, targets and profiles.
+
+    Args:
+        target_window: W; the target is a uniform draw (from `rng`) among the sample's items t .. t + W - 1
+            that exist, instead of item t. The history is the items before t either way.
+
+    Shape:
+        history, history_mask (B, L) with L <= max_history_length; profile (B, P); target (B,), B = len(rows).
+    """
     offsets = samples.target_offset[rows]
-    target_position = samples.sequence_start[rows] + offsets
+    history_end = samples.sequence_start[rows] + offsets
+    target_position = history_end
+    if target_window > 1:
+        ahead = np.minimum(target_window, samples.sequence_length[rows] - offsets)  # >= 1
+        target_position = history_end + (rng.random(len(rows)) * ahead).astype(np.int64)
     lengths = np.minimum(offsets, max_history_length)
     width = int(lengths.max())
     columns = np.arange(width)
     mask = columns[None, :] < lengths[:, None]
-    positions = (target_position - lengths)[:, None] + columns[None, :]
+    positions = (history_end - lengths)[:, None] + columns[None, :]
     history = np.where(mask, samples.flat_items[np.where(mask, positions, 0)], 0)
     return {
         "history": torch.from_numpy(history),
@@ -317,7 +334,8 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
                    unit="batch", leave=False, dynamic_ncols=True)
         for step in bar:
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-            batch = make_batch(samples, rows, config.max_history_length, data.user_profile)
+            batch = make_batch(samples, rows, config.max_history_length, data.user_profile,
+                               config.target_window, order_rng)
             negatives = every_item if config.full_softmax else sampler.sample(num_negatives)
             forward = _embed_batch(model, batch, negatives, config.candidate_scoring == "attention")
             loss = batch_loss(forward, batch["target"], negatives, log_q, config)

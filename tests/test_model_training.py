@@ -263,3 +263,15 @@ def test_training_is_deterministic_for_a_seed():
                                  log=lambda _: None).model.state_dict() for _ in range(2))
     for name, tensor in first.items():
         torch.testing.assert_close(second[name], tensor, rtol=0, atol=0)
+
+
+def test_target_window_draws_the_target_from_the_next_w_items_and_keeps_the_history():
+    sequences = [np.array([5, 6, 7, 8])]
+    samples = build_samples(sequences, np.array([0]))
+    rows = np.repeat(np.arange(len(samples)), 2000)
+    batch = make_batch(samples, rows, 3, np.array([[1]]), target_window=2, rng=np.random.default_rng(0))
+    targets = batch["target"].numpy().reshape(len(samples), -1)
+    assert [sorted(set(row)) for row in targets.tolist()] == [[6, 7], [7, 8], [8]]  # the last has one left
+    assert np.abs((targets[0] == 6).mean() - 0.5) < 0.05
+    histories = batch["history"].numpy().reshape(len(samples), -1, 3)[:, 0].tolist()
+    assert histories == [[5, 0, 0], [5, 6, 0], [5, 6, 7]]  # the items before t, whatever the target
