@@ -105,7 +105,9 @@ class MindConfig:
                 "max-merge compares directions, not norms; 'none': the paper's raw vectors")
     logit_temperature: float = _option(
         0.1, "training logits are (user vector . item) / temperature (serving ranks are unchanged)")
-    max_history_length: int = _option(50, "the most recent behaviours the user tower sees")
+    max_history_length: int = _option(
+        20, "the most recent behaviours the user tower sees (chosen on validation users: docs/MODEL.md, "
+            "Round 7)")
     # training
     num_negatives: int = _option(1000, "items sampled per batch (shared by all rows) for the sampled softmax")
     full_softmax: bool = _option(

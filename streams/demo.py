@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DIVERSITY_SWEEP = (0.0, 1.0, 5.0, 20.0)  # λ > 0 trades score for coverage of the user's interests
 CANDIDATE_GENRES = ("Horror", "Western", "Children's", "Musical", "Documentary", "Film-Noir", "Sci-Fi", "War")
+BURST_SHARE = 0.4  # of the history window: the burst opens a new interest while the older ones keep the rest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--genre", default=None,
                         help=f"the genre of the burst (default: first of {', '.join(CANDIDATE_GENRES)} "
                              "the user never touched)")
-    parser.add_argument("--burst", type=int, default=20, help="events in the burst (default 20)")
+    parser.add_argument("--burst", type=int, default=None,
+                        help="events in the burst (default: 40%% of the model's history window, so the older "
+                             "history keeps most of the window)")
     parser.add_argument("--n", type=int, default=15, help="recall list length printed (default 15)")
     parser.add_argument("--diversity", type=float, default=None, metavar="λ",
                         help="the worker's recall diversity (MINDSTREAM_RECALL_DIVERSITY; default: the "
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         show_diversity(url, user)
 
         popular = Counter(item for h in log.values() for item, _ in h if genre in genres_of.get(item, []))
-        burst = [item for item, _ in popular.most_common(args.burst)]
+        burst_size = args.burst or max(1, round(BURST_SHARE * manifest["max_history_length"]))
+        burst = [item for item, _ in popular.most_common(burst_size)]
         step(f"A burst of {len(burst)} {genre} events for user {user}, live")
         for item in burst:
             print(f"  + {catalogue.title(item)}  [{' '.join(genres_of.get(item, []))}]")
