@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
             shutil.rmtree(artifact, ignore_errors=True)
             run([str(BIN / "mind-model"), "train", "--data", "ml-100k", "--out", str(run_dir), "--epochs",
-                 str(args.epochs), "--embedding-dim", "32", "--num-interests", "4",
-                 "--max-history-length", "50", "--no-progress"])
+                 str(args.epochs), "--embedding-dim", "32", "--num-interests", "4", "--no-progress"])
             run([str(BIN / "mind-export"), str(run_dir), "--out", str(artifact)])
         else:
             step(f"Using the artifact already in {artifact} (--retrain to train again)")
