@@ -366,7 +366,7 @@ def export_artifact(
         manifest_fields={
             "model_version": checkpoint.model_version,
             "embedding_dim": int(config["embedding_dim"]),
-            "num_interests": int(config["num_interests"]),
+            "num_interests": mind.num_interests,  # interest slots the tower outputs
             "routing_iterations": int(config["routing_iterations"]),
             "max_history_length": max_len,
             "num_items": num_items,

@@ -37,6 +37,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "logit_temperature": 1.0,
     "per_interest_bilinear": False,
     "candidate_scoring": "attention",
+    "global_interest": False,
 }
 
 
@@ -77,6 +78,9 @@ class MindConfig:
                "not depend on the embeddings' scale (paper: raw inner product)")
     per_interest_bilinear: bool = _option(
         False, "one bilinear matrix S_j per interest (ComiRec-DR) instead of the paper's one shared S")
+    global_interest: bool = _option(
+        False, "one more interest vector, always valid, in slot 0: the capsule of all behaviours with "
+               "weight 1 (MIND-1's capsule), next to the K routed ones (beyond the paper: off)")
     routing_stop_gradient: bool = _option(
         True, "no gradient through the routing-logit updates, only through the last round's weighted sum "
               "(as the reference implementations do)")
@@ -166,6 +170,9 @@ class MindConfig:
                               ("normalize", NORMALIZE_CHOICES), ("candidate_scoring", CANDIDATE_SCORINGS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MindConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.global_interest and self.per_interest_bilinear:
+            raise ConfigError("MindConfig.global_interest needs the shared bilinear map "
+                              "(per_interest_bilinear off)")
         if not (
             self.routing_update_scale >= 0
             and self.logit_temperature > 0

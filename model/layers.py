@@ -193,6 +193,15 @@ class InterestRouting(nn.Module):
         else:
             self.register_buffer("routing_logits", table)
 
+    def pooled_capsule(self, behaviour_embeddings: Tensor, history_mask: Tensor) -> Tensor:
+        """squash(sum_i S e_i) over the valid behaviours: one capsule with every coupling 1 (MIND-1's).
+
+        behaviour_embeddings (B, L, d), history_mask (B, L) bool -> (B, d). Needs the shared S.
+        """
+        mapped = torch.matmul(behaviour_embeddings, self.bilinear.t())      # (B, L, d)
+        weight = history_mask.unsqueeze(-1).to(mapped.dtype)
+        return squash((mapped * weight).sum(1))
+
     def initial_logits(self, history: Tensor | None, length: int, like: Tensor) -> Tensor:
         """(B, L, K): a fresh tensor per call; the table is never written here. `like` is (B, L, 1)."""
         if self.init in ITEM_KEYED_INITS:

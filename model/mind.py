@@ -56,7 +56,8 @@ class RetrievalModel(nn.Module):
 
     @property
     def num_interests(self) -> int:
-        return self.config.num_interests
+        """Interest slots the tower outputs: K, plus one with config.global_interest."""
+        return self.config.num_interests + int(self.config.global_interest)
 
     def item_embeddings(self, item_index: Tensor) -> Tensor:
         """item_index (...) int64 -> (..., d): pooled id + side-feature embeddings (0 -> zeros)."""
@@ -136,6 +137,12 @@ class MIND(RetrievalModel):
         """
         valid_interest_mask = self.valid_interests(history_mask)
         capsules, coupling = self.routing(behaviour_embeddings, history_mask, valid_interest_mask, history)
+        if self.config.global_interest:  # slot 0: every behaviour with coupling 1; always valid
+            pooled = self.routing.pooled_capsule(behaviour_embeddings, history_mask)
+            capsules = torch.cat([pooled.unsqueeze(1), capsules], dim=1)
+            coupling = torch.cat([history_mask.unsqueeze(-1).to(coupling.dtype), coupling], dim=-1)
+            always = torch.ones_like(valid_interest_mask[:, :1])
+            valid_interest_mask = torch.cat([always, valid_interest_mask], dim=1)
         interest_vectors = self.interest_mlp(capsules, self.profile_embedding(profile))
         return InterestOutput(
             self.finish_interests(interest_vectors, valid_interest_mask), valid_interest_mask, coupling

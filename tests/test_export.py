@@ -249,6 +249,7 @@ def test_integer_ids_match_their_decimal_strings_and_coupling_can_be_exported(tm
             "routing_normalize": True,
         },
         {"routing_init": "learned", "normalize": "interests"},
+        {"routing_init": "item", "normalize": "interests", "global_interest": True},
     ],
 )
 def test_every_routing_variant_exports_with_parity_and_item_keyed_routing_ignores_order(tmp_path, changes):
@@ -258,6 +259,8 @@ def test_every_routing_variant_exports_with_parity_and_item_keyed_routing_ignore
     history, mask = runtime.encode_histories([["c0_1", "c1_2", "c2_3", "c3_4", "c0_2"],
                                               ["c0_2", "c3_4", "c2_3", "c1_2", "c0_1"]])
     out = runtime.infer(history, mask, runtime.encode_profiles([None, None]))
+    slots = 4 + changes.get("global_interest", 0)
+    assert out.interest_vectors.shape[1] == runtime.manifest.num_interests == slots
     norms = np.linalg.norm(out.interest_vectors[out.valid_interest_mask], axis=-1)
     if changes["normalize"] == "interests":
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)

@@ -24,6 +24,24 @@ def test_interests_have_documented_shapes_and_adaptive_masks():
     assert bool((out.coupling[~mask] == 0).all())
 
 
+def test_global_interest_is_an_always_valid_slot_0_routed_from_every_behaviour_with_weight_1():
+    model = tiny_model(num_interests=4, global_interest=True)
+    history, mask, profile = batch([1, 3, 4, 9, 20])
+    out = model.interests(history, mask, profile)
+    assert model.num_interests == 5
+    assert out.interest_vectors.shape == (5, 5, 8) and out.coupling.shape == (5, 20, 5)
+    assert out.valid_interest_mask[:, 0].all()
+    assert out.valid_interest_mask[:, 1:].sum(-1).tolist() == [1, 1, 2, 3, 4]  # K'u routed slots, as without
+    torch.testing.assert_close(out.coupling[..., 0], mask.to(out.coupling.dtype))
+    # slot 0 is MIND-1's capsule through the same interest MLP
+    pooled = model.routing.pooled_capsule(model.item_embeddings(history), mask)
+    vectors = model.interest_mlp(pooled.unsqueeze(1), model.profile_embedding(profile))
+    expected = model.finish_interests(vectors, torch.ones(5, 1, dtype=torch.bool))
+    torch.testing.assert_close(out.interest_vectors[:, :1], expected)
+    with pytest.raises(ConfigError, match="global_interest"):
+        MindConfig(global_interest=True, per_interest_bilinear=True)
+
+
 def test_non_adaptive_model_gives_every_user_k_interests():
     model = tiny_model(num_interests=3, adaptive_interests=False)
     out = model.interests(*batch([1, 2, 20]))
