@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
-ROUTING_INITS = ("position", "item", "sample", "learned")
+ROUTING_INITS = ("position", "item", "sample", "learned", "prototype")
 SAMPLE_MODES = ("every_position", "random_target")
 NORMALIZE_CHOICES = ("none", "interests")
 CANDIDATE_SCORINGS = ("attention", "max", "logsumexp")
@@ -69,7 +69,8 @@ class MindConfig:
         "history position, shared by all users), 'item' (one draw per item id and interest, so an "
         "item keeps its pull toward the same slot as the window slides), 'sample' (a fresh draw "
         "per training sample, the position draw at serving), 'learned' (the 'item' table, trained with "
-        "the model)",
+        "the model), 'prototype' (sigma sqrt(d) cos(S e_i, p_j) with K learned directions p_j: "
+        "keyed by content)",
     )
     routing_update_scale: float = _option(
         1.0, "factor on the routing update u_j . S e_i relative to the initial logits (paper: 1)")
@@ -170,9 +171,11 @@ class MindConfig:
                               ("normalize", NORMALIZE_CHOICES), ("candidate_scoring", CANDIDATE_SCORINGS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MindConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.global_interest and self.per_interest_bilinear:
-            raise ConfigError("MindConfig.global_interest needs the shared bilinear map "
-                              "(per_interest_bilinear off)")
+        for name, on in (("global_interest", self.global_interest),
+                         ("routing_init 'prototype'", self.routing_init == "prototype")):
+            if on and self.per_interest_bilinear:
+                raise ConfigError(f"MindConfig.{name} needs the shared bilinear map "
+                                  "(per_interest_bilinear off)")
         if not (
             self.routing_update_scale >= 0
             and self.logit_temperature > 0

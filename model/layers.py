@@ -146,7 +146,9 @@ class InterestRouting(nn.Module):
       slot wherever it sits in the window (a sliding window then barely moves the capsules);
     - "learned": the "item" table as a parameter that the optimizer trains, so the loss decides which slot
       each item pulls toward (fixed once trained, so serving stays deterministic);
-    - "sample": a fresh N(0, sigma^2) draw per training call, the "position" table in eval mode.
+    - "sample": a fresh N(0, sigma^2) draw per training call, the "position" table in eval mode;
+    - "prototype": b_ij = sigma sqrt(d) cos(S e_i, p_j) with K learned directions p_j (K, d): routing
+      starts from a soft assignment of each behaviour to the nearest prototype, keyed by content.
     Each round, for every behaviour, a softmax over the (valid) interests gives the coupling w;
     z_j = sum_i w_ij S e_i; u_j = squash(z_j); b_ij += scale * u_j . S e_i (with `normalize`, the cosine
     of u_j and S e_i instead). Padded behaviours get w = 0; invalid interests get w = 0 and a zero capsule.
@@ -188,6 +190,8 @@ class InterestRouting(nn.Module):
         if keyed_by_item and num_items < 1:
             raise ConfigError(f"routing init {init!r} needs num_items >= 1")
         table = torch.randn(rows, num_interests, generator=generator) * logit_std
+        self.prototypes = (nn.Parameter(torch.randn(num_interests, dim, generator=generator))
+                           if init == "prototype" else None)
         if init == "learned":
             self.routing_logits = nn.Parameter(table)
         else:
@@ -202,8 +206,13 @@ class InterestRouting(nn.Module):
         weight = history_mask.unsqueeze(-1).to(mapped.dtype)
         return squash((mapped * weight).sum(1))
 
-    def initial_logits(self, history: Tensor | None, length: int, like: Tensor) -> Tensor:
-        """(B, L, K): a fresh tensor per call; the table is never written here. `like` is (B, L, 1)."""
+    def initial_logits(self, history: Tensor | None, length: int, like: Tensor,
+                       keys: Tensor | None = None) -> Tensor:
+        """(B, L, K): a fresh tensor per call; the table is never written here. `like` is (B, L, 1);
+        `keys` (B, L, d) are the S e_i that "prototype" compares with its learned directions."""
+        if self.prototypes is not None and keys is not None:  # sigma * sqrt(d) * cos(S e_i, p_j)
+            scale = self.logit_std * keys.shape[-1] ** 0.5  # random directions: spread sigma, as the draws
+            return scale * torch.matmul(F.normalize(keys, dim=-1), F.normalize(self.prototypes, dim=-1).t())
         if self.init in ITEM_KEYED_INITS:
             if history is None:
                 raise ConfigError(f"routing init {self.init!r} needs the history's item ids")
@@ -224,7 +233,8 @@ class InterestRouting(nn.Module):
         update_keys = F.normalize(mapped_for_updates, dim=-1) if self.normalize else mapped_for_updates
         behaviour_weight = history_mask.unsqueeze(-1).to(mapped.dtype)     # (B, L, 1)
         interest_blocked = ~valid_interest_mask.unsqueeze(1)                # (B, 1, K)
-        initial = self.initial_logits(history, length, behaviour_weight)
+        initial = self.initial_logits(history, length, behaviour_weight,
+                                      None if self.per_interest_bilinear else mapped_for_updates)
         logits = initial
         coupling = capsules = logits  # rebound in the first round (iterations >= 1)
         for round_index in range(self.iterations):

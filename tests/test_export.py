@@ -250,6 +250,7 @@ def test_integer_ids_match_their_decimal_strings_and_coupling_can_be_exported(tm
         },
         {"routing_init": "learned", "normalize": "interests"},
         {"routing_init": "item", "normalize": "interests", "global_interest": True},
+        {"routing_init": "prototype", "normalize": "interests"},
     ],
 )
 def test_every_routing_variant_exports_with_parity_and_item_keyed_routing_ignores_order(tmp_path, changes):
@@ -264,7 +265,7 @@ def test_every_routing_variant_exports_with_parity_and_item_keyed_routing_ignore
     norms = np.linalg.norm(out.interest_vectors[out.valid_interest_mask], axis=-1)
     if changes["normalize"] == "interests":
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    if changes["routing_init"] in ("item", "learned"):  # the same items in another order: the same interests
+    if changes["routing_init"] in ("item", "learned", "prototype"):  # another order: the same interests
         np.testing.assert_allclose(out.interest_vectors[0], out.interest_vectors[1], atol=1e-5)
     else:
         assert not np.allclose(out.interest_vectors[0], out.interest_vectors[1], atol=1e-5)

@@ -282,6 +282,25 @@ def test_learned_routing_logits_are_an_item_keyed_parameter_that_the_loss_trains
     assert grad[untouched].abs().sum() == 0          # the others do not
 
 
+def test_prototype_routing_logits_are_the_scaled_cosine_of_each_behaviour_with_learned_directions():
+    routing = InterestRouting(dim=4, num_interests=3, max_history_length=8, iterations=3, logit_std=2.0,
+                              seed=5, init="prototype")
+    assert isinstance(routing.prototypes, torch.nn.Parameter) and routing.prototypes.shape == (3, 4)
+    keys = torch.randn(2, 5, 4)
+    expected = 2.0 * 4 ** 0.5 * torch.nn.functional.cosine_similarity(
+        keys.unsqueeze(2), routing.prototypes.detach().view(1, 1, 3, 4), dim=-1)  # sigma sqrt(d) cos
+    torch.testing.assert_close(routing.initial_logits(None, 5, keys[..., :1], keys).detach(), expected)
+    e = torch.randn(1, 5, 4)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    capsules, _ = routing(e, mask, valid)  # keyed by content: no item ids needed
+    order = torch.tensor([4, 0, 3, 1, 2])
+    shuffled, _ = routing(e[:, order], mask, valid)
+    torch.testing.assert_close(shuffled, capsules)  # the same behaviours in another order
+    capsules[:, 0].sum().backward()
+    assert routing.prototypes.grad is not None and routing.prototypes.grad.abs().sum() > 0
+
+
 def test_zero_update_scale_keeps_the_initial_coupling_and_training_records_the_logit_shift():
     e = torch.randn(2, 6, 4)
     mask = torch.ones(2, 6, dtype=torch.bool)
