@@ -2,7 +2,8 @@
 
 Defaults follow the paper (Li et al., CIKM 2019) where it gives a value (routing logits drawn from
 N(0, sigma^2) with sigma = 1, 3 routing iterations, Adam) except where a departure won on validation users
-(docs/MODEL.md has the measurements): the initial routing logits keyed by item instead of position,
+(docs/MODEL.md has the measurements): the initial routing logits from K learned content directions
+instead of a random draw,
 every training candidate scored by its best interest (serving's f_score) instead of label-aware attention's
 one vector, unit-length interest vectors with a logit temperature, and a full softmax over the catalogue.
 Each departure is a field whose help names the paper's choice; LEGACY_VALUES holds the values that
@@ -62,15 +63,16 @@ class MindConfig:
               "(paper 3.3); off: always K")
     routing_iterations: int = _option(3, "rounds of behaviour-to-interest dynamic routing (paper: 3)")
     routing_logit_std: float = _option(
-        1.0, "sigma of the N(0, sigma^2) draw of the frozen initial routing logits (paper: 1)")
+        1.0, "sigma of the N(0, sigma^2) draw of the frozen initial routing logits (paper: 1); with "
+             "'prototype' the logits' spread at initialisation")
     routing_init: str = _option(
-        "item",
-        "where the N(0, sigma^2) initial routing logits live: 'position' (one frozen draw per "
-        "history position, shared by all users), 'item' (one draw per item id and interest, so an "
-        "item keeps its pull toward the same slot as the window slides), 'sample' (a fresh draw "
-        "per training sample, the position draw at serving), 'learned' (the 'item' table, trained with "
-        "the model), 'prototype' (sigma sqrt(d) cos(S e_i, p_j) with K learned directions p_j: "
-        "keyed by content)",
+        "prototype",
+        "where the initial routing logits come from (paper: N(0, sigma^2), place unspecified): "
+        "'prototype' (sigma sqrt(d) cos(S e_i, p_j) with K learned directions p_j: keyed by content), "
+        "'position' (one frozen draw per history position, shared by all users), 'item' (one draw per "
+        "item id and interest, so an item keeps its pull toward the same slot as the window slides), "
+        "'sample' (a fresh draw per training sample, the position draw at serving), 'learned' (the "
+        "'item' table, trained with the model)",
     )
     routing_update_scale: float = _option(
         1.0, "factor on the routing update u_j . S e_i relative to the initial logits (paper: 1)")
