@@ -16,8 +16,8 @@ compare` of MIND, MIND-1, YouTube-DNN and most-popular with one epoch budget and
 validation users (the models' defaults), its diagnostics (interests, stability) on the test users, then the
 MIND run exported and scored as served by `mind-export evaluate` for each diversity λ (the default λ chosen on
 validation users). Mean ± std over the seeds go to runs/bench/quality-evidence.json and BENCHMARKS.md's
-"Quality evidence" section (tests/benchmarks/report.py). Runs already done with the same arguments are
-reused, so an interrupted run resumes.
+"Quality evidence" section (tests/benchmarks/report.py). Runs already done with the same arguments and
+the same model defaults are reused, so an interrupted run resumes.
 
     .venv/bin/python tests/benchmarks/bench_quality.py --evidence [--data ml-100k,ml-1m] [--seeds 0,1,2]
         [--epochs 10] [--train-args "--routing-logit-std 0.001"]
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 from common import BIN, REPO_ROOT
+
+from model.config import MindConfig
 
 METRICS = ("HitRate@50", "Recall@50", "NDCG@50")
 
@@ -157,7 +159,9 @@ def _cli(*args: str) -> None:
 def evidence_run(data: str, seed: int, epochs: int, train_args: list[str], root: Path = EVIDENCE_ROOT) -> dict[str, Any]:
     """One (data set, split seed): compare.json of the four models, and served.json of the exported MIND."""
     out = root / data / f"seed-{seed}"
-    wanted = {"data": data, "seed": seed, "epochs": epochs, "train_args": train_args}
+    # the defaults too: a run trained before a default changed is not reused
+    wanted = {"data": data, "seed": seed, "epochs": epochs, "train_args": train_args,
+              "defaults": MindConfig().to_dict()}
     stamp = out / "bench-args.json"
     done = stamp.is_file() and json.loads(stamp.read_text()) == wanted
     if not (done and (out / "compare.json").is_file()):
