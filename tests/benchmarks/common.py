@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: percentiles, HTTP reads, file sizes; and tests/ on sys.path.
+"""Shared pieces of the benchmarks: percentiles, HTTP reads, file sizes, the screening scripts' command line;
+and tests/ on sys.path.
 
 The worker runner, topic helpers and the rest live in tests/support, shared with the tests: importing this
 module (first, as every benchmark does) makes `support` importable when a benchmark runs alone or from
@@ -7,6 +8,7 @@ run_all.py. Nothing here asserts anything about speed: benchmarks print and reco
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import urllib.error
@@ -52,3 +54,26 @@ def path_size_mb(path: Path) -> float:
     if path.is_file():
         return path.stat().st_size / 2**20
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
+
+
+def screening_arguments(description: str) -> argparse.Namespace:
+    """The command line screen_interests.py and screen_merges.py share (one validation-users row each)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default="ml-100k")
+    parser.add_argument("--split-seed", type=int, default=7)
+    parser.add_argument("--name", required=True, help="a label for the row")
+    parser.add_argument("--overrides", default="{}", help="JSON object of MindConfig fields")
+    parser.add_argument("--cache-dir", type=Path, default=Path("data"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSON-lines file")
+    return parser.parse_args()
+
+
+def emit_row(row: dict[str, Any], out: Path | None) -> None:
+    """Print one row as a JSON line, and append it to `out` when given."""
+    line = json.dumps(row, default=str)
+    print(line, flush=True)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as handle:
+            handle.write(line + "\n")

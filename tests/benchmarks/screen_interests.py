@@ -11,11 +11,12 @@ read. `{"num_interests": 1}` screens MIND-1 with the same settings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+from common import emit_row, screening_arguments
 
 from model.cli import _split, load_data
 from model.config import MindConfig
@@ -46,23 +47,10 @@ def screen(data_name: str, split_seed: int, overrides: dict, cache_dir: Path, th
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="ml-100k")
-    parser.add_argument("--split-seed", type=int, default=7)
-    parser.add_argument("--name", required=True, help="a label for the row")
-    parser.add_argument("--overrides", default="{}", help="JSON object of MindConfig fields")
-    parser.add_argument("--cache-dir", type=Path, default=Path("data"))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSON-lines file")
-    args = parser.parse_args()
+    args = screening_arguments(__doc__.split("\n\n")[0])
     row = {"name": args.name, **screen(args.data, args.split_seed, json.loads(args.overrides), args.cache_dir,
                                        args.threads)}
-    line = json.dumps(row, default=str)
-    print(line, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as handle:
-            handle.write(line + "\n")
+    emit_row(row, args.out)
 
 
 if __name__ == "__main__":

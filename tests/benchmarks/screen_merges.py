@@ -16,15 +16,14 @@ pi_k is interest k's share of the last routing round's coupling, each behaviour 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from common import emit_row, screening_arguments
 
 from model.cli import _split, load_data
 from model.config import MindConfig
@@ -73,15 +72,7 @@ def rule_scorer(model: RetrievalModel, reduce: str, beta: float, gamma: float):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="ml-100k")
-    parser.add_argument("--split-seed", type=int, default=7)
-    parser.add_argument("--name", required=True, help="a label for the row")
-    parser.add_argument("--overrides", default="{}", help="JSON object of MindConfig fields")
-    parser.add_argument("--cache-dir", type=Path, default=Path("data"))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSON-lines file")
-    args = parser.parse_args()
+    args = screening_arguments(__doc__.split("\n\n")[0])
     overrides = json.loads(args.overrides)
     config = MindConfig(**overrides)
     data = load_data(args.data, args.cache_dir)
@@ -99,12 +90,7 @@ def main() -> None:
     row = {"name": args.name, "data": args.data, "split_seed": args.split_seed, "overrides": overrides,
            "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - started, 1),
            "rules": rules}
-    line = json.dumps(row)
-    print(line, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as handle:
-            handle.write(line + "\n")
+    emit_row(row, args.out)
 
 
 if __name__ == "__main__":
