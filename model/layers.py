@@ -210,7 +210,9 @@ class InterestRouting(nn.Module):
                        keys: Tensor | None = None) -> Tensor:
         """(B, L, K): a fresh tensor per call; the table is never written here. `like` is (B, L, 1);
         `keys` (B, L, d) are the S e_i that "prototype" compares with its learned directions."""
-        if self.prototypes is not None and keys is not None:  # sigma * sqrt(d) * cos(S e_i, p_j)
+        if self.prototypes is not None:  # sigma * sqrt(d) * cos(S e_i, p_j)
+            if keys is None:
+                raise ConfigError("routing init 'prototype' needs the shared bilinear map's S e_i")
             scale = self.logit_std * keys.shape[-1] ** 0.5  # random directions: spread sigma, as the draws
             return scale * torch.matmul(F.normalize(keys, dim=-1), F.normalize(self.prototypes, dim=-1).t())
         if self.init in ITEM_KEYED_INITS:
