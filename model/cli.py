@@ -385,8 +385,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _diagnostics_heading(diagnosed: dict[str, Any]) -> str:
     n = next(iter(diagnosed.values()))["top_n"]
-    return (f"\ninterests (same test users, user-split histories; merged top-{n} by max-merge) and stability "
-            "(users with a full window, one real next event appended):")
+    return (f"\ninterests (same test users, user-split histories; merged top-{n} by the model's merge) and "
+            "stability (users with a full window, one real next event appended):")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -453,7 +453,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  interest {j + 1} retrieves:")
         for label, score in zip(items, scores, strict=True):
             print(f"    {score:7.3f}  {label}")
-    print(f"  merged top {len(explanation.merged_top)} (max over interests; [interest]):")
+    print(f"  merged top {len(explanation.merged_top)} (recall's merge; [interest]):")
     for label, k in explanation.merged_top:
         print(f"    [{k + 1}] {label}")
     print(f"wrote {path}")

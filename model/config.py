@@ -24,6 +24,7 @@ ROUTING_INITS = ("position", "item", "sample", "learned", "prototype")
 SAMPLE_MODES = ("every_position", "random_target")
 NORMALIZE_CHOICES = ("none", "interests")
 CANDIDATE_SCORINGS = ("attention", "max", "logsumexp")
+INTEREST_MERGES = ("max", "mixture")
 # Departures from the paper added later: a stored config without the key was trained with this value.
 LEGACY_VALUES: dict[str, Any] = {
     "routing_init": "position",
@@ -39,6 +40,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "per_interest_bilinear": False,
     "candidate_scoring": "attention",
     "global_interest": False,
+    "interest_merge": "max",
 }
 
 
@@ -111,7 +113,17 @@ class MindConfig:
         "interests", "'interests': every interest vector is scaled to unit length (training and serving), so "
                 "max-merge compares directions, not norms; 'none': the paper's raw vectors")
     logit_temperature: float = _option(
-        0.1, "training logits are (user vector . item) / temperature (serving ranks are unchanged)")
+        0.1, "training logits are (user vector . item) / temperature; also the T of the 'mixture' merge")
+    interest_merge: str = _option(
+        "mixture",
+        "how recall merges a user's interests into one ranking (training is unchanged): 'max' (paper: "
+        "f_score = max_k v_k . e_i) or 'mixture' (temperature * log sum_k pi_k^w exp(v_k . e_i / "
+        "temperature), pi_k = interest k's share of the last routing round's coupling; docs/MODEL.md, "
+        "Round 9)")
+    interest_prior_weight: float = _option(
+        1.0, "w: the exponent of pi_k in the 'mixture' merge (0 = every interest weighs the same)")
+    interest_prior_decay: float = _option(
+        0.5, "in pi_k each behaviour's coupling counts decay ** age (age 0 = the most recent; 1 = all alike)")
     max_history_length: int = _option(
         20, "the most recent behaviours the user tower sees (chosen on validation users: docs/MODEL.md, "
             "Round 7)")
@@ -170,7 +182,8 @@ class MindConfig:
             raise ConfigError(f"MindConfig.negative_sampler must be one of {NEGATIVE_SAMPLERS}, "
                               f"got {self.negative_sampler!r}")
         for name, allowed in (("routing_init", ROUTING_INITS), ("sample_mode", SAMPLE_MODES),
-                              ("normalize", NORMALIZE_CHOICES), ("candidate_scoring", CANDIDATE_SCORINGS)):
+                              ("normalize", NORMALIZE_CHOICES), ("candidate_scoring", CANDIDATE_SCORINGS),
+                              ("interest_merge", INTEREST_MERGES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"MindConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name, on in (("global_interest", self.global_interest),
@@ -185,6 +198,9 @@ class MindConfig:
         ):
             raise ConfigError("MindConfig: routing_update_scale and interest_cosine_penalty must be >= 0, "
                               "logit_temperature > 0")
+        if not (0 <= self.interest_prior_weight < math.inf and 0 < self.interest_prior_decay <= 1):
+            raise ConfigError("MindConfig: interest_prior_weight must be a finite number >= 0, "
+                              "interest_prior_decay in (0, 1]")
         if not isinstance(self.attention_soft_epochs, int) or self.attention_soft_epochs < 0:
             raise ConfigError(f"MindConfig.attention_soft_epochs must be an integer >= 0, "
                               f"got {self.attention_soft_epochs!r}")

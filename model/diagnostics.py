@@ -10,7 +10,8 @@ Inputs are what a user tower returns and what serving searches:
 Per user (arrays of shape (B,)):
 
 - `mean_pairwise_cosine`: mean cosine over the pairs of a user's valid interests (NaN when K'u < 2);
-- `merged_top_n`: the paper's max-merge (f_score = max_k e_iᵀ v_k) with the interest that won each item;
+- `merged_top_n`: recall's merge (the paper's max-merge f_score = max_k e_iᵀ v_k, or the interests' mixture)
+  with the interest that won each item;
   `contribution`: how many interests supply the merged top-n and the dominant interest's share of it;
 - `norm_ratio`: largest / smallest valid interest norm;
 - `stability`: interests before and after one new event: the same-slot cosine, the cosine of the best
@@ -66,10 +67,13 @@ def mean_pairwise_cosine(interest_vectors: np.ndarray, valid_interest_mask: np.n
 
 
 def merged_top_n(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, item_vectors: np.ndarray,
-                 histories: Sequence[np.ndarray], n: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The max-merged top-n of each user and the interest that gave each item its score.
+                 histories: Sequence[np.ndarray], n: int = 50, interest_bias: np.ndarray | None = None,
+                 temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The merged top-n of each user and the interest that gave each item its score.
 
-    An item's score is max over the valid interests k of item_vectors[i] . interest_vectors[k]; the padding
+    Without `interest_bias` an item's score is the max over the valid interests k of
+    item_vectors[i] . interest_vectors[k] (the paper's max-merge); with it, recall's mixture
+    T log sum_k exp(s_ik / T + b_k), and the winning interest is the one with the largest term. The padding
     item 0 and the user's history items are excluded. Ties: between items the smaller index ranks first; for
     one item the lowest slot wins (as streams' merge).
 
@@ -79,6 +83,8 @@ def merged_top_n(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, 
         item_vectors: (I, d) float, row 0 = padding.
         histories: B int arrays of item indices to exclude.
         n: list length; at most I - 1.
+        interest_bias: (B, K) float, b = `RetrievalModel.merge_bias`; None = the max-merge.
+        temperature: T of the mixture.
     Returns:
         top_items (B, n) int64 best first, winning_interest (B, n) int64 slot, scores (B, n) float64.
     """
@@ -88,9 +94,14 @@ def merged_top_n(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, 
     if not 1 <= n <= len(items) - 1:
         raise ValueError(f"merged_top_n: n={n} must be in 1..{len(items) - 1} (the number of real items)")
     per_interest = np.einsum("bkd,id->bki", vectors, items)               # (B, K, I)
+    if interest_bias is not None:
+        per_interest = per_interest / temperature + np.asarray(interest_bias, dtype=np.float64)[:, :, None]
     per_interest[~mask] = -np.inf
     winner = per_interest.argmax(axis=1)                                  # (B, I): first max = lowest slot
-    scores = per_interest.max(axis=1)                                     # (B, I)
+    if interest_bias is None:
+        scores = per_interest.max(axis=1)                                 # (B, I)
+    else:
+        scores = temperature * np.logaddexp.reduce(per_interest, axis=1)
     scores[:, 0] = -np.inf
     for row, history in enumerate(histories):
         scores[row, np.asarray(history, dtype=np.int64)] = -np.inf
@@ -206,8 +217,9 @@ def top_n_survival(top_before: np.ndarray, top_after: np.ndarray) -> np.ndarray:
 
 
 def interest_diagnostics(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray,
-                         item_vectors: np.ndarray, histories: Sequence[np.ndarray],
-                         n: int = 50) -> dict[str, np.ndarray]:
+                         item_vectors: np.ndarray, histories: Sequence[np.ndarray], n: int = 50,
+                         interest_bias: np.ndarray | None = None,
+                         temperature: float = 1.0) -> dict[str, np.ndarray]:
     """All per-user collapse diagnostics of one set of interests.
 
     Args: as `merged_top_n`.
@@ -215,7 +227,8 @@ def interest_diagnostics(interest_vectors: np.ndarray, valid_interest_mask: np.n
         {"num_interests", "mean_pairwise_cosine", "interests_contributing", "dominant_share", "norm_ratio"},
         each (B,).
     """
-    _, winning, _ = merged_top_n(interest_vectors, valid_interest_mask, item_vectors, histories, n)
+    _, winning, _ = merged_top_n(interest_vectors, valid_interest_mask, item_vectors, histories, n,
+                                 interest_bias, temperature)
     contributing, dominant = contribution(winning, valid_interest_mask)
     return {
         "num_interests": np.asarray(valid_interest_mask, bool).sum(axis=1),
@@ -227,8 +240,9 @@ def interest_diagnostics(interest_vectors: np.ndarray, valid_interest_mask: np.n
 
 
 def stability(before: np.ndarray, before_mask: np.ndarray, after: np.ndarray, after_mask: np.ndarray,
-              item_vectors: np.ndarray, histories: Sequence[np.ndarray],
-              n: int = 50) -> dict[str, np.ndarray]:
+              item_vectors: np.ndarray, histories: Sequence[np.ndarray], n: int = 50,
+              interest_bias: tuple[np.ndarray, np.ndarray] | None = None,
+              temperature: float = 1.0) -> dict[str, np.ndarray]:
     """How much one new event moves a user's interests and merged list.
 
     Both merged lists exclude the same `histories` (pass the history after the event, which includes the
@@ -240,11 +254,13 @@ def stability(before: np.ndarray, before_mask: np.ndarray, after: np.ndarray, af
         item_vectors: (I, d), row 0 = padding.
         histories: B int arrays excluded from both lists.
         n: list length.
+        interest_bias, temperature: the merge (as `merged_top_n`): the biases before and after.
     Returns:
         {"num_interests" (K'u after), "same_slot_cosine", "matched_slot_cosine", "top_n_survival"}, each (B,).
     """
-    top_before, _, _ = merged_top_n(before, before_mask, item_vectors, histories, n)
-    top_after, _, _ = merged_top_n(after, after_mask, item_vectors, histories, n)
+    bias_before, bias_after = interest_bias if interest_bias is not None else (None, None)
+    top_before, _, _ = merged_top_n(before, before_mask, item_vectors, histories, n, bias_before, temperature)
+    top_after, _, _ = merged_top_n(after, after_mask, item_vectors, histories, n, bias_after, temperature)
     return {
         "num_interests": np.asarray(after_mask, bool).sum(axis=1),
         "same_slot_cosine": same_slot_cosine(before, after, before_mask, after_mask),

@@ -6,8 +6,9 @@ Two protocols, both on users the model never trained on:
 - user-split: history = the first 80% (config.holdout_fraction) of the user's time-ordered behaviours,
   targets = the rest (the ComiRec-style protocol for held-out users).
 
-Scoring is the paper's f_score: an item's score is the max over the user's valid interests of v_k . e_i,
-computed for every item (no sampled negatives, no approximate index). Items already in the history are
+Scoring is recall's: `RetrievalModel.recall_scores` under config.interest_merge (the paper's f_score, the max
+over the user's valid interests of v_k . e_i, or the interests' mixture), computed for every item (no
+sampled negatives, no approximate index). Items already in the history are
 never recommended (MovieLens users do not rate a movie twice; a target that repeats a history item could
 then never be hit, so such targets are dropped and a next-item user whose target repeats is skipped).
 The model sees the most recent config.max_history_length items of the history; exclusion uses all of it.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -132,54 +133,58 @@ def pad_histories(histories: Sequence[np.ndarray], max_length: int) -> tuple[np.
     return history, history > 0
 
 
-def f_scores(interest_vectors: torch.Tensor, valid_interest_mask: torch.Tensor,
-             item_embeddings: torch.Tensor) -> torch.Tensor:
-    """f_score(V_u, e_i) = max over valid k of v_k . e_i. (B, K, d), (B, K), (N, d) -> (B, N)."""
-    scores = torch.einsum("bkd,nd->bkn", interest_vectors, item_embeddings)
-    scores = scores.masked_fill(~valid_interest_mask.unsqueeze(-1), -torch.inf)
-    return scores.max(dim=1).values
-
-
 def model_scorer(model: RetrievalModel, max_history_length: int) -> Scorer:
-    """A Scorer from a trained model: interests of each history, f_score against every item."""
+    """A Scorer from a trained model: interests of each history, every item's `recall_scores`."""
     model.eval()
     with torch.no_grad():
         item_table = model.all_item_embeddings()
 
     def score(histories: Sequence[np.ndarray], profiles: np.ndarray) -> np.ndarray:
         history, mask = pad_histories(histories, max_history_length)
+        mask_t = torch.from_numpy(mask)
         with torch.no_grad():
-            output = model.interests(torch.from_numpy(history), torch.from_numpy(mask),
+            output = model.interests(torch.from_numpy(history), mask_t,
                                      torch.from_numpy(np.asarray(profiles, dtype=np.int64)))
-            return f_scores(output.interest_vectors, output.valid_interest_mask, item_table).numpy()
+            return model.recall_scores(output, mask_t, item_table).numpy()
 
     return score
 
 
+class UserInterests(NamedTuple):
+    """A batch of users' interests as recall merges them."""
+
+    vectors: np.ndarray   # (B, K, d) float32
+    mask: np.ndarray      # (B, K) bool
+    bias: np.ndarray      # (B, K) float32: each interest's merge logit (`RetrievalModel.merge_bias`)
+
+
 def model_interests(model: RetrievalModel, histories: Sequence[np.ndarray], profiles: np.ndarray,
-                    max_history_length: int, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                    max_history_length: int, batch_size: int = 512) -> UserInterests:
     """Interest vectors of histories (each time-ordered item indices; the most recent max_history_length
     seen).
 
     Args:
         histories: B int arrays; profiles: (B, P) int64.
     Returns:
-        interest_vectors (B, K, d) float32, valid_interest_mask (B, K) bool.
+        UserInterests with B rows.
     """
     model.eval()
-    vectors, masks = [], []
+    vectors, masks, biases = [], [], []
     for start in range(0, len(histories), batch_size):
         history, mask = pad_histories(histories[start:start + batch_size], max_history_length)
+        mask_t = torch.from_numpy(mask)
         with torch.no_grad():
-            output = model.interests(torch.from_numpy(history), torch.from_numpy(mask),
+            output = model.interests(torch.from_numpy(history), mask_t,
                                      torch.from_numpy(np.asarray(profiles[start:start + batch_size],
                                                                  dtype=np.int64)))
+            biases.append(model.merge_bias(output, mask_t).numpy())
         vectors.append(output.interest_vectors.numpy())
         masks.append(output.valid_interest_mask.numpy())
     if not vectors:
         k = model.num_interests
-        return np.zeros((0, k, model.config.embedding_dim), np.float32), np.zeros((0, k), bool)
-    return np.concatenate(vectors), np.concatenate(masks)
+        return UserInterests(np.zeros((0, k, model.config.embedding_dim), np.float32), np.zeros((0, k), bool),
+                             np.zeros((0, k), np.float32))
+    return UserInterests(np.concatenate(vectors), np.concatenate(masks), np.concatenate(biases))
 
 
 def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences: Sequence[np.ndarray],
@@ -195,26 +200,28 @@ def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences
     cases = user_split_cases(sequences, users, holdout_fraction)
     histories = [case.history for case in cases]
     profiles = user_profile[[case.user for case in cases]] if cases else user_profile[:0]
-    vectors, mask = model_interests(model, histories, profiles, max_history_length)
+    now = model_interests(model, histories, profiles, max_history_length)
+    temperature = model.config.logit_temperature
     with torch.no_grad():
         item_vectors = model.all_item_embeddings().numpy()
     n = min(n, len(item_vectors) - 1)
     per_user: dict[str, list[np.ndarray]] = {}
     full = [row for row, history in enumerate(histories) if len(history) >= max_history_length]
     after_histories = [sequences[cases[row].user][: len(histories[row]) + 1] for row in full]
-    after_vectors, after_mask = model_interests(model, after_histories, profiles[full], max_history_length)
+    after = model_interests(model, after_histories, profiles[full], max_history_length)
     stable: dict[str, list[np.ndarray]] = {}
     for start in range(0, max(len(cases), len(full)), batch_size):
         rows = slice(start, start + batch_size)
         if start < len(cases):
-            chunk = diagnostics.interest_diagnostics(vectors[rows], mask[rows], item_vectors,
-                                                     histories[rows], n)
+            chunk = diagnostics.interest_diagnostics(now.vectors[rows], now.mask[rows], item_vectors,
+                                                     histories[rows], n, now.bias[rows], temperature)
             for name, values in chunk.items():
                 per_user.setdefault(name, []).append(values)
         if start < len(full):
             before = full[rows]
-            chunk = diagnostics.stability(vectors[before], mask[before], after_vectors[rows],
-                                          after_mask[rows], item_vectors, after_histories[rows], n)
+            chunk = diagnostics.stability(now.vectors[before], now.mask[before], after.vectors[rows],
+                                          after.mask[rows], item_vectors, after_histories[rows], n,
+                                          (now.bias[before], after.bias[rows]), temperature)
             for name, values in chunk.items():
                 stable.setdefault(name, []).append(values)
     return {

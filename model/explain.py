@@ -3,8 +3,8 @@
 Rows are the behaviours the user tower sees (the most recent max_history_length, oldest on top), labelled
 with the item and its genres; columns are the user's valid interests. Each row sums to 1 (a behaviour's
 softmax over the interests). Next to the heatmap: for each interest, the items it retrieves best (labelled
-with the dataset's item id or title and side text), and the merged top list (the paper's max-merge) with the
-interest that gave each item.
+with the dataset's item id or title and side text), and the merged top list (recall's merge,
+config.interest_merge) with the interest that gave each item.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Explanation:
     coupling: np.ndarray                 # (n, K'u) routing weights of the last round
     interest_top_items: list[list[str]]  # per valid interest: labels of its best items (history excluded)
     interest_top_scores: list[list[float]]  # their inner products with that interest
-    merged_top: list[tuple[str, int]]    # the max-merged top list: (label, interest index 0..K'u-1)
+    merged_top: list[tuple[str, int]]    # the merged top list: (label, interest index 0..K'u-1)
     pairwise_cosine: float               # mean cosine between the valid interests (NaN for K'u = 1)
 
 
@@ -50,8 +50,10 @@ def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int 
     history, mask = pad_histories([sequence], model.config.max_history_length)
     model.eval()
     with torch.no_grad():
-        output = model.interests(torch.from_numpy(history), torch.from_numpy(mask),
+        mask_t = torch.from_numpy(mask)
+        output = model.interests(torch.from_numpy(history), mask_t,
                                  torch.from_numpy(data.user_profile[user: user + 1]))
+        bias = model.merge_bias(output, mask_t).numpy()
         valid = output.valid_interest_mask[0].numpy()
         item_table = model.all_item_embeddings()
         per_interest = output.interest_vectors[0, valid] @ item_table.T                 # (K'u, N + 1)
@@ -60,7 +62,8 @@ def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int 
     top = top_n_excluding_history(per_interest.numpy(), [sequence] * int(valid.sum()), top_items)
     vectors = output.interest_vectors.numpy()
     merged, winner, _ = merged_top_n(vectors, output.valid_interest_mask.numpy(), item_table.numpy(),
-                                     [sequence], min(merged_items, data.num_items))
+                                     [sequence], min(merged_items, data.num_items), bias,
+                                     model.config.logit_temperature)
     return Explanation(
         user_id=str(user_id),
         behaviour_labels=[_label(data, int(i)) for i in history[0, :n]],
@@ -92,7 +95,7 @@ def plot_explanation(explanation: Explanation, out_path: str | Path) -> Path:
                                             strict=True)):
         lines.append(f"interest {j + 1} retrieves:")
         lines += [f"  {score:6.2f}  {label}" for label, score in zip(items, scores, strict=True)]
-    lines.append("merged top list (max over interests):")
+    lines.append("merged top list (recall's merge):")
     lines += [f"  [{k + 1}] {label}" for label, k in explanation.merged_top]
     figure.text(0.6 + 0.08 * k, 0.9, "\n".join(lines), fontsize=7, va="top", family="monospace")
     out_path = Path(out_path)

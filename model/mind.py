@@ -1,9 +1,10 @@
 """MIND: Multi-Interest Network with Dynamic routing (Li et al., CIKM 2019).
 
 The user tower turns a history of items (plus a profile) into up to K interest vectors; the item tower is
-the pooled item embedding. Serving scores an item by f_score = max over the valid interests of v_k . e_i;
-training scores each candidate the same way by default, or through label-aware attention (the paper;
-config.candidate_scoring).
+the pooled item embedding. Recall scores an item by the paper's f_score = max over the valid interests of
+v_k . e_i, or by a mixture of the interests weighted by their routing mass (config.interest_merge,
+`RetrievalModel.recall_scores`); training scores each candidate by the max by default, or through
+label-aware attention (the paper; config.candidate_scoring).
 """
 
 from __future__ import annotations
@@ -83,6 +84,54 @@ class RetrievalModel(nn.Module):
         if self.config.normalize == "interests":
             interest_vectors = F.normalize(interest_vectors, dim=-1)
         return interest_vectors * valid_interest_mask.unsqueeze(-1).to(interest_vectors.dtype)
+
+    def interest_log_prior(self, coupling: Tensor, history_mask: Tensor,
+                           valid_interest_mask: Tensor) -> Tensor:
+        """log pi_k: each valid interest's share of the routing coupling, behaviour i counting
+        config.interest_prior_decay ** age_i (age 0 = the most recent behaviour).
+
+        Shape:
+            coupling (B, L, K) float, history_mask (B, L) bool left-aligned, valid_interest_mask (B, K) bool.
+        Returns:
+            (B, K) float: log pi over the valid interests (they sum to 1); invalid interests are 0.
+        """
+        lengths = history_mask.to(torch.long).sum(-1, keepdim=True)                       # (B, 1)
+        positions = torch.arange(history_mask.shape[1], device=history_mask.device).unsqueeze(0)
+        age = (lengths - 1 - positions).clamp(min=0).to(coupling.dtype)                   # (B, L)
+        weight = torch.pow(torch.full_like(age, self.config.interest_prior_decay), age)
+        weight = weight * history_mask.to(coupling.dtype)
+        valid = valid_interest_mask.to(coupling.dtype)
+        mass = (coupling * weight.unsqueeze(-1)).sum(1) * valid                              # (B, K)
+        share = mass / mass.sum(-1, keepdim=True).clamp(min=1e-30)
+        return torch.log(share.clamp(min=1e-9)) * valid
+
+    def merge_bias(self, output: InterestOutput, history_mask: Tensor) -> Tensor:
+        """Each interest's additive logit in the recall merge: w log pi_k for 'mixture', zeros for 'max'.
+        (B, L) bool -> (B, K) float."""
+        if self.config.interest_merge == "max":
+            return torch.zeros_like(output.valid_interest_mask, dtype=output.interest_vectors.dtype)
+        return self.config.interest_prior_weight * self.interest_log_prior(
+            output.coupling, history_mask, output.valid_interest_mask)
+
+    def recall_scores(self, output: InterestOutput, history_mask: Tensor, item_embeddings: Tensor) -> Tensor:
+        """Every item's recall score under config.interest_merge.
+
+        'max': f_score = max_k v_k . e_i (the paper). 'mixture': T log sum_k exp(v_k . e_i / T + b_k), with
+        T = config.logit_temperature and b = `merge_bias` (w log pi_k): a soft max in which an interest counts
+        by the share of the user's recent behaviours routed to it.
+
+        Shape:
+            output: of `interests` (B, K, d); history_mask (B, L) bool; item_embeddings (N, d).
+        Returns:
+            (B, N) float.
+        """
+        scores = torch.einsum("bkd,nd->bkn", output.interest_vectors, item_embeddings)
+        blocked = ~output.valid_interest_mask.unsqueeze(-1)
+        if self.config.interest_merge == "max":
+            return scores.masked_fill(blocked, -torch.inf).max(dim=1).values
+        temperature = self.config.logit_temperature
+        logits = scores / temperature + self.merge_bias(output, history_mask).unsqueeze(-1)
+        return temperature * torch.logsumexp(logits.masked_fill(blocked, -torch.inf), dim=1)
 
     def forward(self, history: Tensor, history_mask: Tensor, profile: Tensor, target: Tensor) -> Tensor:
         """Training view: the user vector label-aware attention picks for each target. -> (B, d)."""

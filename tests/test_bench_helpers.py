@@ -1,5 +1,5 @@
 """The benchmark scripts' own logic (no timing asserted): freshness matching, Zipf draws, the report
-writer, the merge screen's interest prior."""
+writer."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
 
 import bench_stream  # noqa: E402
 import report  # noqa: E402
-import screen_merges  # noqa: E402
 
 
 def test_an_event_is_fresh_at_the_first_update_of_its_user_that_covers_its_time() -> None:
@@ -101,13 +99,3 @@ def test_the_report_names_unmet_goals_met_goals_and_failed_benchmarks(tmp_path: 
     assert "Goals not met" in text and "**Freshness at 1,000 ev/s**" in text
     assert (tmp_path / "plots" / "freshness.png").stat().st_size > 0
     assert (tmp_path / "plots" / "tower.png").stat().st_size > 0
-
-
-def test_the_interest_prior_is_each_interests_share_of_the_age_weighted_coupling() -> None:
-    coupling = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.0, 0.0]]])  # 3 behaviours, 1 padding
-    mask = torch.tensor([[True, True, True, False]])
-    flat = screen_merges.interest_prior(coupling, mask, gamma=1.0).exp()
-    torch.testing.assert_close(flat, torch.tensor([[0.5, 0.5]]))
-    # gamma 0.5: ages 2, 1, 0 weigh 0.25, 0.5, 1 -> masses 0.25 + 0.5 and 0.5 + 0.5
-    recent = screen_merges.interest_prior(coupling, mask, gamma=0.5).exp()
-    torch.testing.assert_close(recent, torch.tensor([[0.75 / 1.75, 1.0 / 1.75]]))

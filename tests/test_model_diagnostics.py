@@ -51,6 +51,19 @@ def test_merged_top_n_max_merges_excludes_history_and_padding_and_names_the_winn
     assert interests.tolist() == [2] and dominant.tolist() == [pytest.approx(2 / 3)]
 
 
+def test_merged_top_n_with_a_bias_ranks_by_the_mixture_and_names_the_largest_term():
+    # scores as above; T = 1, b = (0, log 3): terms 1, 0, .5, 3 against 0 + log 3, 2 + log 3, 1 + log 3, ...
+    vectors = np.array([[[1.0, 0.0], [0.0, 2.0]]])
+    bias = np.array([[0.0, math.log(3.0)]])
+    top, winner, scores = merged_top_n(vectors, np.array([[True, True]]), ITEMS, [np.array([], dtype=int)],
+                                       n=4, interest_bias=bias, temperature=1.0)
+    by_hand = {i: math.log(math.exp(a) + 3 * math.exp(b))
+               for i, (a, b) in {1: (1, 0), 2: (0, 2), 3: (0.5, 1), 4: (3, -2)}.items()}
+    assert top.tolist() == [sorted(by_hand, key=lambda i: -by_hand[i])]
+    assert scores[0].tolist() == pytest.approx([by_hand[i] for i in top[0]])
+    assert dict(zip(top[0].tolist(), winner[0].tolist(), strict=True)) == {1: 1, 2: 1, 3: 1, 4: 0}
+
+
 def test_merged_top_n_breaks_ties_by_smaller_item_then_lower_slot_and_ignores_invalid_interests():
     # both interests score item 1 as 1 (lowest slot wins); items 1 and 3 tie at 1 (item 1 first);
     # the invalid third interest (0, 9) would have won item 2

@@ -117,6 +117,36 @@ def test_normalised_interests_are_unit_length_and_invalid_ones_zero():
         assert bool((norms[~out.valid_interest_mask] == 0).all())
 
 
+def test_the_interest_prior_is_each_valid_interests_share_of_the_age_weighted_coupling():
+    coupling = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[True, True, True, False]])                      # 3 behaviours, 1 padding
+    valid = torch.tensor([[True, True, False]])
+    flat = tiny_model(interest_prior_decay=1.0).interest_log_prior(coupling, mask, valid)
+    torch.testing.assert_close(flat, torch.log(torch.tensor([[0.5, 0.5, 1.0]])))   # invalid slot: log 1 = 0
+    # decay 0.5: ages 2, 1, 0 weigh 0.25, 0.5, 1 -> masses 0.25 + 0.5 and 0.5 + 0.5
+    recent = tiny_model(interest_prior_decay=0.5).interest_log_prior(coupling, mask, valid).exp()
+    torch.testing.assert_close(recent[:, :2], torch.tensor([[0.75 / 1.75, 1.0 / 1.75]]))
+
+
+def test_recall_scores_are_the_max_or_the_prior_weighted_mixture_of_the_valid_interests():
+    history, mask, profile = batch([1, 6, 20])
+    items = torch.randn(7, 8)
+    paper = tiny_model(interest_merge="max")
+    out = paper.interests(history, mask, profile)
+    inner = torch.einsum("bkd,nd->bkn", out.interest_vectors, items).masked_fill(
+        ~out.valid_interest_mask.unsqueeze(-1), -torch.inf)
+    torch.testing.assert_close(paper.recall_scores(out, mask, items), inner.max(1).values)
+    assert bool((paper.merge_bias(out, mask) == 0).all())
+    mixture = tiny_model(interest_merge="mixture", interest_prior_weight=2.0, logit_temperature=0.5)
+    bias = mixture.merge_bias(out, mask)
+    torch.testing.assert_close(bias, 2.0 * mixture.interest_log_prior(out.coupling, mask,
+                                                                      out.valid_interest_mask))
+    by_hand = 0.5 * torch.log((torch.exp(inner / 0.5) * torch.exp(bias).unsqueeze(-1)).sum(1))
+    torch.testing.assert_close(mixture.recall_scores(out, mask, items), by_hand)
+    # one valid interest (row 0, K'u = 1): pi = 1, so the mixture is the inner product itself
+    torch.testing.assert_close(mixture.recall_scores(out, mask, items)[0], inner[0, 0])
+
+
 def test_a_config_without_the_later_flags_rebuilds_the_model_it_was_trained_as():
     stored = {k: v for k, v in MindConfig().to_dict().items() if k not in LEGACY_VALUES}
     rebuilt = MindConfig.from_dict(stored)

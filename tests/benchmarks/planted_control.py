@@ -63,10 +63,10 @@ def recovery_of_run(run_dir: Path, top_n: int) -> dict[str, dict]:
         histories = [case.history for case in cases]
         planted = [np.flatnonzero(user_clusters[case.user]) for case in cases]
         profiles = data.user_profile[[case.user for case in cases]]
-        vectors, mask = model_interests(checkpoint.model, histories, profiles, config.max_history_length)
+        interests = model_interests(checkpoint.model, histories, profiles, config.max_history_length)
         items = checkpoint.model.all_item_embeddings().detach().numpy()
-        out[model_name] = summarize(planted_recovery(vectors, mask, items, histories, item_cluster, planted,
-                                                     n=top_n))["all"]
+        out[model_name] = summarize(planted_recovery(interests.vectors, interests.mask, items, histories,
+                                                     item_cluster, planted, n=top_n))["all"]
     return out
 
 
