@@ -41,6 +41,8 @@ PAD_TOKEN = "<pad>"
 
 INPUT_NAMES = ("history", "history_mask", "profile")
 OUTPUT_NAMES = ("interest_vectors", "valid_interest_mask")
+BIAS_OUTPUT = "interest_bias"  # (B, K) float: each interest's logit in the 'mixture' merge (export.merge)
+MERGE_RULES = ("max", "mixture")
 
 # Written into every manifest so a reader of the artifact alone knows how raw values become indices.
 UNKNOWN_VALUE_RULES = {
@@ -64,7 +66,9 @@ class Manifest:
     `files` maps each file name in `HASHED_FILES` to its sha256 hex digest. `adaptive_interests`: the
     valid-interest mask follows K'u = max(1, min(K, floor(log2 n))) (else all K are valid). `parity` records
     the onnxruntime-vs-PyTorch check done at export time (tolerance, max abs difference, cases checked).
-    `source` records where the artifact came from (checkpoint path), for `mind-export verify`.
+    `source` records where the artifact came from (checkpoint path), for `mind-export verify`. `merge` is
+    how recall merges a user's interests (`export.merge`): {"rule": "max"} (the paper), or {"rule":
+    "mixture", "temperature": T}, whose tower also outputs `interest_bias`.
     """
 
     model_version: str
@@ -84,6 +88,7 @@ class Manifest:
     parity: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    merge: dict[str, Any] = dataclasses.field(default_factory=lambda: {"rule": "max"})
     created_at: str = dataclasses.field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
@@ -130,6 +135,14 @@ class Manifest:
                 f"{source}: onnx inputs {self.onnx_inputs} / outputs {self.onnx_outputs} do not match the "
                 f"contract {list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}; re-export the artifact"
             )
+        rule = self.merge.get("rule") if isinstance(self.merge, Mapping) else None
+        temperature = self.merge.get("temperature") if rule == "mixture" else 1.0
+        if (rule not in MERGE_RULES or isinstance(temperature, bool)
+                or not isinstance(temperature, int | float) or not (0 < temperature < math.inf)
+                or (rule == "mixture") != (BIAS_OUTPUT in self.onnx_outputs)):
+            raise ArtifactError(f"{source}: merge {self.merge!r} is not {{'rule': 'max'}} or {{'rule': "
+                                f"'mixture', 'temperature': T > 0}} with a {BIAS_OUTPUT} output; re-export "
+                                "the artifact")
         missing_hashes = [f for f in HASHED_FILES if f not in self.files]
         if missing_hashes:
             raise ArtifactError(f"{source}: no sha256 for {', '.join(missing_hashes)}; "

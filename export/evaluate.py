@@ -1,6 +1,6 @@
 """Offline evaluation of what is served: the artifact's ONNX tower, its item vectors and `export.merge`.
 
-`mind-model evaluate` scores the PyTorch model with the paper's max-merge; this scores the artifact the way
+`mind-model evaluate` scores the PyTorch model with its merge; this scores the artifact the way
 `streams.recall` answers, for each diversity λ: raw-id histories and profiles through `UserTowerRuntime`, one
 inner-product ranking per valid interest over the artifact's item vectors (history items left out, as
 `exclude`), merged by `merge_with_search` (the served merge and its deepening search). The users and the two
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from export.artifact import ArtifactError
-from export.merge import InterestList, MergedList, merge_with_search, validate_diversity
+from export.merge import InterestList, MergedList, Mixture, merge_with_search, validate_diversity
 from export.runtime import UserTowerRuntime
 
 DIVERSITIES = (0.0, 0.25, 0.5, 1.0)
@@ -53,13 +53,25 @@ def interest_rankings(interest_vectors: np.ndarray, item_vectors: np.ndarray,
     return rankings
 
 
-def served_merge(rankings: Sequence[tuple[np.ndarray, np.ndarray]], n: int, diversity: float) -> MergedList:
+def served_merge(rankings: Sequence[tuple[np.ndarray, np.ndarray]], n: int, diversity: float,
+                 mixture: Mixture | None = None) -> MergedList:
     """The served merge over full rankings, searched as `streams.recall` searches (top-depth, deepening)."""
     def search(depth: int) -> list[InterestList]:
         return [InterestList(items[:depth], scores[:depth], complete=len(items) <= depth)
                 for items, scores in rankings]
 
-    return merge_with_search(search, n, diversity=diversity)
+    return merge_with_search(search, n, diversity=diversity, mixture=mixture)
+
+
+def user_mixture(runtime: UserTowerRuntime, interest_vectors: np.ndarray, interest_bias: np.ndarray,
+                 item_vectors: np.ndarray) -> Mixture | None:
+    """The artifact's 'mixture' rule for one user's valid interests (K'u, d) and biases (K'u,); None = max."""
+    merge = runtime.manifest.merge
+    if merge["rule"] != "mixture":
+        return None
+    vectors = interest_vectors.astype(np.float64)
+    return Mixture(interest_bias, float(merge["temperature"]),
+                   lambda items: vectors @ item_vectors[items].astype(np.float64).T)
 
 
 def _metrics(tops: list[np.ndarray], targets: Sequence[np.ndarray], n: int) -> dict[str, float]:
@@ -105,8 +117,11 @@ def evaluate_users(runtime: UserTowerRuntime, data: Any, users: np.ndarray, hold
         rankings = [interest_rankings(vectors[mask], item_vectors, case.history)
                     for vectors, mask, case in zip(output.interest_vectors, output.valid_interest_mask, cases,
                                                    strict=True)]
+        mixtures = [user_mixture(runtime, vectors[mask], bias[mask], item_vectors)
+                    for vectors, mask, bias in zip(output.interest_vectors, output.valid_interest_mask,
+                                                   output.interest_bias, strict=True)]
         for diversity in diversities:
-            merged = [served_merge(r, n, diversity) for r in rankings]
+            merged = [served_merge(r, n, diversity, m) for r, m in zip(rankings, mixtures, strict=True)]
             key = f"{diversity:g}"
             results[key][protocol] = _metrics([m.item_index for m in merged], [c.targets for c in cases], n)
             if protocol == "user_split":

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from export.artifact import (
+    BIAS_OUTPUT,
     INPUT_NAMES,
     OUTPUT_NAMES,
     ArtifactError,
@@ -43,13 +44,15 @@ class UserTowerForExport(nn.Module):
     """MIND's user tower over item indices, with the pooled item table frozen in as a constant.
 
     forward: history (B, L) int64, history_mask (B, L) bool, profile (B, P) int64
-        -> interest_vectors (B, K, d) float32, valid_interest_mask (B, K) bool[, coupling (B, L, K)]
+        -> interest_vectors (B, K, d) float32, valid_interest_mask (B, K) bool[, interest_bias (B, K)
+        float32 when the model merges by 'mixture'][, coupling (B, L, K)]
     """
 
     def __init__(self, mind: nn.Module, with_coupling: bool = False) -> None:
         super().__init__()
         self.mind = mind
         self.with_coupling = with_coupling
+        self.with_bias = mind.config.interest_merge == "mixture"
         with torch.no_grad():
             item_table = mind.all_item_embeddings().detach().to(torch.float32).clone()  # (N + 1, d)
         self.register_buffer("item_table", item_table)
@@ -59,9 +62,21 @@ class UserTowerForExport(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         behaviour_embeddings = nn.functional.embedding(history, self.item_table)  # (B, L, d)
         output = self.mind.interests_from_embeddings(behaviour_embeddings, history_mask, profile, history)
-        if self.with_coupling:
-            return output.interest_vectors, output.valid_interest_mask, output.coupling
-        return output.interest_vectors, output.valid_interest_mask
+        outputs = (output.interest_vectors, output.valid_interest_mask)
+        if self.with_bias:
+            outputs += (self.mind.merge_bias(output, history_mask),)
+        return outputs + ((output.coupling,) if self.with_coupling else ())
+
+    def output_names(self) -> list[str]:
+        """The ONNX graph's outputs, in `forward`'s order."""
+        return (list(OUTPUT_NAMES) + ([BIAS_OUTPUT] if self.with_bias else [])
+                + ([COUPLING_OUTPUT] if self.with_coupling else []))
+
+    def merge(self) -> dict[str, Any]:
+        """The manifest's `merge` (export.merge): the rule and the mixture's temperature."""
+        if not self.with_bias:
+            return {"rule": "max"}
+        return {"rule": "mixture", "temperature": float(self.mind.config.logit_temperature)}
 
 
 # --- ONNX export --------------------------------------------------------------------------------------
@@ -83,7 +98,7 @@ def export_onnx_bytes(
     if max_history_length > 1:  # a Dim needs a range; a tower of length 1 has a static L
         history_axes[1] = torch.export.Dim("history_length", min=1, max=max_history_length)
     dynamic_shapes = {"history": history_axes, "history_mask": history_axes, "profile": {0: batch}}
-    output_names = list(OUTPUT_NAMES) + ([COUPLING_OUTPUT] if tower.with_coupling else [])
+    output_names = tower.output_names()
     with warnings.catch_warnings(), torch.no_grad():
         # The exporter warns about renaming dims that share constraints; that is expected here.
         warnings.simplefilter("ignore")
@@ -209,7 +224,9 @@ def check_parity(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ParityReport:
     """Compare onnxruntime with the PyTorch model's own `interests` (which embeds items on the fly, so the
-    frozen item table is checked too). Vectors must agree within `tolerance`, K'u masks exactly."""
+    frozen item table is checked too). Vectors (and a mixture's interest biases) must agree within
+    `tolerance`, K'u masks exactly."""
+    with_bias = BIAS_OUTPUT in {output.name for output in session.get_outputs()}
     worst, worst_case, mismatches, n_cases, n_rows = 0.0, "", 0, 0, 0
     mind.eval()
     with torch.no_grad():
@@ -218,12 +235,17 @@ def check_parity(
                 torch.from_numpy(case.history), torch.from_numpy(case.history_mask),
                 torch.from_numpy(case.profile)
             )
-            vectors, valid = session.run(
-                list(OUTPUT_NAMES),
+            got = session.run(
+                list(OUTPUT_NAMES) + ([BIAS_OUTPUT] if with_bias else []),
                 {"history": case.history, "history_mask": case.history_mask, "profile": case.profile},
             )
+            vectors, valid = got[0], got[1]
             expected_vectors = expected.interest_vectors.numpy()
             expected_valid = expected.valid_interest_mask.numpy()
+            if with_bias:  # compared as one array with the vectors: (B, K, d + 1)
+                bias = mind.merge_bias(expected, torch.from_numpy(case.history_mask)).numpy()
+                expected_vectors = np.concatenate([expected_vectors, bias[..., None]], axis=-1)
+                vectors = np.concatenate([vectors, got[2][..., None]], axis=-1)
             if vectors.shape != expected_vectors.shape or valid.shape != expected_valid.shape:
                 diff, mismatches = float("inf"), mismatches + max(valid.size, expected_valid.size)
             else:
@@ -371,7 +393,8 @@ def export_artifact(
             "max_history_length": max_len,
             "num_items": num_items,
             "profile_fields": profile_fields,
-            "onnx_outputs": list(OUTPUT_NAMES) + ([COUPLING_OUTPUT] if with_coupling else []),
+            "onnx_outputs": tower.output_names(),
+            "merge": tower.merge(),
             "opset": onnx_opset(onnx_bytes),
             "adaptive_interests": bool(config.get("adaptive_interests", True)),
             "item_features": list(vocab.item_features),

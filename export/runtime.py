@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.artifact import (
+    BIAS_OUTPUT,
     INPUT_NAMES,
     ITEM_VECTORS_FILE,
     ONNX_FILE,
@@ -37,14 +38,17 @@ THREADS_ENV = "MINDSTREAM_ORT_THREADS"
 
 _EXPECTED_INPUT_TYPES = {"history": "tensor(int64)", "history_mask": "tensor(bool)",
                          "profile": "tensor(int64)"}
-_EXPECTED_OUTPUT_TYPES = {"interest_vectors": "tensor(float)", "valid_interest_mask": "tensor(bool)"}
+_EXPECTED_OUTPUT_TYPES = {"interest_vectors": "tensor(float)", "valid_interest_mask": "tensor(bool)",
+                          BIAS_OUTPUT: "tensor(float)"}
 
 
 class TowerOutput(NamedTuple):
-    """interest_vectors float32 (B, K, d); valid_interest_mask bool (B, K) — True for the first K'_u slots."""
+    """interest_vectors float32 (B, K, d); valid_interest_mask bool (B, K) — True for the first K'_u slots;
+    interest_bias float32 (B, K): each interest's logit in the 'mixture' merge (zeros under 'max')."""
 
     interest_vectors: np.ndarray
     valid_interest_mask: np.ndarray
+    interest_bias: np.ndarray
 
 
 def pack_histories(index_rows: Sequence[Sequence[int]],
@@ -107,7 +111,8 @@ class UserTowerRuntime:
             {raw: index for index, raw in enumerate(vocab.profile[field]) if index > 0}
             for field in manifest.profile_fields
         ]
-        self._output_names = list(OUTPUT_NAMES)
+        with_bias = BIAS_OUTPUT in manifest.onnx_outputs
+        self._output_names = list(OUTPUT_NAMES) + ([BIAS_OUTPUT] if with_bias else [])
         self._max_len = manifest.max_history_length
         self._num_profile_fields = len(manifest.profile_fields)
 
@@ -206,8 +211,9 @@ class UserTowerRuntime:
             raise ValueError(f"infer: history length {history.shape[1]} > max_history_length {self._max_len}")
         if batch == 0:
             k, d = self.manifest.num_interests, self.manifest.embedding_dim
-            return TowerOutput(np.zeros((0, k, d), np.float32), np.zeros((0, k), np.bool_))
-        interest_vectors, valid_interest_mask = self._session.run(
+            return TowerOutput(np.zeros((0, k, d), np.float32), np.zeros((0, k), np.bool_),
+                               np.zeros((0, k), np.float32))
+        outputs = self._session.run(
             self._output_names,
             {
                 "history": history if history.dtype == np.int64 else history.astype(np.int64),
@@ -216,7 +222,8 @@ class UserTowerRuntime:
                 "profile": profile if profile.dtype == np.int64 else profile.astype(np.int64),
             },
         )
-        return TowerOutput(interest_vectors, valid_interest_mask)
+        bias = outputs[2] if len(outputs) > 2 else np.zeros(outputs[1].shape, np.float32)
+        return TowerOutput(outputs[0], outputs[1], bias)
 
     def infer_raw(
         self,
@@ -238,10 +245,7 @@ class UserTowerRuntime:
             return parts[0]
         if not parts:
             return self.infer(*self.encode_histories([]), self.encode_profiles([]))
-        return TowerOutput(
-            np.concatenate([p.interest_vectors for p in parts]),
-            np.concatenate([p.valid_interest_mask for p in parts]),
-        )
+        return TowerOutput(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
     # --- the item side, for the items collection -----------------------------------------------------
 
@@ -276,7 +280,7 @@ def _check_signature(session: ort.InferenceSession, manifest: Manifest, onnx_pat
                 f"{onnx_path}: input {name} is {got}, expected "
                 f"{_EXPECTED_INPUT_TYPES[name]}; re-export the artifact"
             )
-    for name in OUTPUT_NAMES:
+    for name in list(OUTPUT_NAMES) + [name for name in manifest.onnx_outputs if name == BIAS_OUTPUT]:
         if name not in outputs or outputs[name].type != _EXPECTED_OUTPUT_TYPES[name]:
             got = outputs[name].type if name in outputs else "absent"
             raise ArtifactError(

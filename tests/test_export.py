@@ -75,9 +75,30 @@ def test_runtime_matches_pytorch_on_real_histories_cut_to_every_length(tiny, run
         np.testing.assert_array_equal(profile[:, 0], data.user_profile[:20, 0])
         output = runtime.infer(history, mask, profile)
         vectors, valid, _ = torch_interests(checkpoint, history, mask, profile)
-        worst = max(worst, float(np.abs(output.interest_vectors - vectors).max()))
+        with torch.no_grad():
+            mask_t = torch.from_numpy(mask)
+            bias = checkpoint.mind.merge_bias(checkpoint.mind.interests(
+                torch.from_numpy(history), mask_t, torch.from_numpy(profile)), mask_t).numpy()
+        worst = max(worst, float(np.abs(output.interest_vectors - vectors).max()),
+                    float(np.abs(output.interest_bias - bias).max()))
         np.testing.assert_array_equal(output.valid_interest_mask, valid)
     assert worst <= TOLERANCE
+    temperature = checkpoint.mind.config.logit_temperature
+    assert runtime.manifest.merge == {"rule": "mixture", "temperature": temperature}
+
+
+def test_a_max_merge_model_exports_without_biases_and_a_mixture_needs_them(tmp_path):
+    artifact = build_tiny_artifact(tmp_path / "max", num_items=20, max_history_length=6,
+                                   config_changes={"interest_merge": "max"})
+    runtime = UserTowerRuntime.load(artifact)
+    assert runtime.manifest.merge == {"rule": "max"}
+    assert runtime.manifest.onnx_outputs == ["interest_vectors", "valid_interest_mask"]
+    output = runtime.infer(*runtime.encode_histories([runtime.item_ids()[:4]]),
+                           runtime.encode_profiles([None]))
+    assert output.interest_bias.shape == (1, 4) and not output.interest_bias.any()
+    rewrite_manifest(artifact, merge={"rule": "mixture", "temperature": 0.1})
+    with pytest.raises(ArtifactError, match="merge .* interest_bias output"):
+        UserTowerRuntime.load(artifact)
 
 
 def test_manifest_records_the_checkpoint_and_the_parity_it_passed(tiny, runtime):
@@ -225,7 +246,8 @@ def test_integer_ids_match_their_decimal_strings_and_coupling_can_be_exported(tm
     as_strings = runtime.encode_histories([["3", "5", "7"]])
     np.testing.assert_array_equal(as_ints[0], as_strings[0])
     assert as_ints[0].tolist() == [[3, 5, 7]]
-    assert runtime.manifest.onnx_outputs == ["interest_vectors", "valid_interest_mask", "coupling"]
+    assert runtime.manifest.onnx_outputs == ["interest_vectors", "valid_interest_mask", "interest_bias",
+                                             "coupling"]
     history, mask = as_ints
     coupling = runtime.session.run(["coupling"], {"history": history, "history_mask": mask,
                                                   "profile": runtime.encode_profiles([None])})[0]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from export.merge import InterestList, merge_interests, merge_with_search, validate_diversity
+from export.merge import InterestList, Mixture, merge_interests, merge_with_search, validate_diversity
 
 
 def listed(*pairs: tuple[int, float], complete: bool = False) -> InterestList:
@@ -127,3 +127,44 @@ def test_the_deepened_merge_equals_the_merge_over_the_whole_catalogue(diversity:
         assert served.exact
         assert served.item_index.tolist() == whole.item_index.tolist()
         assert served.slot.tolist() == whole.slot.tolist()
+
+
+def mixture_of(interests: np.ndarray, items: np.ndarray, bias: np.ndarray, temperature: float) -> Mixture:
+    """The mixture rule over an in-memory item table whose row i - 1 is item index i."""
+    return Mixture(bias, temperature, lambda index: interests @ items[index - 1].T)
+
+
+def test_the_mixture_scores_every_item_with_every_interest_and_names_the_largest_term() -> None:
+    interests = np.array([[1.0, 0.0], [0.0, 1.0]])
+    items = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])               # item indices 1, 2, 3
+    bias = np.log(np.array([0.25, 0.75]))
+    # item 1 is listed by interest 0 only, item 2 by interest 1 only: both are rescored with both
+    lists = [InterestList(np.array([1, 3]), np.array([2.0, 1.0])),
+             InterestList(np.array([2]), np.array([1.0]))]
+    merged = merge_interests(lists, n=3, mixture=mixture_of(interests, items, bias, 0.5))
+    by_hand = {i: 0.5 * math.log(0.25 * math.exp(a / 0.5) + 0.75 * math.exp(b / 0.5))
+               for i, (a, b) in {1: (2, 0), 2: (0, 1), 3: (1, 1)}.items()}
+    assert merged.item_index.tolist() == sorted(by_hand, key=lambda i: -by_hand[i])
+    assert merged.score.tolist() == pytest.approx([by_hand[i] for i in merged.item_index])
+    assert dict(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True)) == {1: 0, 2: 1, 3: 1}
+    assert not merged.exact  # unlisted items could score up to the bound of the lists' last scores
+
+
+@pytest.mark.parametrize("diversity", [0.0, 0.5, 1.0])
+def test_the_deepened_mixture_equals_the_mixture_over_the_whole_catalogue(diversity: float) -> None:
+    rng = np.random.default_rng(7 + int(diversity * 10))
+    for _ in range(20):
+        interests, items = rng.standard_normal((3, 8)), rng.standard_normal((300, 8))
+        bias = np.log(rng.dirichlet(np.ones(3)))
+        mixture = mixture_of(interests, items, bias, 0.3)
+        scores = interests @ items.T
+        full = [InterestList(np.argsort(-row, kind="stable") + 1, np.sort(row)[::-1], complete=True)
+                for row in scores]
+        whole = merge_interests(full, n=20, diversity=diversity, mixture=mixture)
+        depths: list[int] = []
+        served = merge_with_search(truncating_search(full, depths), n=20, diversity=diversity,
+                                   mixture=mixture)
+        assert served.exact
+        assert served.item_index.tolist() == whole.item_index.tolist()
+        assert served.slot.tolist() == whole.slot.tolist()
+        np.testing.assert_allclose(served.score, whole.score)
