@@ -69,8 +69,8 @@ _HELP = {
     "stall_timeout_s": "seconds a lagging partition may read and commit nothing before it is re-read from "
                        "its commit",
     "event_loop": "the worker's event loop: uvloop or asyncio",
-    "recall_diversity": "recall diversity λ when a request names none (0 = max-merge; λ > 0 trades score "
-                        "for coverage of the user's interests)",
+    "recall_diversity": "recall diversity λ when a request names none (0 = the model's merge by score; λ > 0 "
+                        "trades score for coverage of the user's interests)",
 }
 
 
@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--exclude-seen", action="store_true",
                         help="leave out the items already in the user's history (needs the running worker)")
     recall.add_argument("--diversity", default=None, metavar="λ",
-                        help="trade score for coverage of the user's interests: 0 = the paper's max-merge, "
-                             "larger = more interests represented (default: the worker's "
+                        help="trade score for coverage of the user's interests: 0 = by score (the model's "
+                             "merge), larger = more interests represented (default: the worker's "
                              "MINDSTREAM_RECALL_DIVERSITY)")
     recall.add_argument("--json", action="store_true", help="print the raw JSON answer")
     _add_setting_flags(recall, {**_STORE_FLAGS, "--web-host": "web_host", "--web-port": "web_port"})

@@ -48,8 +48,9 @@ and rejects a Milvus Lite file path there ("Illegal uri"), which would break eve
 - `MINDSTREAM_MAX_FUTURE_S` (default `86400`): events stamped further than this in the future are rejected
 - `MINDSTREAM_STALL_TIMEOUT_S` (default `30`): a worker whose partitions have a lag but that read nothing this
   long re-reads them from their committed offsets
-- `MINDSTREAM_RECALL_DIVERSITY` (default `0`): the recall diversity λ when a request names none (`0` = the
-  paper's max-merge; λ > 0 trades score for coverage of the user's interests, see `export/merge.py`)
+- `MINDSTREAM_RECALL_DIVERSITY` (default `0`): the recall diversity λ when a request names none (`0` = by
+  score under the model's merge; λ > 0 trades score for coverage of the user's interests, see
+  `export/merge.py`)
 - `MINDSTREAM_EVENT_LOOP` (default `uvloop`): the worker's asyncio event loop, `uvloop` or `asyncio` (the
   standard library's; for a platform without uvloop)
 - `MINDSTREAM_SESSION_TIMEOUT_S` (default `10`): Kafka consumer-group session timeout: how long a crashed

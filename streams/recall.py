@@ -1,11 +1,13 @@
-"""Multi-interest recall: the paper's f_score over the vector store, with an optional diversity term.
+"""Multi-interest recall over the vector store, by the model version's merge, with an optional diversity term.
 
-    f_score(V_u, e_i) = max_k  e_iᵀ v_u^k
+    max (the paper):  s_i = f_score(V_u, e_i) = max_k  e_iᵀ v_u^k
+    mixture:          s_i = T log Σ_k exp(e_iᵀ v_u^k / T + b_k)   (b_k: the stored interest's bias)
 
 Each of the user's K'u interest vectors searches `items` (one batched search), and the K'u hit lists are
-merged by `export.merge` (the one served merge): at diversity 0 the paper's max-merge, deduplicated and cut to
-the top N; at diversity λ > 0 a greedy pick that trades score for coverage of the user's interests. Every
-result says which interest (slot) gave it its score. A user without vectors gets a cold-start answer from a
+merged by `export.merge` (the one served merge; under mixture the listed items are rescored with every
+interest from their stored vectors, one `get`): at diversity 0 the top N by score; at diversity λ > 0 a
+greedy pick that trades score for coverage of the user's interests. Every result says which interest (slot)
+gave it its score. A user without vectors gets a cold-start answer from a
 fallback (e.g. popular items), never an error.
 
 `recall` is the only function here that does I/O (through `streams.store`).
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from export.merge import InterestList, merge_with_search, validate_diversity
+from export.merge import InterestList, Mixture, merge_with_search, validate_diversity
 from streams.ids import validate_user_id
 from streams.store import VectorStore
 
@@ -43,7 +45,7 @@ Fallback = Sequence[Any] | Callable[[int], Sequence[Any]]
 
 @dataclasses.dataclass(frozen=True)
 class RecalledItem:
-    """One recalled item: its best inner product over the user's interests and the slot that gave it, and
+    """One recalled item: its score s_i (the version's merge) and the slot that gave it, and
     its title when the artifact had titles (`mind-stream index-items` stores them with the item).
 
     Cold-start items have slot None and the fallback's score (0.0 when it gives none)."""
@@ -98,11 +100,11 @@ def recall(
 ) -> RecallResult:
     """Top-n items for a user, from the active model version (resolved once for the request).
 
-    diversity = 0 (default): by f_score, best first. Searching n items per interest is enough for an exact
-    merged top-n: an item whose max score comes from interest k and that is not in k's top-n is beaten by n
-    distinct items, so it is not in the top-n either. diversity = λ > 0: `export.merge`'s greedy, in pick
-    order; the search deepens (doubling) until every interest's list reaches the merge's floor, so the answer
-    equals the greedy over the whole catalogue (up to Milvus' top-k ceiling, MAX_SEARCH_LIMIT).
+    The merge is the version's (`VectorStore.merge_rule`). diversity = 0 (default): by score, best first.
+    Under max, searching n items per interest is enough for an exact merged top-n: an item whose max score
+    comes from interest k and that is not in k's top-n is beaten by n distinct items. diversity = λ > 0, or
+    the mixture: the search deepens (doubling) until no unlisted item can reach the merge's floor, so the
+    answer equals the merge over the whole catalogue (up to Milvus' top-k ceiling, MAX_SEARCH_LIMIT).
     `exclude` (item ids, e.g. the user's history) are left out of the answer, still exactly: each interest
     then searches len(exclude) more items, of which the ones not excluded make the list.
     A user with no stored vectors gets `fallback` (cold_start=True), or an empty list without a fallback.
@@ -118,6 +120,16 @@ def recall(
         return RecallResult(user_id, cold_start_items(fallback, n, excluded), version, cold_start=True,
                             interests_used=0, diversity=diversity)
     vectors = np.stack([interest.vector for interest in interests])  # (K'u, d)
+    rule = store.merge_rule(version)
+    mixture = None
+    if rule["rule"] == "mixture":
+        def inner_products(items: np.ndarray) -> np.ndarray:
+            rows = store.get_items(items.tolist(), model_version=version, vectors=True)
+            found = {row["item_index"]: row["vector"] for row in rows}
+            return vectors.astype(np.float64) @ np.stack([found[int(i)] for i in items]).astype(np.float64).T
+
+        mixture = Mixture(np.array([interest.bias for interest in interests]), float(rule["temperature"]),
+                          inner_products)
     item_ids: dict[int, str] = {}
     titles: dict[int, str | None] = {}
 
@@ -133,8 +145,9 @@ def recall(
                                       complete=len(hits) < limit))
         return lists
 
-    merged = merge_with_search(search, n, diversity=diversity,
-                               slots=[interest.slot for interest in interests], max_depth=MAX_SEARCH_LIMIT)
+    slots = [interest.slot for interest in interests]
+    merged = merge_with_search(search, n, diversity=diversity, slots=slots, max_depth=MAX_SEARCH_LIMIT,
+                               mixture=mixture)
     items = [RecalledItem(item_ids[int(index)], float(score), int(slot), int(index), titles.get(int(index)))
              for index, score, slot in zip(merged.item_index, merged.score, merged.slot, strict=True)]
     return RecallResult(user_id, items, version, cold_start=False, interests_used=len(interests),

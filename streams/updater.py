@@ -5,7 +5,8 @@ The faust agent (streams/app.py) is a thin shell around these functions:
 1. `plan_batch(current_histories, events)` appends each user's new events to their history table value,
    drops duplicate deliveries (by event id) and collapses many events of one user into one recompute.
 2. `recompute(runtime, histories, profiles, ...)` runs the ONNX user tower ONCE for all touched users and
-   returns the rows to upsert (only the valid K'u slots; never a masked all-zero capsule), the keys of
+   returns the rows to upsert (only the valid K'u slots, each with its merge bias; never a masked
+   all-zero capsule), the keys of
    slots that are no longer valid (to delete), and one `interest-updates` message per user.
 
 History table value (docs/ARCHITECTURE.md), JSON-able so it travels through the changelog:
@@ -120,7 +121,8 @@ def plan_batch(current: Mapping[str, Mapping[str, list] | None], events: Sequenc
 class UserInterests:
     """The valid interest vectors of one user after one recompute.
 
-    interest_vectors: (K'u, d) float32, only valid slots; `slots` their slot numbers in the tower's output.
+    interest_vectors: (K'u, d) float32, only valid slots; `slots` their slot numbers in the tower's output;
+    interest_bias: (K'u,) float32, each one's logit in the 'mixture' merge (zeros under max).
     """
 
     user_id: str
@@ -128,6 +130,7 @@ class UserInterests:
     interest_vectors: np.ndarray
     event_ts_ms: int
     known_items: int
+    interest_bias: np.ndarray | None = None
 
 
 Profiles = Mapping[str, Mapping[str, object] | None]
@@ -149,6 +152,7 @@ def compute_interests(runtime: TowerRuntime, histories: Mapping[str, Mapping[str
     profile = runtime.encode_profiles([profiles.get(u) for u in user_ids])  # (B, P)
     out = runtime.infer(history, history_mask, profile)  # (B, K, d), (B, K)
     vectors = np.asarray(out.interest_vectors, dtype=np.float32)
+    biases = np.asarray(out.interest_bias, dtype=np.float32)
     has_known_items = np.asarray(history_mask, dtype=bool).any(axis=1)  # (B,)
     valid = np.asarray(out.valid_interest_mask, dtype=bool) & has_known_items[:, None]
     result = []
@@ -156,7 +160,8 @@ def compute_interests(runtime: TowerRuntime, histories: Mapping[str, Mapping[str
         slots = [int(s) for s in np.flatnonzero(valid[b])]
         result.append(UserInterests(user_id=user_id, slots=slots, interest_vectors=vectors[b, slots],
                                     event_ts_ms=latest_event_ts(histories[user_id]),
-                                    known_items=int(np.asarray(history_mask[b]).sum())))
+                                    known_items=int(np.asarray(history_mask[b]).sum()),
+                                    interest_bias=biases[b, slots]))
     return result
 
 
@@ -179,10 +184,11 @@ def store_operations(interests: Sequence[UserInterests], *, num_interests: int, 
     rows: list[dict[str, Any]] = []
     delete_keys: list[str] = []
     for ui in interests:
-        for slot, vector in zip(ui.slots, ui.interest_vectors, strict=True):
+        biases = np.zeros(len(ui.slots)) if ui.interest_bias is None else ui.interest_bias
+        for slot, vector, bias in zip(ui.slots, ui.interest_vectors, biases.tolist(), strict=True):
             rows.append({"pk": interest_key(ui.user_id, slot), "user_id": ui.user_id, "slot": slot,
                          # tolist: far faster than float(x) per element
-                         "vector": vector.tolist(), "model_version": model_version,
+                         "vector": vector.tolist(), "bias": bias, "model_version": model_version,
                          "event_ts_ms": ui.event_ts_ms, "updated_at_ms": updated_at_ms})
         valid = set(ui.slots)
         delete_keys.extend(interest_key(ui.user_id, s) for s in range(num_interests) if s not in valid)
@@ -190,11 +196,12 @@ def store_operations(interests: Sequence[UserInterests], *, num_interests: int, 
 
 
 def interest_rows(user_id: str, interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, *,
-                  model_version: str, event_ts_ms: int,
-                  updated_at_ms: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                  model_version: str, event_ts_ms: int, updated_at_ms: int | None = None,
+                  interest_bias: np.ndarray | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """One user's tower output → `store_operations` (rows to write, keys to delete), without a runtime.
 
-    interest_vectors (K, d), valid_interest_mask (K,) bool: valid slots become rows, the others delete keys.
+    interest_vectors (K, d), valid_interest_mask (K,) bool: valid slots become rows, the others delete keys;
+    interest_bias (K,) float: each slot's merge bias (default 0).
     """
     vectors = np.asarray(interest_vectors, dtype=np.float32)
     mask = np.asarray(valid_interest_mask, dtype=bool)
@@ -202,8 +209,9 @@ def interest_rows(user_id: str, interest_vectors: np.ndarray, valid_interest_mas
         raise ValueError(f"expected interest_vectors (K, d) and valid_interest_mask (K,), "
                          f"got {vectors.shape} and {mask.shape}")
     slots = [int(s) for s in np.flatnonzero(mask)]
+    bias = None if interest_bias is None else np.asarray(interest_bias, dtype=np.float32)[slots]
     interests = UserInterests(user_id=user_id, slots=slots, interest_vectors=vectors[slots],
-                              event_ts_ms=int(event_ts_ms), known_items=0)
+                              event_ts_ms=int(event_ts_ms), known_items=0, interest_bias=bias)
     updated = int(updated_at_ms if updated_at_ms is not None else time.time() * 1000)
     return store_operations([interests], num_interests=vectors.shape[0], model_version=model_version,
                             updated_at_ms=updated)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.merge import InterestList, merge_interests
+from export.merge import InterestList, Mixture, merge_interests
 from streams.recall import MAX_N, RecalledItem, recall, validate_n
 from streams.store import StoreError, VectorStore
 from streams.updater import interest_rows
@@ -105,6 +105,42 @@ def test_diverse_recall_equals_the_served_merge_over_the_whole_catalogue(store: 
     plain = recall(store, "dv", 40, exclude=excluded)
     assert len({item.slot for item in result.items}) >= len({item.slot for item in plain.items})
     assert [item.item_id for item in result.items] != [item.item_id for item in plain.items]
+
+
+@pytest.mark.parametrize("diversity", [0.0, 0.5])
+def test_a_mixture_version_recalls_the_mixture_top_n_over_the_whole_catalogue(tmp_path,
+                                                                             diversity: float) -> None:
+    rng = np.random.default_rng(11)
+    items = rng.standard_normal((3000, 16)).astype(np.float32)
+    mixture_store = VectorStore(str(tmp_path / "mixture.db"), collection_prefix="mx_")
+    mixture_store.ensure_collections(16, "v1", {"rule": "mixture", "temperature": 0.5})
+    mixture_store.upsert_items([f"m{j + 1}" for j in range(3000)], items, model_version="v1", progress=False)
+    mixture_store.create_item_index("FLAT", model_version="v1")
+    vectors = rng.standard_normal((4, 16)).astype(np.float32)
+    valid = np.array([True, False, True, True])
+    bias = np.log(np.array([0.6, 0.0, 0.3, 0.1], dtype=np.float32).clip(1e-9))
+    mixture_store.write_user_interests(*interest_rows("mx", vectors, valid, model_version="v1", event_ts_ms=1,
+                                                      interest_bias=bias))
+    stored = mixture_store.get_user_interests("mx")["mx"]
+    assert [i.bias for i in stored] == pytest.approx(bias[valid].tolist())
+    excluded = {"m1", "m2", "m3"}
+    terms = vectors[valid].astype(np.float64) @ items.T.astype(np.float64) / 0.5 + bias[valid, None]
+    scores = 0.5 * np.logaddexp.reduce(terms, axis=0)                   # (3000,), item index = column + 1
+    keep = np.array([f"m{j + 1}" not in excluded for j in range(3000)])
+    full = [InterestList(np.flatnonzero(keep) + 1, np.full(int(keep.sum()), 0.0), complete=True)]
+    users = vectors[valid].astype(np.float64)
+    mixture = Mixture(bias[valid], 0.5, lambda index: users @ items[index - 1].T.astype(np.float64))
+    expected = merge_interests(full * 3, n=40, diversity=diversity, slots=[0, 2, 3], mixture=mixture)
+    if diversity == 0:
+        assert expected.item_index.tolist() == (np.argsort(-np.where(keep, scores, -np.inf),
+                                                           kind="stable")[:40] + 1).tolist()
+
+    result = recall(mixture_store, "mx", 40, exclude=excluded, diversity=diversity)
+
+    assert [(item.item_id, item.slot) for item in result.items] == \
+        [(f"m{j}", int(slot)) for j, slot in zip(expected.item_index, expected.slot, strict=True)]
+    np.testing.assert_allclose([item.score for item in result.items], expected.score, rtol=1e-5)
+    mixture_store.drop_all()
 
 
 def test_a_cold_start_answer_leaves_excluded_items_out_too(store: VectorStore) -> None:

@@ -415,3 +415,20 @@ def test_a_write_cleans_up_once_enough_replaced_rows_wait_and_rows_of_an_earlier
         assert store.count_user_interests() == 4
     finally:
         store.drop_all()
+
+
+def test_an_interests_collection_from_before_the_bias_field_is_written_and_read_with_bias_0(store) -> None:
+    # the schema this store wrote before merge biases were stored: the same fields without "bias"
+    old_fields = [("key", "VARCHAR", {"is_primary": True, "max_length": 160}),
+                  ("user_id", "VARCHAR", {"max_length": 128}), ("slot", "INT32", {}),
+                  ("generation", "INT64", {}),
+                  ("vector", "FLOAT_VECTOR", {"dim": 4}), ("model_version", "VARCHAR", {"max_length": 64}),
+                  ("event_ts_ms", "INT64", {}), ("updated_at_ms", "INT64", {})]
+    store._db.ensure_collection(store.interests_collection("old"), old_fields, 4)  # noqa: SLF001
+    store.ensure_collections(4, "old")
+    rows, deletes = interest_rows("u", np.eye(4, dtype=np.float32)[:2], np.ones(2, bool), model_version="old",
+                                  event_ts_ms=5, interest_bias=np.array([-0.5, -1.0]))
+    store.write_user_interests(rows, deletes)
+    stored = store.get_user_interests("u", model_version="old")["u"]
+    assert [(i.slot, i.bias) for i in stored] == [(0, 0.0), (1, 0.0)]
+    assert store.merge_rule("old") == {"rule": "max"}

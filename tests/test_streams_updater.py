@@ -61,7 +61,8 @@ class FakeTower:
         vectors[:, :, 0] = history.sum(axis=1)[:, None]
         vectors[:, :, 1] = np.arange(K)[None, :]
         vectors[:, :, 2] = profile[:, 0][:, None]
-        return SimpleNamespace(interest_vectors=vectors, valid_interest_mask=valid)
+        bias = -np.arange(K, dtype=np.float32)[None, :].repeat(history.shape[0], axis=0)  # slot s: -s
+        return SimpleNamespace(interest_vectors=vectors, valid_interest_mask=valid, interest_bias=bias)
 
 
 def ev(user: str, item: str, ts: int, eid: str | None = None) -> Interaction:
@@ -125,6 +126,7 @@ def test_one_tower_call_per_batch_and_only_valid_slots_become_rows():
     assert {r["user_id"]: r["event_ts_ms"] for r in result.rows} == {"short": 1, "long": 5}
     long_rows = [r for r in result.rows if r["user_id"] == "long"]
     assert long_rows[1]["vector"] == [15.0, 1.0, 1.0]  # sum of i1..i5, slot 1, profile known
+    assert [r["bias"] for r in long_rows] == [0.0, -1.0]  # each slot's own merge bias travels with it
     assert result.updates == [
         {"user_id": "short", "model_version": "v1", "num_interests": 1, "event_ts_ms": 1,
          "updated_at_ms": 99},

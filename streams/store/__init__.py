@@ -109,8 +109,10 @@ class VectorStore:
     def versions_collection(self) -> str:
         return self._db.versions_name
 
-    def ensure_collections(self, dim: int, model_version: str) -> None:
-        """Create (if absent) the items and user_interests collections of `model_version`, dimension `dim`.
+    def ensure_collections(self, dim: int, model_version: str,
+                           merge: Mapping[str, Any] | None = None) -> None:
+        """Create (if absent) the items and user_interests collections of `model_version`, dimension `dim`,
+        and record how recall merges its interests (`merge`, the artifact manifest's; default max).
 
         Idempotent; a collection that exists with another dimension is an error. The first version ever
         created in this store becomes the active one.
@@ -124,7 +126,12 @@ class VectorStore:
         if self.is_lite:
             for name in names:  # both see deletes: item upserts, interest cleanups
                 lite.index_primary_keys(self.uri, name)
-        self._registry.register(model_version, dim)
+        self._registry.register(model_version, dim, merge)
+
+    def merge_rule(self, model_version: str | None = None) -> dict[str, Any]:
+        """How recall merges this version's interests: {"rule": "max"} or {"rule": "mixture",
+        "temperature": T} (`export.merge`)."""
+        return self._registry.merge(self._registry.resolve(model_version))
 
     def drop_all(self) -> None:
         """Drop every collection of this store (its prefix): for tests and `rebuild` into an empty store."""
@@ -188,10 +195,11 @@ class VectorStore:
     def count_items(self, model_version: str | None = None) -> int:
         return self._items.count(self._registry.resolve(model_version))
 
-    def get_items(self, item_indices: Sequence[int], *,
-                  model_version: str | None = None) -> list[dict[str, Any]]:
-        """Rows (item_index, item_id, side as a dict) of the given item indices, in the order asked."""
-        return self._items.get(item_indices, version=self._registry.resolve(model_version))
+    def get_items(self, item_indices: Sequence[int], *, model_version: str | None = None,
+                  vectors: bool = False) -> list[dict[str, Any]]:
+        """Rows (item_index, item_id, side as a dict[, vector float32 (d,)]) of the given item indices, in
+        the order asked; absent ones left out."""
+        return self._items.get(item_indices, version=self._registry.resolve(model_version), vectors=vectors)
 
     def search_items(self, vectors: np.ndarray, top_n: int, *, model_version: str | None = None,
                      filter: str = "", search_params: Mapping[str, Any] | None = None,

@@ -168,16 +168,25 @@ class Connection:
                 raise StoreError(f"collection {name} has vectors of dimension {field['params']['dim']}, not "
                                  f"{dim}; a model with another dimension needs another model version")
 
-    def insert_columns(self, what: str, name: str, columns: Mapping[str, list]) -> None:
-        """Insert rows given as one list per field (every field; vectors as lists of floats).
-
-        The column path packs each field in one call (`lite.column_insert`); it needs the collection's
-        schema, described once per collection.
-        """
+    def schema(self, name: str) -> dict[str, Any]:
+        """The collection's described schema, described once per collection."""
         schema = self._schemas.get(name)
         if schema is None:
             schema = self.call("describe " + name, self.client.describe_collection, name)
             self._schemas[name] = schema
+        return schema
+
+    def field_names(self, name: str) -> set[str]:
+        return {field["name"] for field in self.schema(name)["fields"]}
+
+    def insert_columns(self, what: str, name: str, columns: Mapping[str, list]) -> None:
+        """Insert rows given as one list per field (every field of the schema; vectors as lists of floats;
+        columns the schema lacks are left out).
+
+        The column path packs each field in one call (`lite.column_insert`); it needs the collection's
+        schema (`schema`).
+        """
+        schema = self.schema(name)
         entities = [{"name": field["name"], "type": field["type"], "values": columns[field["name"]]}
                     for field in schema["fields"]]
         self.call(what, lite.column_insert(self.client), name, entities, schema=schema)

@@ -1,8 +1,10 @@
 """The user_interests collection of each model version: generations, reads, and their clean-up.
 
 ``{prefix}user_interests__{version}``: ``key`` varchar pk ``"{user_id}#{slot}#{generation}"``, ``user_id``
-varchar, ``slot`` int32, ``generation`` int64, ``vector`` float (d,), ``model_version`` varchar,
-``event_ts_ms`` int64 (event time the vector reflects), ``updated_at_ms`` int64. Only valid slots are stored.
+varchar, ``slot`` int32, ``generation`` int64, ``vector`` float (d,), ``bias`` float (the interest's logit in
+the 'mixture' merge, `export.merge`), ``model_version`` varchar, ``event_ts_ms`` int64 (event time the vector
+reflects), ``updated_at_ms`` int64. Only valid slots are stored. A collection created before ``bias`` existed
+is read with bias 0.
 
 A write inserts each user's new set as a new generation and removes the slots it deletes; the users'
 older generations are deleted later, by primary key, in batches (`CleanupQueue`). Readers keep each
@@ -43,7 +45,8 @@ NEWEST_ORDER = ("event_ts_ms", "generation")
 
 @dataclass(frozen=True)
 class StoredInterest:
-    """One stored interest vector of a user. `vector` is float32 (d,)."""
+    """One stored interest vector of a user. `vector` is float32 (d,); `bias` its logit in the 'mixture'
+    merge (0 under max)."""
 
     user_id: str
     slot: int
@@ -51,6 +54,7 @@ class StoredInterest:
     model_version: str
     event_ts_ms: int
     updated_at_ms: int
+    bias: float = 0.0
 
 
 @dataclass
@@ -79,7 +83,7 @@ def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *,
                generation: int, now: int) -> PlannedWrite:
     """Validate a write and lay it out column-wise (pure); ValueError names a bad row or key."""
     keys: set[str] = set()
-    row_keys, user_ids, slots, vectors, event_ts_ms, updated_at_ms = [], [], [], [], [], []
+    row_keys, user_ids, slots, vectors, biases, event_ts_ms, updated_at_ms = [], [], [], [], [], [], []
     for row in rows:
         user_id = validate_user_id(row["user_id"])
         key = interest_key(user_id, row["slot"])
@@ -95,6 +99,7 @@ def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *,
         user_ids.append(user_id)
         slots.append(int(row["slot"]))
         vectors.append(row["vector"])
+        biases.append(float(row.get("bias", 0.0)))
         event_ts_ms.append(int(row["event_ts_ms"]))
         updated_at_ms.append(int(row.get("updated_at_ms") or now))
     both = keys.intersection(delete_keys)
@@ -111,6 +116,7 @@ def plan_write(rows: Sequence[Mapping[str, Any]], delete_keys: Sequence[str], *,
         plan.columns = {"key": row_keys, "user_id": user_ids, "slot": slots,
                         "generation": [generation] * count,
                         "vector": np.asarray(vectors, dtype=np.float32).reshape(count, -1).tolist(),
+                        "bias": biases,
                         "model_version": [version] * count, "event_ts_ms": event_ts_ms,
                         "updated_at_ms": updated_at_ms}
     return plan
@@ -229,7 +235,7 @@ class Interests:
         fields = [("key", "VARCHAR", {"is_primary": True, "max_length": KEY_COLUMN_LENGTH}),
                   ("user_id", "VARCHAR", {"max_length": MAX_USER_ID_LENGTH}),
                   ("slot", "INT32", {}), ("generation", "INT64", {}),
-                  ("vector", "FLOAT_VECTOR", {"dim": dim}),
+                  ("vector", "FLOAT_VECTOR", {"dim": dim}), ("bias", "FLOAT", {}),
                   ("model_version", "VARCHAR", {"max_length": 64}),
                   ("event_ts_ms", "INT64", {}), ("updated_at_ms", "INT64", {})]
         self._db.ensure_collection(name, fields, dim)
@@ -310,13 +316,16 @@ class Interests:
         rows: list[Mapping[str, Any]] = []
         distinct = sorted(set(user_ids))
         fields = ["user_id", "slot", "generation", "vector", "model_version", "event_ts_ms", "updated_at_ms"]
+        name = self._db.interests_name(version)
+        if "bias" in self._db.field_names(name):
+            fields.append("bias")
         for start in range(0, len(distinct), READ_USERS_PER_QUERY):
             chunk = distinct[start : start + READ_USERS_PER_QUERY]
             # `user_id == "u"` is about twice as fast as `user_id in ["u"]` on Lite; recall reads one user.
             condition = (f"user_id == {json.dumps(chunk[0])}" if len(chunk) == 1
                          else f"user_id in {_quoted_list(chunk)}")
             rows += self._db.call("read user interests", self._db.client.query,
-                                  self._db.interests_name(version), filter=condition, output_fields=fields,
+                                  name, filter=condition, output_fields=fields,
                                   limit=MAX_QUERY_ROWS)
         # Between a write's insert and its cleanup a user has two generations: keep the newest only.
         newest = {user: row["generation"]
@@ -329,7 +338,7 @@ class Interests:
                 user_id=row["user_id"], slot=int(row["slot"]),
                 vector=np.asarray(row["vector"], dtype=np.float32),
                 model_version=row["model_version"], event_ts_ms=int(row["event_ts_ms"]),
-                updated_at_ms=int(row["updated_at_ms"]))
+                updated_at_ms=int(row["updated_at_ms"]), bias=float(row.get("bias", 0.0)))
         for (user_id, _), interest in sorted(by_slot.items()):
             found[user_id].append(interest)
         return found

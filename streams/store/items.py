@@ -132,12 +132,15 @@ class Items:
                              output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def get(self, item_indices: Sequence[int], *, version: str) -> list[dict[str, Any]]:
-        """Rows (item_index, item_id, side as a dict) in the order asked; absent ones left out."""
+    def get(self, item_indices: Sequence[int], *, version: str,
+            vectors: bool = False) -> list[dict[str, Any]]:
+        """Rows (item_index, item_id, side as a dict[, vector]) in the order asked; absent ones left out."""
+        fields = ["item_id", "side"] + (["vector"] if vectors else [])
         rows = self._db.call("read items", self._db.client.get, self._db.items_name(version),
-                             ids=[int(i) for i in item_indices], output_fields=["item_id", "side"])
+                             ids=[int(i) for i in item_indices], output_fields=fields)
         by_index = {int(r["item_index"]): r for r in rows}
-        return [{"item_index": i, "item_id": by_index[i]["item_id"], "side": json.loads(by_index[i]["side"])}
+        return [{"item_index": i, "item_id": by_index[i]["item_id"], "side": json.loads(by_index[i]["side"]),
+                 **({"vector": np.asarray(by_index[i]["vector"], dtype=np.float32)} if vectors else {})}
                 for i in (int(i) for i in item_indices) if i in by_index]
 
     def search(self, queries: np.ndarray, top_n: int, *, version: str, filter: str,
@@ -179,7 +182,7 @@ def index_items(artifact_dir: str | Path, store: VectorStore, index_type: str = 
     for entry, title in zip(side, titles or (), strict=False):
         if title:
             entry.setdefault("title", title)
-    store.ensure_collections(int(vectors.shape[1]), version)
+    store.ensure_collections(int(vectors.shape[1]), version, getattr(runtime.manifest, "merge", None))
     store.upsert_items(item_ids, vectors, model_version=version, side=side, batch_size=batch_size,
                        progress=progress)
     store.create_item_index(index_type, index_params, model_version=version, search_params=search_params)

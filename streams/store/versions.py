@@ -1,11 +1,11 @@
 """The version registry: which model versions have collections, and which one readers use.
 
 ``{prefix}mindstream_versions`` is a small append-only key/value collection. Each value (``version:{v}``:
-dim, index and search parameters; ``current``: the active version and the versions it replaced, newest
-last) is written as a new row ``(name, seq)`` and a read takes the highest ``seq``, so a reader never sees a
-value vanish (a Milvus Lite upsert is a delete then an insert). Switching versions is one row: readers
-move from one version's pair of collections to the other's at once. The first version ever registered
-becomes active by itself.
+dim, index and search parameters, and how recall merges its interests (the artifact's `merge`);
+``current``: the active version and the versions it replaced, newest last) is written as a new row
+``(name, seq)`` and a read takes the highest ``seq``, so a reader never sees a value vanish (a Milvus Lite
+upsert is a delete then an insert). Switching versions is one row: readers move from one version's pair of
+collections to the other's at once. The first version ever registered becomes active by itself.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from streams.ids import validate_version
 from streams.store.client import Connection, StoreError, now_ms
 
 CURRENT_KEY = "current"
+DEFAULT_MERGE = {"rule": "max"}  # a version registered before merges were recorded was served by max
 VALUE_MAX_LENGTH = 8192
 _DUMMY_DIM = 2  # Milvus requires a vector field in every collection, even a key/value one.
 
@@ -41,11 +42,13 @@ class VersionRegistry:
         self._db = connection
         self._ready = False
         self._search_params: dict[str, dict[str, Any]] = {}  # version -> search params of its items index
+        self._merges: dict[str, dict[str, Any]] = {}  # version -> its merge rule (export.artifact.Manifest)
 
     def reset(self) -> None:
         """Forget cached state (after the store's collections were dropped)."""
         self._ready = False
         self._search_params.clear()
+        self._merges.clear()
 
     def ensure_collection(self) -> None:
         if self._ready:
@@ -59,14 +62,20 @@ class VersionRegistry:
         ])
         self._ready = True
 
-    def register(self, version: str, dim: int) -> None:
-        """Record a version's collections (once); the first version of the store becomes the active one."""
+    def register(self, version: str, dim: int, merge: Mapping[str, Any] | None = None) -> None:
+        """Record a version's collections (once) and its merge rule (default the paper's max); the first
+        version of the store becomes the active one."""
         meta = self.get(f"version:{version}")
+        merge = dict(merge or DEFAULT_MERGE)
         if meta is None:
             meta = {"dim": dim, "created_at_ms": now_ms(), "index_type": "FLAT", "index_params": {},
-                    "search_params": {}}
+                    "search_params": {}, "merge": merge}
+            self.put(f"version:{version}", meta)
+        elif meta.get("merge", DEFAULT_MERGE) != merge:
+            meta["merge"] = merge
             self.put(f"version:{version}", meta)
         self._search_params[version] = dict(meta.get("search_params", {}))
+        self._merges[version] = merge
         if self.get(CURRENT_KEY) is None:
             self.put(CURRENT_KEY, {"version": version, "history": [], "activated_at_ms": now_ms()})
 
@@ -77,6 +86,14 @@ class VersionRegistry:
         meta.update(index_type=index_type, index_params=dict(params), search_params=dict(search_params))
         self.put(key, meta)
         self._search_params[version] = dict(search_params)
+
+    def merge(self, version: str) -> dict[str, Any]:
+        """How recall merges `version`'s interests: {"rule": "max"} or {"rule": "mixture",
+        "temperature": T}."""
+        if version not in self._merges:
+            meta = self.get(f"version:{version}") or {}
+            self._merges[version] = dict(meta.get("merge", DEFAULT_MERGE))
+        return self._merges[version]
 
     def search_params(self, version: str) -> dict[str, Any]:
         if version not in self._search_params:

@@ -97,7 +97,8 @@ class Resources:
         runtime = UserTowerRuntime.load(settings.artifact_dir)
         store = settings.open_store()
         store.cleanup_in_writes = False  # the worker cleans up after a batch is saved: `cleanup_if_due`
-        store.ensure_collections(runtime.manifest.embedding_dim, runtime.manifest.model_version)
+        store.ensure_collections(runtime.manifest.embedding_dim, runtime.manifest.model_version,
+                                 runtime.manifest.merge)
         active = store.current_version()
         if active != runtime.manifest.model_version:
             log.warning("this worker serves model %s but the store's active version is %s: recall reads %s "
