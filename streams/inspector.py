@@ -115,10 +115,11 @@ def build_user_view(
         history_shown: the newest this many history entries are listed (the length is always given).
     Returns:
         `{user_id, model_version, diversity, state ("interests" | "no_interests"), history_length, history,
-        interests: [{slot, label, norm, event_ts_ms, updated_at_ms, top_items, merged_count, share}],
+        interests: [{slot, label, norm, bias, event_ts_ms, updated_at_ms, top_items, merged_count, share}],
         merged: [{rank, item_id, title, features, score, slot, label}], cold_start}`. `share` is the
-        interest's fraction of the merged list (0 when the list is empty); slots of the merged list that
-        are not among `interests` (a write landed between the two reads) are labelled all the same.
+        interest's fraction of the merged list (0 when the list is empty), `bias` its logit in the mixture
+        merge (0 under max); slots of the merged list that are not among `interests` (a write landed
+        between the two reads) are labelled all the same.
     """
     if len(per_interest_hits) != len(interests):
         raise ValueError(f"got {len(interests)} interests but {len(per_interest_hits)} hit lists")
@@ -137,7 +138,7 @@ def build_user_view(
         merged_count = counts.get(interest.slot, 0)
         views.append({
             "slot": interest.slot, "label": interest_label(interest.slot),
-            "norm": float(np.linalg.norm(interest.vector)),
+            "norm": float(np.linalg.norm(interest.vector)), "bias": float(interest.bias),
             "event_ts_ms": interest.event_ts_ms, "updated_at_ms": interest.updated_at_ms,
             "top_items": [{**catalogue.describe(hit.item_id), "score": float(hit.score)} for hit in hits],
             "merged_count": merged_count, "share": merged_count / len(merged) if merged else 0.0,

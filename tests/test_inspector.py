@@ -33,9 +33,9 @@ def titled(vocab: Vocabularies, titles: list[str]) -> Vocabularies:
     return dataclasses.replace(vocab, item_titles=titles)
 
 
-def interest(slot: int, vector: list[float]) -> StoredInterest:
+def interest(slot: int, vector: list[float], bias: float = 0.0) -> StoredInterest:
     return StoredInterest("u1", slot, np.array(vector, dtype=np.float32), "v1", event_ts_ms=5_000,
-                          updated_at_ms=6_000)
+                          updated_at_ms=6_000, bias=bias)
 
 
 def test_catalogue_gives_titles_and_features_and_degrades_to_the_id():
@@ -53,7 +53,7 @@ def test_catalogue_without_titles_in_the_artifact_shows_features_only():
 
 
 def test_user_view_counts_each_interests_share_of_the_merged_list():
-    interests = [interest(0, [3.0, 4.0]), interest(2, [0.0, 1.0])]
+    interests = [interest(0, [3.0, 4.0], bias=-0.25), interest(2, [0.0, 1.0])]
     hits = [[ItemHit(1, "m1", 0.9), ItemHit(2, "m2", 0.5)], [ItemHit(3, "m3", 0.8)]]
     recalled = RecallResult("u1", [RecalledItem("m1", 0.9, 0, 1), RecalledItem("m3", 0.8, 2, 3),
                                    RecalledItem("m2", 0.5, 0, 2), RecalledItem("ghost", 0.4, 2, 9)],
@@ -67,6 +67,7 @@ def test_user_view_counts_each_interests_share_of_the_merged_list():
     assert (first["slot"], first["label"], first["merged_count"], first["share"]) == (0, "interest 0", 2, 0.5)
     assert (second["slot"], second["merged_count"], second["share"]) == (2, 2, 0.5)
     assert first["norm"] == pytest.approx(5.0)  # |(3, 4)|
+    assert (first["bias"], second["bias"]) == (-0.25, 0.0)
     assert [item["item_id"] for item in first["top_items"]] == ["m1", "m2"]
     assert first["top_items"][1]["features"] == {"genre": ["Drama", "Comedy"]}
     assert [(m["rank"], m["item_id"], m["slot"], m["label"]) for m in view["merged"]] == [

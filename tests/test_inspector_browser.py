@@ -147,8 +147,7 @@ def test_the_index_lists_the_users_the_worker_wrote(worker: Worker, browser, run
     # The search box opens a user's page.
     page.evaluate(f"(() => {{ document.getElementById('search-user').value = '{user}';"
                   " document.querySelector('#search button').click(); })()")
-    opened = f"/ui/users/{user} complete"
-    wait_until(lambda: page.evaluate("location.pathname + ' ' + document.readyState") == opened,
+    wait_until(lambda: page.loaded("location.pathname") == f"/ui/users/{user}",
                WAIT_S, interval=0.2, what="the searched user's page")
     wait_until(lambda: page_state(page)["history"] == [runtime.item_ids()[3]], WAIT_S, interval=0.3,
                what=f"{user}'s history on the searched page")

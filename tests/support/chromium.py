@@ -36,6 +36,14 @@ class ChromiumError(RuntimeError):
     """Chromium could not be installed, started or driven; the message says what to do."""
 
 
+class NavigatingError(ChromiumError):
+    """The page was between two documents when asked (the old one's context is gone, the new one not yet
+    there); asking again after a moment answers."""
+
+
+_NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed")
+
+
 def ensure_chromium(path: Path = CHROMIUM) -> Path:
     """`path` when Chromium is installed; otherwise `apt-get update && apt-get install -y chromium` (as root)
     and then `path`. Raises ChromiumError with the fix when that is impossible: never a silent skip."""
@@ -139,17 +147,26 @@ class Page:
             message = json.loads((await self._ws.receive()).data)
             if message.get("id") == call_id:
                 if "error" in message:
-                    raise ChromiumError(f"{method}: {message['error']}")
+                    error = NavigatingError if any(text in str(message["error"]) for text in _NAVIGATING) \
+                        else ChromiumError
+                    raise error(f"{method}: {message['error']}")
                 return message.get("result", {})
 
     def navigate(self, url: str) -> None:
         """Load `url` and wait until the document (and its deferred scripts) has loaded."""
         self.send("Page.navigate", url=url)
         deadline = time.monotonic() + 30
-        while self.evaluate("document.readyState + ' ' + location.href") != f"complete {url}":
+        while self.loaded("location.href") != url:
             if time.monotonic() > deadline:
                 raise ChromiumError(f"{url} did not finish loading within 30 s")
             time.sleep(0.1)
+
+    def loaded(self, expression: str) -> Any:
+        """`expression`'s value once the page's document has loaded; None while it loads or navigates."""
+        try:
+            return self.evaluate(f"document.readyState === 'complete' ? ({expression}) : null")
+        except NavigatingError:
+            return None
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (promises awaited, returned as JSON)."""

@@ -22,7 +22,8 @@ function renderInterests(view) {
         el("span", {class: "share-value"}, `${share}%`),
         ` of the merged list (${interest.merged_count} of ${view.merged.length})`),
       el("div", {class: "bar"}, el("div", {style: `width: ${share}%; background: ${colour}`})),
-      el("p", {class: "note"}, `norm ${interest.norm.toFixed(3)} · written ${utc(interest.updated_at_ms)}`),
+      el("p", {class: "note"}, `norm ${interest.norm.toFixed(3)} · merge weight ${Math.exp(interest.bias).toFixed(3)}` +
+        ` · written ${utc(interest.updated_at_ms)}`),
       el("ol", {class: "top-items"}, ...interest.top_items.map((item) =>
         el("li", {"data-item": item.item_id}, itemCell(item), el("span", {class: "score"}, item.score.toFixed(3))))));
   });
