@@ -348,8 +348,9 @@ def test_recall_over_http_equals_the_python_function_and_restart_resumes_from_co
     finally:
         store.close()
     assert over_http == in_process and over_http["diversity"] == 0.0
+    # the configured λ reached the merge (whether λ = 1 reorders this user's list depends on the scores;
+    # test_recall checks the λ merge against the whole catalogue)
     assert diverse == in_process_diverse and diverse["diversity"] == 1.0
-    assert diverse["items"] != over_http["items"]  # λ reached the merge: another list
     assert from_cli_store == in_process_diverse
     assert len(over_http["items"]) == 10 and not over_http["cold_start"]
     assert {item["slot"] for item in over_http["items"]} <= {row["slot"] for row in answer["interests"]}

@@ -30,7 +30,8 @@ class TinyTower:
     def infer(self, history, history_mask, profile):
         n = history_mask.sum(axis=1).astype(np.float32)
         vectors = np.stack([np.stack([n, n], 1), np.stack([n, -n], 1)], 1)
-        return SimpleNamespace(interest_vectors=vectors, valid_interest_mask=np.stack([n >= 1, n >= 2], 1))
+        return SimpleNamespace(interest_vectors=vectors, valid_interest_mask=np.stack([n >= 1, n >= 2], 1),
+                               interest_bias=np.zeros((len(n), 2), np.float32))
 
 
 class ScriptedStore:
