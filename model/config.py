@@ -41,6 +41,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "candidate_scoring": "attention",
     "global_interest": False,
     "interest_merge": "max",
+    "choose_merge": False,
 }
 
 
@@ -120,6 +121,10 @@ class MindConfig:
         "f_score = max_k v_k . e_i) or 'mixture' (temperature * log sum_k pi_k^w exp(v_k . e_i / "
         "temperature), pi_k = interest k's share of the last routing round's coupling; docs/MODEL.md, "
         "Round 9)")
+    choose_merge: bool = _option(
+        True, "each epoch, also rank the validation users by the paper's 'max' and keep the (epoch, merge) "
+              "with the best validation split Recall@50; the chosen merge is written into the checkpoint "
+              "(so the data set decides; docs/MODEL.md, Round 9)")
     interest_prior_weight: float = _option(
         1.0, "w: the exponent of pi_k in the 'mixture' merge (0 = every interest weighs the same)")
     interest_prior_decay: float = _option(

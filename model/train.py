@@ -8,8 +8,9 @@ config.num_negatives items sampled from the corpus (uniform or popularity ** 0.7
 correction so the loss is an estimate of the full softmax over the corpus (config.full_softmax: every item
 instead); a negative that equals a row's target is masked out. Each candidate is scored against the user's
 interests as config.candidate_scoring says (`batch_loss`). After every epoch the model is scored on the
-validation users (user-split Recall@50); the best epoch's weights are kept. Test users are never looked at
-here.
+validation users (user-split Recall@50), under the configured recall merge and, with config.choose_merge,
+under the paper's max too; the best (epoch, merge)'s weights and merge are kept. Test users are never looked
+at here.
 """
 
 from __future__ import annotations
@@ -299,7 +300,11 @@ def item_counts_of(data: Any, users: np.ndarray) -> np.ndarray:
 def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.ndarray,
                 valid_users: np.ndarray, *, progress: bool = True,
                 log: Callable[[str], None] = print, threads: int | None = None) -> TrainResult:
-    """Train a fresh model of `model_kind` on `train_users`; keep the epoch best on `valid_users`."""
+    """Train a fresh model of `model_kind` on `train_users`; keep the epoch best on `valid_users`.
+
+    Each epoch is validated under every merge of `merge_candidates`; the model keeps the best (epoch,
+    merge), and its config names that merge (`result.model.config`).
+    """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -317,7 +322,8 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
     )
     order_rng = np.random.default_rng(config.seed)
     result = TrainResult(model=model, num_samples=len(samples))
-    best_score, best_state, stale = -math.inf, None, 0
+    best_score, best_state, best_config, stale = -math.inf, None, config, 0
+    merges = merge_candidates(config, model.num_interests)
     started = time.perf_counter()
     steps_per_epoch = math.ceil(len(samples) / config.batch_size)
     for epoch in range(1, config.epochs + 1):
@@ -351,9 +357,16 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
                 bar.set_postfix(loss=f"{running / seen:.4f}")
         bar.close()
         epoch_seconds = time.perf_counter() - epoch_started
-        validation = evaluate_scorer(model_scorer(model, config.max_history_length), data.sequences,
-                                     data.user_profile, valid_users, config.holdout_fraction)
-        score = validation[VALIDATION_METRIC[0]].get(VALIDATION_METRIC[1], 0.0)
+        by_merge = []
+        for candidate in merges:  # the configured merge first: it wins ties
+            model.config = candidate
+            by_merge.append((evaluate_scorer(model_scorer(model, config.max_history_length), data.sequences,
+                                             data.user_profile, valid_users, config.holdout_fraction),
+                             candidate))
+        model.config = config
+        scores = [v[VALIDATION_METRIC[0]].get(VALIDATION_METRIC[1], 0.0) for v, _ in by_merge]
+        chosen = int(np.argmax(scores))
+        (validation, epoch_config), score = by_merge[chosen], scores[chosen]
         record = {
             "epoch": epoch,
             "loss": running / max(seen, 1),
@@ -361,14 +374,19 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
             "attention_power": str(model.label_aware_attention.power),
             "training": diagnostics.summary(),
             "validation": validation,
+            "merge": epoch_config.interest_merge,
+            "validation_by_merge": {c.interest_merge: s for (_, c), s in zip(by_merge, scores, strict=True)},
         }
         result.epochs.append(record)
         log(f"epoch {epoch}: loss {record['loss']:.4f}, {epoch_seconds:.0f}s, validation "
             f"{VALIDATION_METRIC[0]} {VALIDATION_METRIC[1]} {score:.4f}, next-item HitRate@50 "
-            f"{validation['next_item'].get('HitRate@50', 0.0):.4f}")
+            f"{validation['next_item'].get('HitRate@50', 0.0):.4f}"
+            + (f" ({epoch_config.interest_merge} merge; " + ", ".join(
+                f"{c.interest_merge} {s:.4f}" for (_, c), s in zip(by_merge, scores, strict=True)) + ")"
+               if len(merges) > 1 else ""))
         if score > best_score:
             best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-            result.best_epoch, result.best_validation = epoch, validation
+            result.best_epoch, result.best_validation, best_config = epoch, validation, epoch_config
         else:
             stale += 1
             if config.patience and stale >= config.patience:
@@ -376,10 +394,19 @@ def train_model(model_kind: str, config: MindConfig, data: Any, train_users: np.
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.config = best_config
     model.label_aware_attention.power = float(config.attention_power)
     model.eval()
     result.train_seconds = time.perf_counter() - started
     return result
+
+
+def merge_candidates(config: MindConfig, num_interests: int) -> list[MindConfig]:
+    """The merges an epoch is validated with: the configured one, then (config.choose_merge, several
+    interests, a merge other than the paper's) the paper's 'max'."""
+    if config.choose_merge and num_interests > 1 and config.interest_merge != "max":
+        return [config, config.replace(interest_merge="max")]
+    return [config]
 
 
 def evaluate_popular(data: Any, train_users: np.ndarray, users: np.ndarray,

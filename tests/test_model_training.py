@@ -275,3 +275,26 @@ def test_target_window_draws_the_target_from_the_next_w_items_and_keeps_the_hist
     assert np.abs((targets[0] == 6).mean() - 0.5) < 0.05
     histories = batch["history"].numpy().reshape(len(samples), -1, 3)[:, 0].tolist()
     assert histories == [[5, 0, 0], [5, 6, 0], [5, 6, 7]]  # the items before t, whatever the target
+
+
+def test_training_keeps_the_best_epoch_and_merge_on_validation_users_and_the_model_names_that_merge():
+    torch.set_num_threads(1)
+    data, _ = synthetic_planted(num_users=200, num_clusters=8, items_per_cluster=10, seed=3)
+    split = user_split(data, seed=0)
+    config = SYNTHETIC_CONFIG.replace(epochs=3)
+    result = train_model("mind", config, data, split.train_users, split.valid_users, progress=False,
+                         log=lambda _: None)
+    scored = [(record["validation_by_merge"][merge], record["epoch"], merge)
+              for record in result.epochs for merge in ("mixture", "max")]
+    assert all(set(record["validation_by_merge"]) == {"mixture", "max"} for record in result.epochs)
+    best = max(scored, key=lambda t: (t[0], -t[1], t[2] == "mixture"))  # earliest epoch, then the configured
+    assert (result.best_epoch, result.model.config.interest_merge) == (best[1], best[2])
+    assert result.best_validation["user_split"]["Recall@50"] == best[0]
+    # one interest: both merges rank alike, so only the configured one is validated
+    single = train_model("mind", config.replace(num_interests=1, epochs=1), data, split.train_users,
+                         split.valid_users, progress=False, log=lambda _: None)
+    assert set(single.epochs[0]["validation_by_merge"]) == {"mixture"}
+    off = train_model("mind", config.replace(choose_merge=False, epochs=1), data, split.train_users,
+                      split.valid_users, progress=False, log=lambda _: None)
+    assert set(off.epochs[0]["validation_by_merge"]) == {"mixture"}
+    assert off.model.config.interest_merge == "mixture"
