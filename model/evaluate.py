@@ -202,6 +202,7 @@ def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences
     profiles = user_profile[[case.user for case in cases]] if cases else user_profile[:0]
     now = model_interests(model, histories, profiles, max_history_length)
     temperature = model.config.logit_temperature
+    mixture = model.config.interest_merge == "mixture"  # else the diagnostics' max-merge (no bias)
     with torch.no_grad():
         item_vectors = model.all_item_embeddings().numpy()
     n = min(n, len(item_vectors) - 1)
@@ -214,14 +215,16 @@ def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences
         rows = slice(start, start + batch_size)
         if start < len(cases):
             chunk = diagnostics.interest_diagnostics(now.vectors[rows], now.mask[rows], item_vectors,
-                                                     histories[rows], n, now.bias[rows], temperature)
+                                                     histories[rows], n, now.bias[rows] if mixture else None,
+                                                     temperature)
             for name, values in chunk.items():
                 per_user.setdefault(name, []).append(values)
         if start < len(full):
             before = full[rows]
             chunk = diagnostics.stability(now.vectors[before], now.mask[before], after.vectors[rows],
                                           after.mask[rows], item_vectors, after_histories[rows], n,
-                                          (now.bias[before], after.bias[rows]), temperature)
+                                          (now.bias[before], after.bias[rows]) if mixture else None,
+                                          temperature)
             for name, values in chunk.items():
                 stable.setdefault(name, []).append(values)
     return {

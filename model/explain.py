@@ -53,7 +53,7 @@ def explain_user(model: RetrievalModel, data: Any, user_id: str, top_items: int 
         mask_t = torch.from_numpy(mask)
         output = model.interests(torch.from_numpy(history), mask_t,
                                  torch.from_numpy(data.user_profile[user: user + 1]))
-        bias = model.merge_bias(output, mask_t).numpy()
+        bias = model.merge_bias(output, mask_t).numpy() if model.config.interest_merge == "mixture" else None
         valid = output.valid_interest_mask[0].numpy()
         item_table = model.all_item_embeddings()
         per_interest = output.interest_vectors[0, valid] @ item_table.T                 # (K'u, N + 1)

@@ -187,3 +187,26 @@ def test_user_tower_traces_to_onnx_with_dynamic_batch_and_length(tmp_path, routi
         expected = model.interests(history, mask, profile)
     np.testing.assert_allclose(vectors, expected.interest_vectors.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(valid, expected.valid_interest_mask.numpy())
+
+
+@pytest.mark.parametrize("merge", ["max", "mixture"])
+def test_the_interest_diagnostics_merge_as_the_model_recalls(merge):
+    from model.diagnostics import interest_diagnostics
+    from model.evaluate import diagnose_interests, model_interests, user_split_cases
+
+    model = tiny_model(interest_merge=merge, logit_temperature=1.0)  # T 1, 20 items: max and lse lists differ
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(1, NUM_ITEMS + 1, size=12) for _ in range(6)]
+    profiles = np.zeros((6, 2), np.int64)
+    users = np.arange(6)
+    got = diagnose_interests(model, 20, sequences, profiles, users, n=20)["interests"]["all"]
+    histories = [case.history for case in user_split_cases(sequences, users, 0.2)]
+    interests = model_interests(model, histories, profiles, 20)
+    with torch.no_grad():
+        items = model.all_item_embeddings().numpy()
+    bias = interests.bias if merge == "mixture" else None  # max: the plain max-merge, no bias at all
+    expected = interest_diagnostics(interests.vectors, interests.mask, items, histories, 20, bias,
+                                    model.config.logit_temperature)
+    assert got["dominant_share"] == pytest.approx(float(np.mean(expected["dominant_share"])), abs=1e-4)
+    assert got["interests_contributing"] == pytest.approx(float(np.mean(expected["interests_contributing"])),
+                                                          abs=1e-4)
