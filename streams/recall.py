@@ -123,10 +123,15 @@ def recall(
     rule = store.merge_rule(version)
     mixture = None
     if rule["rule"] == "mixture":
+        item_vectors: dict[int, np.ndarray] = {}  # a deeper search re-lists the items it already read
+
         def inner_products(items: np.ndarray) -> np.ndarray:
-            rows = store.get_items(items.tolist(), model_version=version, vectors=True)
-            found = {row["item_index"]: row["vector"] for row in rows}
-            return vectors.astype(np.float64) @ np.stack([found[int(i)] for i in items]).astype(np.float64).T
+            unread = [int(i) for i in items if int(i) not in item_vectors]
+            if unread:
+                rows = store.get_items(unread, model_version=version, vectors=True)
+                item_vectors.update((row["item_index"], row["vector"]) for row in rows)
+            table = np.stack([item_vectors[int(i)] for i in items]).astype(np.float64)
+            return vectors.astype(np.float64) @ table.T
 
         mixture = Mixture(np.array([interest.bias for interest in interests]), float(rule["temperature"]),
                           inner_products)
