@@ -2,11 +2,14 @@
 
 An item's score s_i is one of two rules (the artifact's manifest `merge`):
 
-    max (the paper):  s_i = f_score(V_u, e_i) = max_k e_iᵀ v_u^k, and w(i) the slot that gives the max;
+    max (the paper):  s_i = f_score(V_u, e_i) = max_k e_iᵀ v_u^k;
     mixture:          s_i = T log Σ_k exp(e_iᵀ v_u^k / T + b_k), with b_k the tower's interest bias
-                      (w log π_k, π_k the interest's share of the user's recent routing mass), and w(i)
-                      the slot with the largest term. Every interest's e_iᵀ v_u^k counts, so items found in
-                      one list are rescored with every interest (`Mixture.inner_products`).
+                      (w log π_k, π_k the interest's share of the user's recent routing mass). Every
+                      interest's e_iᵀ v_u^k counts, so items found in one list are rescored with every
+                      interest (`Mixture.inner_products`).
+
+Under both rules an item's interest w(i) is the slot nearest to it, argmax_k e_iᵀ v_u^k (under max, the
+slot that gives the max): what the item is about, whatever weight the user's history gives that interest.
 
     diversity = 0:  the items by s_i, best first.
     diversity = λ > 0:  a greedy pick that trades score for coverage of the user's interests (ComiRec's
@@ -85,10 +88,10 @@ class Mixture:
     inner_products: Callable[[np.ndarray], np.ndarray]
 
     def scores(self, inner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(K'u, m) inner products -> the items' scores (m,) and each item's largest term's list (m,)."""
-        bias = np.asarray(self.bias, dtype=np.float64)[:, None]
-        terms = np.asarray(inner, dtype=np.float64) / self.temperature + bias
-        return self.temperature * np.logaddexp.reduce(terms, axis=0), terms.argmax(axis=0)
+        """(K'u, m) inner products -> the items' scores (m,) and each item's nearest list (m,)."""
+        inner = np.asarray(inner, dtype=np.float64)
+        terms = inner / self.temperature + np.asarray(self.bias, dtype=np.float64)[:, None]
+        return self.temperature * np.logaddexp.reduce(terms, axis=0), inner.argmax(axis=0)
 
 
 @dataclasses.dataclass(frozen=True)

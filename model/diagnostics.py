@@ -11,7 +11,7 @@ Per user (arrays of shape (B,)):
 
 - `mean_pairwise_cosine`: mean cosine over the pairs of a user's valid interests (NaN when K'u < 2);
 - `merged_top_n`: recall's merge (the paper's max-merge f_score = max_k e_iᵀ v_k, or the interests' mixture)
-  with the interest that won each item;
+  with each item's interest, the one nearest to it;
   `contribution`: how many interests supply the merged top-n and the dominant interest's share of it;
 - `norm_ratio`: largest / smallest valid interest norm;
 - `stability`: interests before and after one new event: the same-slot cosine, the cosine of the best
@@ -69,13 +69,14 @@ def mean_pairwise_cosine(interest_vectors: np.ndarray, valid_interest_mask: np.n
 def merged_top_n(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, item_vectors: np.ndarray,
                  histories: Sequence[np.ndarray], n: int = 50, interest_bias: np.ndarray | None = None,
                  temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The merged top-n of each user and the interest that gave each item its score.
+    """The merged top-n of each user and each listed item's interest.
 
     Without `interest_bias` an item's score is the max over the valid interests k of
-    item_vectors[i] . interest_vectors[k] (the paper's max-merge); with it, recall's mixture
-    T log sum_k exp(s_ik / T + b_k), and the winning interest is the one with the largest term. The padding
-    item 0 and the user's history items are excluded. Ties: between items the smaller index ranks first; for
-    one item the lowest slot wins (as streams' merge).
+    s_ik = item_vectors[i] . interest_vectors[k] (the paper's max-merge); with it, recall's mixture
+    T log sum_k exp(s_ik / T + b_k). Under both, an item's interest is the valid one nearest to it
+    (argmax_k s_ik, the max-merge's winner), as recall labels it. The padding item 0 and the user's history
+    items are excluded. Ties: between items the smaller index ranks first; for one item the lowest slot wins
+    (as streams' merge).
 
     Args:
         interest_vectors: (B, K, d) float.
@@ -94,14 +95,13 @@ def merged_top_n(interest_vectors: np.ndarray, valid_interest_mask: np.ndarray, 
     if not 1 <= n <= len(items) - 1:
         raise ValueError(f"merged_top_n: n={n} must be in 1..{len(items) - 1} (the number of real items)")
     per_interest = np.einsum("bkd,id->bki", vectors, items)               # (B, K, I)
-    if interest_bias is not None:
-        per_interest = per_interest / temperature + np.asarray(interest_bias, dtype=np.float64)[:, :, None]
     per_interest[~mask] = -np.inf
     winner = per_interest.argmax(axis=1)                                  # (B, I): first max = lowest slot
     if interest_bias is None:
         scores = per_interest.max(axis=1)                                 # (B, I)
     else:
-        scores = temperature * np.logaddexp.reduce(per_interest, axis=1)
+        terms = per_interest / temperature + np.asarray(interest_bias, dtype=np.float64)[:, :, None]
+        scores = temperature * np.logaddexp.reduce(terms, axis=1)
     scores[:, 0] = -np.inf
     for row, history in enumerate(histories):
         scores[row, np.asarray(history, dtype=np.int64)] = -np.inf

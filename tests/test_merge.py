@@ -134,19 +134,22 @@ def mixture_of(interests: np.ndarray, items: np.ndarray, bias: np.ndarray, tempe
     return Mixture(bias, temperature, lambda index: interests @ items[index - 1].T)
 
 
-def test_the_mixture_scores_every_item_with_every_interest_and_names_the_largest_term() -> None:
+def test_the_mixture_scores_every_item_with_every_interest_and_names_the_nearest_interest() -> None:
     interests = np.array([[1.0, 0.0], [0.0, 1.0]])
-    items = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])               # item indices 1, 2, 3
+    items = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.1]])               # item indices 1, 2, 3
+    # item 3's largest term is interest 1's, and interest 1 is also nearer; item 4 = (1.2, 1.0): the
+    # largest term is interest 1's (1.0 / 0.5 + log .75 > 1.2 / 0.5 + log .25), the nearest interest 0
+    items = np.vstack([items, [1.2, 1.0]])
     bias = np.log(np.array([0.25, 0.75]))
     # item 1 is listed by interest 0 only, item 2 by interest 1 only: both are rescored with both
-    lists = [InterestList(np.array([1, 3]), np.array([2.0, 1.0])),
+    lists = [InterestList(np.array([1, 4, 3]), np.array([2.0, 1.2, 1.0])),
              InterestList(np.array([2]), np.array([1.0]))]
-    merged = merge_interests(lists, n=3, mixture=mixture_of(interests, items, bias, 0.5))
+    merged = merge_interests(lists, n=4, mixture=mixture_of(interests, items, bias, 0.5))
     by_hand = {i: 0.5 * math.log(0.25 * math.exp(a / 0.5) + 0.75 * math.exp(b / 0.5))
-               for i, (a, b) in {1: (2, 0), 2: (0, 1), 3: (1, 1)}.items()}
+               for i, (a, b) in {1: (2, 0), 2: (0, 1), 3: (1, 1.1), 4: (1.2, 1.0)}.items()}
     assert merged.item_index.tolist() == sorted(by_hand, key=lambda i: -by_hand[i])
     assert merged.score.tolist() == pytest.approx([by_hand[i] for i in merged.item_index])
-    assert dict(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True)) == {1: 0, 2: 1, 3: 1}
+    assert dict(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True)) == {1: 0, 2: 1, 3: 1, 4: 0}
     assert not merged.exact  # unlisted items could score up to the bound of the lists' last scores
 
 

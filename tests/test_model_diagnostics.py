@@ -51,8 +51,9 @@ def test_merged_top_n_max_merges_excludes_history_and_padding_and_names_the_winn
     assert interests.tolist() == [2] and dominant.tolist() == [pytest.approx(2 / 3)]
 
 
-def test_merged_top_n_with_a_bias_ranks_by_the_mixture_and_names_the_largest_term():
+def test_merged_top_n_with_a_bias_ranks_by_the_mixture_and_names_the_nearest_interest():
     # scores as above; T = 1, b = (0, log 3): terms 1, 0, .5, 3 against 0 + log 3, 2 + log 3, 1 + log 3, ...
+    # item 1's largest term is interest 1's (log 3 > 1), but interest 0 is nearer to it (1 > 0)
     vectors = np.array([[[1.0, 0.0], [0.0, 2.0]]])
     bias = np.array([[0.0, math.log(3.0)]])
     top, winner, scores = merged_top_n(vectors, np.array([[True, True]]), ITEMS, [np.array([], dtype=int)],
@@ -61,7 +62,7 @@ def test_merged_top_n_with_a_bias_ranks_by_the_mixture_and_names_the_largest_ter
                for i, (a, b) in {1: (1, 0), 2: (0, 2), 3: (0.5, 1), 4: (3, -2)}.items()}
     assert top.tolist() == [sorted(by_hand, key=lambda i: -by_hand[i])]
     assert scores[0].tolist() == pytest.approx([by_hand[i] for i in top[0]])
-    assert dict(zip(top[0].tolist(), winner[0].tolist(), strict=True)) == {1: 1, 2: 1, 3: 1, 4: 0}
+    assert dict(zip(top[0].tolist(), winner[0].tolist(), strict=True)) == {1: 0, 2: 1, 3: 1, 4: 0}
 
 
 def test_merged_top_n_breaks_ties_by_smaller_item_then_lower_slot_and_ignores_invalid_interests():
