@@ -98,9 +98,9 @@ class Mixture:
 class MergedList:
     """The merged answer in pick order (score order at λ = 0).
 
-    `score` is each item's score s_i (the max over interests, or the mixture), `slot` the interest that gave
-    it (w(i)); `exact` says
-    whether the lists were deep enough for the answer to equal the merge over the whole catalogue.
+    `score` is each item's score s_i (the max over interests, or the mixture), `slot` its interest w(i), the
+    one nearest to it; `exact` says whether the lists were deep enough for the answer to equal the merge over
+    the whole catalogue.
     """
 
     item_index: np.ndarray   # (n',) int64, n' = min(n, number of distinct candidates)
@@ -125,7 +125,7 @@ def validate_diversity(diversity: object) -> float:
 
 def _best_per_item(lists: Sequence[InterestList], slots: Sequence[int],
                    mixture: Mixture | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct items with their score and winning slot, best first (score desc, index asc)."""
+    """Distinct items with their score and slot (`MergedList.slot`), best first (score desc, index asc)."""
     items = np.concatenate([np.asarray(lst.item_index, dtype=np.int64) for lst in lists])
     scores = np.concatenate([np.asarray(lst.score, dtype=np.float64) for lst in lists])
     owner = np.concatenate([np.full(len(lst.item_index), slot, dtype=np.int64)

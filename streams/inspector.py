@@ -111,7 +111,8 @@ def build_user_view(
         interests: the user's stored interests (K'u of them, any slots), as read with the model version of
             `recalled`.
         per_interest_hits: one hit list per entry of `interests`, that interest's own top items, best first.
-        recalled: the served recall for the same user and `diversity`; each item names its winning slot.
+        recalled: the served recall for the same user and `diversity`; each item names its slot (the
+            interest nearest to it).
         history_shown: the newest this many history entries are listed (the length is always given).
     Returns:
         `{user_id, model_version, diversity, state ("interests" | "no_interests"), history_length, history,

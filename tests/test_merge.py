@@ -149,7 +149,8 @@ def test_the_mixture_scores_every_item_with_every_interest_and_names_the_nearest
                for i, (a, b) in {1: (2, 0), 2: (0, 1), 3: (1, 1.1), 4: (1.2, 1.0)}.items()}
     assert merged.item_index.tolist() == sorted(by_hand, key=lambda i: -by_hand[i])
     assert merged.score.tolist() == pytest.approx([by_hand[i] for i in merged.item_index])
-    assert dict(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True)) == {1: 0, 2: 1, 3: 1, 4: 0}
+    slots = dict(zip(merged.item_index.tolist(), merged.slot.tolist(), strict=True))
+    assert slots == {1: 0, 2: 1, 3: 1, 4: 0}
     assert not merged.exact  # unlisted items could score up to the bound of the lists' last scores
 
 
