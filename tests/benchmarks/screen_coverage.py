@@ -16,7 +16,6 @@ dominant share) counted both ways, so a rule's list and its attribution are judg
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from common import emit_row
+from screen_merges import ruled
 
 from export.merge import InterestList, Mixture, merge_interests
 from model.checkpoint import load_checkpoint
@@ -51,9 +51,9 @@ class LargestTermMixture(Mixture):
         return scores, terms.argmax(axis=0)
 
 
-def _coverage(slots: np.ndarray, owners: np.ndarray) -> tuple[int, float]:
+def _coverage(owners: np.ndarray) -> tuple[int, float]:
     """(interests contributing, dominant share) of a merged list whose items have these owners."""
-    counts = np.bincount(owners, minlength=int(slots.max()) + 1)
+    counts = np.bincount(owners)
     return int((counts > 0).sum()), float(counts.max() / len(owners))
 
 
@@ -73,17 +73,15 @@ def screen(checkpoint: Path, data_name: str, split_seed: int, cache_dir: Path) -
         histories = [case.history for case in cases]
         profiles = data.user_profile[[case.user for case in cases]]
         for name, rule in RULES.items():
-            ruled = copy.copy(model)  # shares the weights
-            ruled.config = model.config.replace(**rule)
-            interests = model_interests(ruled, histories, profiles, window)
+            interests = model_interests(ruled(model, rule), histories, profiles, window)
             attributions = ("nearest",) if rule["interest_merge"] == "max" else ("nearest", "term")
             for row, case in enumerate(cases):
                 vectors = interests.vectors[row][interests.mask[row]].astype(np.float64)
+                everything = vectors @ items.T                                         # (K'u, I)
+                nearest = everything.argmax(axis=0)                                    # (I,) by item index
                 candidates = np.setdiff1d(every_item, case.history)
-                inner = vectors @ items[candidates].T                                  # (K'u, m)
                 lists = [InterestList(candidates[np.argsort(-s, kind="stable")], np.sort(s)[::-1],
-                                      complete=True) for s in inner]
-                nearest = (vectors @ items.T).argmax(axis=0)                           # (I,) by item index
+                                      complete=True) for s in everything[:, candidates]]
                 for attribution in attributions:
                     mixture = None
                     if rule["interest_merge"] == "mixture":
@@ -98,10 +96,9 @@ def screen(checkpoint: Path, data_name: str, split_seed: int, cache_dir: Path) -
                         total[kind] += np.isin(case.targets, merged.item_index).sum() / len(case.targets)
                         total[f"{kind}_users"] += 1
                         if kind == "split":
-                            slots = np.arange(len(vectors))
                             for label, owners in (("listed", merged.slot),
                                                   ("nearest", nearest[merged.item_index])):
-                                count, share = _coverage(slots, owners)
+                                count, share = _coverage(owners)
                                 for metric, value in ((f"contributing_{label}", count),
                                                       (f"dominant_{label}", share)):
                                     total[metric] = total.get(metric, 0.0) + value

@@ -34,11 +34,16 @@ RULES.update({f"mix {weight:g} g{decay:g}": {"interest_merge": "mixture", "inter
               for decay in (1.0, 0.9, 0.8, 0.7, 0.5) for weight in (0.5, 1.0, 2.0)})
 
 
+def ruled(model: RetrievalModel, rule: dict[str, object]) -> RetrievalModel:
+    """The trained `model` with its merge settings replaced by `rule` (it shares the weights)."""
+    copied = copy.copy(model)
+    copied.config = model.config.replace(**rule)
+    return copied
+
+
 def rule_scorer(model: RetrievalModel, rule: dict[str, object]):
     """A `model.evaluate` Scorer of the trained `model` with its merge settings replaced by `rule`."""
-    ruled = copy.copy(model)  # shares the weights
-    ruled.config = model.config.replace(**rule)
-    return model_scorer(ruled, ruled.config.max_history_length)
+    return model_scorer(ruled(model, rule), model.config.max_history_length)
 
 
 def main() -> None:
