@@ -11,9 +11,6 @@ CI sizes: outage 3k events over 300 users; fuzz 150 payloads.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.basics import children_of, wait_until
+from support.basics import wait_until
+from support.child_killer import ChildKiller
 from support.milvus import release_lite
 from support.payloads import examples, labelled_payloads
 from support.synthetic_stream import expected_vectors, make_stream, produce_stream, wrong_over_http
@@ -142,7 +140,7 @@ def test_fuzzed_payloads_each_end_in_the_dlq_with_a_reason_or_are_applied_and_go
 # --- 3. the vector store down for a while ----------------------------------------------------------------
 
 
-def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches_up(live, runtime):
+def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches_up(live, runtime, tmp_path):
     """Kill the worker's Milvus Lite server and every replacement it starts for OUTAGE_S seconds (the server
     is down, and stays down, however often the worker reconnects); events keep arriving. Then let it up."""
     outage_s = 12.0
@@ -155,25 +153,9 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
     dlq_before = len(dlq_messages(live.env))
     retries_before = live.metric("mindstream_batch_retries_total")
 
-    stop_killing = threading.Event()
-    kills = []
-
-    def kill_lite_servers() -> None:
-        # /proc, not pgrep: a new server must die well within the 0.5 s milvus-lite waits for it to start,
-        # even on a loaded machine, so no write slips through the "outage".
-        while not stop_killing.is_set():
-            for pid in children_of(live.proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    kills.append(pid)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_lite_servers)
-    killer.start()
-    try:
-        wait_until(lambda: kills, 10, what="the Lite server killed")
+    # The killer is a process of its own: a thread here starves for the GIL while the stream is produced.
+    with ChildKiller(live.proc.pid, tmp_path / "lite-kills") as killer:
+        wait_until(killer.kills, 10, what="the Lite server killed")
         produce_stream(live.env["KAFKA_BOOTSTRAP"], topic, stream.messages[half:])
         outage_end = time.monotonic() + outage_s
         statuses = set()
@@ -182,9 +164,7 @@ def test_a_vector_store_outage_is_retried_without_acking_then_the_worker_catches
             time.sleep(0.5)
         lag_in_outage = committed_lag(live)
         assert live.proc.poll() is None
-    finally:
-        stop_killing.set()
-        killer.join()
+    kills = killer.kills()
     back = time.monotonic()
     live.wait_for(lambda: committed_lag(live) == 0, WAIT_S, interval=0.5, what="caught up after the outage")
     catch_up_s = time.monotonic() - back
