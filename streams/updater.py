@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,12 +62,17 @@ def apply_events(history: Mapping[str, list] | None, events: Sequence[Interactio
     items = list(history.get("items", []))  # shallow: item triples are never mutated, so never copied
     seen = list(history.get("seen", []))
     # -- de-duplication: both windows (issue 16): ids of kept items as well as the last `max_seen` ids --
-    seen_set = set(seen).union(item[2] for item in items)
+    # The windows are scanned in C for the batch's own ids, never hashed into a set of their own.
+    batch_ids = {event.event_id for event in events}
+    if batch_ids.isdisjoint(chain(seen, map(itemgetter(2), items))):
+        skip: set[str] = set()
+    else:
+        skip = batch_ids.intersection(chain(seen, map(itemgetter(2), items)))
     applied: list[Interaction] = []
     for event in events:
-        if event.event_id in seen_set:
+        if event.event_id in skip:
             continue
-        seen_set.add(event.event_id)
+        skip.add(event.event_id)
         seen.append(event.event_id)
         items.append([event.item_id, event.ts_ms, event.event_id])
         applied.append(event)
