@@ -23,7 +23,7 @@ NEGATIVE_SAMPLERS = ("uniform", "popularity")
 ROUTING_INITS = ("position", "item", "sample", "learned", "prototype")
 SAMPLE_MODES = ("every_position", "random_target")
 NORMALIZE_CHOICES = ("none", "interests")
-CANDIDATE_SCORINGS = ("attention", "max", "logsumexp")
+CANDIDATE_SCORINGS = ("attention", "max", "logsumexp", "mixture")
 INTEREST_MERGES = ("max", "mixture")
 # Departures from the paper added later: a stored config without the key was trained with this value.
 LEGACY_VALUES: dict[str, Any] = {
@@ -107,7 +107,8 @@ class MindConfig:
         "builds one user vector from the target, and the negatives are scored with it), 'max' (each "
         "candidate by its best valid interest, the serving f_score, so training ranks as recall does; "
         "attention_power is then unused), 'logsumexp' (a smooth max: temperature * logsumexp over the valid "
-        "interests of v_k . e / temperature)")
+        "interests of v_k . e / temperature), 'mixture' (the 'mixture' merge's score, logsumexp with each "
+        "interest's w log pi_k added, pi_k held constant: training ranks as the mixture recall does)")
     attention_soft_epochs: int = _option(
         0, "train with p = 0 (the average of the interests) for this many epochs, then with attention_power")
     normalize: str = _option(

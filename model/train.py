@@ -167,12 +167,19 @@ def sampled_softmax_loss(user_vectors: torch.Tensor, target_embeddings: torch.Te
 
 def interest_candidate_scores(interest_vectors: torch.Tensor, valid_interest_mask: torch.Tensor,
                               target_embeddings: torch.Tensor, negative_embeddings: torch.Tensor,
-                              reduce: str, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                              reduce: str, temperature: float = 1.0,
+                              interest_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each candidate scored by all of the user's valid interests, reduced over the interests.
 
-    interest_vectors (B, K, d), valid_interest_mask (B, K) bool (>= 1 valid per row), target_embeddings
-    (B, d), negative_embeddings (M, d) -> positive (B,), negative (B, M). `reduce` "max" is serving's
-    f_score = max_k v_k . e; "logsumexp" is its smooth form temperature * logsumexp_k(v_k . e / temperature).
+    `reduce` "max" is the paper's f_score = max_k v_k . e; "logsumexp" its smooth form
+    T logsumexp_k(v_k . e / T); "mixture" the mixture merge's T logsumexp_k(v_k . e / T + b_k), b_k =
+    `interest_bias` (`RetrievalModel.recall_scores`).
+
+    Shape:
+        interest_vectors (B, K, d), valid_interest_mask (B, K) bool (>= 1 valid per row), target_embeddings
+        (B, d), negative_embeddings (M, d), interest_bias (B, K) (only for "mixture").
+    Returns:
+        positive (B,), negative (B, M).
     """
     blocked = ~valid_interest_mask
     positive = torch.einsum("bkd,bd->bk", interest_vectors, target_embeddings)
@@ -181,10 +188,13 @@ def interest_candidate_scores(interest_vectors: torch.Tensor, valid_interest_mas
         blocked.unsqueeze(-1), -torch.inf)
     if reduce == "max":
         return positive.max(dim=1).values, negative.max(dim=1).values
-    if reduce == "logsumexp":
-        return (temperature * torch.logsumexp(positive / temperature, dim=1),
-                temperature * torch.logsumexp(negative / temperature, dim=1))
-    raise ValueError(f"unknown reduce {reduce!r}: 'max' or 'logsumexp'")
+    if reduce in ("logsumexp", "mixture"):
+        bias = torch.zeros_like(positive) if reduce == "logsumexp" else interest_bias
+        if bias is None:
+            raise ValueError("reduce 'mixture' needs the interests' bias")
+        return (temperature * torch.logsumexp(positive / temperature + bias, dim=1),
+                temperature * torch.logsumexp(negative / temperature + bias.unsqueeze(-1), dim=1))
+    raise ValueError(f"unknown reduce {reduce!r}: 'max', 'logsumexp' or 'mixture'")
 
 
 @dataclass
@@ -198,6 +208,7 @@ class BatchForward:
     negative_embeddings: torch.Tensor  # (M, d)
     interest_cosine: torch.Tensor      # () mean pairwise cosine of the valid interests (0 with K'u = 1)
     slot_wins: torch.Tensor            # (K,) how many targets each slot scored best on (no gradient)
+    interest_bias: torch.Tensor | None = None  # (B, K) w log pi_k, no gradient (candidate_scoring "mixture")
 
 
 def mean_pairwise_cosine(interest_vectors: torch.Tensor, valid_interest_mask: torch.Tensor) -> torch.Tensor:
@@ -237,8 +248,13 @@ def _embed_batch(
         best = scores.masked_fill(~output.valid_interest_mask, -torch.inf).argmax(-1)
         slot_wins = torch.bincount(best, minlength=output.valid_interest_mask.shape[1])
     cosine = mean_pairwise_cosine(output.interest_vectors, output.valid_interest_mask)
+    bias = None
+    if model.config.candidate_scoring == "mixture":
+        with torch.no_grad():
+            bias = model.config.interest_prior_weight * model.interest_log_prior(
+                output.coupling, batch["history_mask"], output.valid_interest_mask)
     return BatchForward(user_vectors, output.interest_vectors, output.valid_interest_mask, target_embeddings,
-                        negative_embeddings, cosine, slot_wins)
+                        negative_embeddings, cosine, slot_wins, bias)
 
 
 def batch_loss(forward: BatchForward, targets: torch.Tensor, negatives: torch.Tensor,
@@ -249,7 +265,8 @@ def batch_loss(forward: BatchForward, targets: torch.Tensor, negatives: torch.Te
                                     forward.negative_embeddings, log_q, config.logit_temperature)
     positive, negative = interest_candidate_scores(
         forward.interest_vectors, forward.valid_interest_mask, forward.target_embeddings,
-        forward.negative_embeddings, config.candidate_scoring, config.logit_temperature)
+        forward.negative_embeddings, config.candidate_scoring, config.logit_temperature,
+        forward.interest_bias)
     return softmax_loss_from_scores(positive, negative, targets, negatives, log_q, config.logit_temperature)
 
 

@@ -101,15 +101,34 @@ def test_max_scoring_ranks_each_candidate_by_its_best_valid_interest():
     assert float(sharp[0]) == pytest.approx(0.9, abs=1e-3)
 
 
+def test_mixture_scoring_adds_each_interests_bias_inside_the_smooth_max_and_needs_it():
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])   # the third interest is invalid
+    valid = torch.tensor([[True, True, False]])
+    target, negatives = torch.tensor([[0.2, 0.9]]), torch.tensor([[3.0, -1.0]])
+    bias = torch.tensor([[math.log(0.9), math.log(0.1), 0.0]])
+    positive, negative = interest_candidate_scores(interests, valid, target, negatives, "mixture", 0.5, bias)
+    assert float(positive[0]) == pytest.approx(
+        0.5 * math.log(0.9 * math.exp(0.2 / 0.5) + 0.1 * math.exp(0.9 / 0.5)))
+    assert float(negative[0, 0]) == pytest.approx(
+        0.5 * math.log(0.9 * math.exp(3.0 / 0.5) + 0.1 * math.exp(-1.0 / 0.5)))
+    # With equal weights it is the plain smooth max shifted by T log(1/2).
+    equal = torch.full((1, 3), math.log(0.5))
+    mixed, _ = interest_candidate_scores(interests, valid, target, negatives, "mixture", 0.5, equal)
+    plain, _ = interest_candidate_scores(interests, valid, target, negatives, "logsumexp", 0.5)
+    assert float(mixed[0]) == pytest.approx(float(plain[0]) + 0.5 * math.log(0.5))
+    with pytest.raises(ValueError, match="bias"):
+        interest_candidate_scores(interests, valid, target, negatives, "mixture", 0.5)
+
+
 def test_with_one_interest_every_candidate_scoring_is_the_single_vector_loss():
     torch.manual_seed(0)
     user, items = torch.randn(3, 4), torch.randn(6, 4)
     targets, negatives = torch.tensor([1, 2, 3]), torch.tensor([2, 4, 5])
     single = sampled_softmax_loss(user, items[targets], targets, negatives, items[negatives], None, 0.3)
     valid = torch.ones(3, 1, dtype=torch.bool)
-    for reduce in ("max", "logsumexp"):
+    for reduce in ("max", "logsumexp", "mixture"):
         positive, negative = interest_candidate_scores(user.unsqueeze(1), valid, items[targets],
-                                                       items[negatives], reduce, 0.3)
+                                                       items[negatives], reduce, 0.3, torch.zeros(3, 1))
         loss = softmax_loss_from_scores(positive, negative, targets, negatives, None, 0.3)
         assert float(loss) == pytest.approx(float(single), rel=1e-5)
 
@@ -241,7 +260,7 @@ def test_training_records_slot_wins_and_routing_shift_per_epoch_with_every_optio
     assert result.model.label_aware_attention.power == math.inf
 
 
-@pytest.mark.parametrize("scoring", ["max", "logsumexp"])
+@pytest.mark.parametrize("scoring", ["max", "logsumexp", "mixture"])
 def test_training_with_every_candidate_scored_by_its_interests_learns_and_ignores_attention_power(scoring):
     data, _ = synthetic_planted(num_users=60, num_clusters=4, items_per_cluster=10, seed=2)
     split = user_split(data, seed=0)
