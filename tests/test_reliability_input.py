@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -247,12 +248,19 @@ def _cases(tmp: Path) -> list[tuple[list[str], dict[str, str], str, str]]:
 def test_bad_flags_and_paths_give_one_clear_line_and_a_non_zero_exit(tmp_path):
     started = time.monotonic()
     failures = []
-    for argv, env, prog, text in _cases(tmp_path):
-        result = run_cli(*argv, env={"MINDSTREAM_MILVUS_URI": str(tmp_path / "m.db"), **env})
+    cases = _cases(tmp_path)
+    # Two at a time (each is mostly interpreter start-up); each case has a Lite file of its own.
+    def run(number: int) -> subprocess.CompletedProcess[str]:
+        argv, env = cases[number][:2]
+        return run_cli(*argv, env={"MINDSTREAM_MILVUS_URI": str(tmp_path / f"m{number}.db"), **env})
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, range(len(cases))))
+    for (argv, _, prog, text), result in zip(cases, results, strict=True):
         try:
             line = assert_one_clear_line(result, prog, text)
             print(f"{Path(argv[0]).name} {' '.join(argv[1:])[:60]:60} -> {line[:110]}")
         except AssertionError as exc:
             failures.append(f"{' '.join(Path(a).name for a in argv)}: {exc}")
-    print(f"{len(_cases(tmp_path))} CLI cases in {time.monotonic() - started:.0f}s")
+    print(f"{len(cases)} CLI cases in {time.monotonic() - started:.0f}s")
     assert failures == []
