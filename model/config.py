@@ -102,13 +102,14 @@ class MindConfig:
              "interests, larger p sharpens toward the one most similar to the target, inf = hard argmax "
              "(paper: hard is best)")
     candidate_scoring: str = _option(
-        "max",
+        "mixture",
         "how training scores the target and every negative: 'attention' (paper 3.4: label-aware attention "
         "builds one user vector from the target, and the negatives are scored with it), 'max' (each "
-        "candidate by its best valid interest, the serving f_score, so training ranks as recall does; "
-        "attention_power is then unused), 'logsumexp' (a smooth max: temperature * logsumexp over the valid "
-        "interests of v_k . e / temperature), 'mixture' (the 'mixture' merge's score, logsumexp with each "
-        "interest's w log pi_k added, pi_k held constant: training ranks as the mixture recall does)")
+        "candidate by its best valid interest, the paper's serving f_score; attention_power is then "
+        "unused), 'logsumexp' (a smooth max: temperature * logsumexp over the valid interests of "
+        "v_k . e / temperature), 'mixture' (the 'mixture' merge's score: logsumexp with each interest's "
+        "w log pi_k added, pi_k held constant, so training ranks as the default recall does; docs/MODEL.md, "
+        "Round 11)")
     attention_soft_epochs: int = _option(
         0, "train with p = 0 (the average of the interests) for this many epochs, then with attention_power")
     normalize: str = _option(
@@ -118,7 +119,8 @@ class MindConfig:
         0.1, "training logits are (user vector . item) / temperature; also the T of the 'mixture' merge")
     interest_merge: str = _option(
         "mixture",
-        "how recall merges a user's interests into one ranking (training is unchanged): 'max' (paper: "
+        "how recall merges a user's interests into one ranking (training scores by candidate_scoring): "
+        "'max' (paper: "
         "f_score = max_k v_k . e_i) or 'mixture' (temperature * log sum_k pi_k^w exp(v_k . e_i / "
         "temperature), pi_k = interest k's share of the last routing round's coupling; docs/MODEL.md, "
         "Round 9)")
