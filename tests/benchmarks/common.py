@@ -69,6 +69,18 @@ def screening_arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def checkpoint_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of the scripts that rescore a trained checkpoint (screen_coverage.py,
+    screen_diversity_rule.py); each adds its own flags before parsing."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("checkpoint", type=Path, help="a run's model folder or checkpoint.pt")
+    parser.add_argument("--data", default="ml-100k")
+    parser.add_argument("--split-seed", type=int, required=True, help="the split the model was trained on")
+    parser.add_argument("--cache-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSON-lines file")
+    return parser
+
+
 def emit_row(row: dict[str, Any], out: Path | None) -> None:
     """Print one row as a JSON line, and append it to `out` when given."""
     line = json.dumps(row, default=str)

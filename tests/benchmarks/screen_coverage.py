@@ -15,7 +15,6 @@ dominant share) counted both ways, so a rule's list and its attribution are judg
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import emit_row
+from common import checkpoint_parser, emit_row
 from screen_merges import ruled
 
 from export.merge import InterestList, Mixture, merge_interests
@@ -111,13 +110,7 @@ def screen(checkpoint: Path, data_name: str, split_seed: int, cache_dir: Path) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a run's model folder or checkpoint.pt")
-    parser.add_argument("--data", default="ml-100k")
-    parser.add_argument("--split-seed", type=int, required=True, help="the split the model was trained on")
-    parser.add_argument("--cache-dir", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSON-lines file")
-    args = parser.parse_args()
+    args = checkpoint_parser(__doc__.split("\n\n")[0]).parse_args()
     emit_row(screen(args.checkpoint, args.data, args.split_seed, args.cache_dir), args.out)
 
 

@@ -15,14 +15,12 @@ Coverage is reported for all users and for users with every interest valid (K'u 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from common import emit_row
+from common import checkpoint_parser, emit_row
 
 from export.evaluate import DIVERSITIES
 from export.merge import InterestList, Mixture, merge_interests
@@ -99,13 +97,8 @@ def summary(values: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a run's model folder or checkpoint.pt")
-    parser.add_argument("--data", default="ml-100k")
-    parser.add_argument("--split-seed", type=int, required=True, help="the split the model was trained on")
-    parser.add_argument("--cache-dir", type=Path, default=Path("data"))
+    parser = checkpoint_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--test", action="store_true", help="also score the test users at every λ")
-    parser.add_argument("--out", type=Path, default=None, help="append the row to this JSON-lines file")
     args = parser.parse_args()
     model = load_checkpoint(args.checkpoint).model
     data = load_data(args.data, args.cache_dir)
