@@ -19,6 +19,7 @@ import torch
 
 from model.baselines import build_model
 from model.config import ConfigError, FeatureSpec, MindConfig
+from model.files import atomic_writer
 from model.mind import RetrievalModel
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -78,9 +79,8 @@ def save_checkpoint(path: str | Path, model: RetrievalModel, *, vocabularies: Ma
     }
     target = checkpoint_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(target.suffix + ".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(target)  # a reader never sees a half-written checkpoint
+    with atomic_writer(target) as handle:  # a reader never sees a half-written checkpoint
+        torch.save(payload, handle)
     return model_version
 
 

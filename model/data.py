@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from model.files import atomic_writer
 
 PAD = "<pad>"
 UNKNOWN = "<unk>"
@@ -386,10 +387,8 @@ def save_dataset(data: InteractionData, path: str | Path) -> Path:
         arrays["sequence_behaviors"] = np.concatenate(data.behaviors)
     for i, matrix in enumerate(data.item_features.values()):
         arrays[f"item_feature_{i}"] = matrix
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_writer(path) as handle:
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
     return path
 
 

