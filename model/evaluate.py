@@ -192,10 +192,30 @@ def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences
                        n: int = 50, batch_size: int = 256) -> dict[str, Any]:
     """Are the interests really several, and do they hold still? On the user-split histories of `users`.
 
-    "interests": model/diagnostics.interest_diagnostics of each history (merged top-n without its items).
-    "stability": for the users whose history fills the tower's window (len >= max_history_length), their
-    real next event is appended (the window slides by one); both merged lists exclude the longer history.
-    Each is summarised over all users and per K'u (`diagnostics.summarize`).
+    `per_user_diagnostics` summarised over all users and per K'u (`diagnostics.summarize`):
+    {"top_n", "interests", "stability"}.
+    """
+    n = min(n, model.spec.num_items)  # the catalogue without padding
+    interests, stable = per_user_diagnostics(model, max_history_length, sequences, user_profile, users,
+                                             holdout_fraction, n, batch_size)
+    return {"top_n": n,
+            "interests": diagnostics.summarize(interests) if interests else {},
+            "stability": diagnostics.summarize(stable) if stable else {}}
+
+
+def per_user_diagnostics(model: RetrievalModel, max_history_length: int, sequences: Sequence[np.ndarray],
+                         user_profile: np.ndarray, users: np.ndarray, holdout_fraction: float = 0.2,
+                         n: int = 50, batch_size: int = 256
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each user's interest and stability diagnostics, on the user-split histories of `users`.
+
+    Interests: model/diagnostics.interest_diagnostics of each history (merged top-n without its items), one
+    value per user of `users` with a history. Stability: for the users whose history fills the tower's
+    window (len >= max_history_length), their real next event is appended (the window slides by one); both
+    merged lists exclude the longer history (`diagnostics.stability`), one value per such user.
+
+    Returns:
+        (interests, stability): {name: (users,) array} each; empty dicts when there are no such users.
     """
     cases = user_split_cases(sequences, users, holdout_fraction)
     histories = [case.history for case in cases]
@@ -227,13 +247,8 @@ def diagnose_interests(model: RetrievalModel, max_history_length: int, sequences
                                           temperature)
             for name, values in chunk.items():
                 stable.setdefault(name, []).append(values)
-    return {
-        "top_n": n,
-        "interests": (diagnostics.summarize({k: np.concatenate(v) for k, v in per_user.items()})
-                      if per_user else {}),
-        "stability": (diagnostics.summarize({k: np.concatenate(v) for k, v in stable.items()})
-                      if stable else {}),
-    }
+    return ({k: np.concatenate(v) for k, v in per_user.items()},
+            {k: np.concatenate(v) for k, v in stable.items()})
 
 
 def popularity_scorer(popular: MostPopular) -> Scorer:
