@@ -4,8 +4,9 @@ Defaults follow the paper (Li et al., CIKM 2019) where it gives a value (routing
 N(0, sigma^2) with sigma = 1, 3 routing iterations, Adam) except where a departure won on validation users
 (docs/MODEL.md has the measurements): the initial routing logits from K learned content directions
 instead of a random draw,
-every training candidate scored by its best interest (serving's f_score) instead of label-aware attention's
-one vector, unit-length interest vectors with a logit temperature, and a full softmax over the catalogue.
+every training candidate scored as recall ranks it (the interests' mixture) instead of by label-aware
+attention's one vector, the mixture merge at recall instead of the max, unit-length interest vectors with a
+logit temperature, and a full softmax over the catalogue.
 Each departure is a field whose help names the paper's choice; LEGACY_VALUES holds the values that
 reproduce the paper. The rest are sized for MovieLens on a small CPU.
 Each field carries its help text (shown by `mind-model train --help`).
