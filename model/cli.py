@@ -390,7 +390,7 @@ def _diagnostics_heading(diagnosed: dict[str, Any]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from model.train import evaluate_popular
+    from model.train import environment, evaluate_popular
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(COMPARE_MODELS))
@@ -421,7 +421,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(format_table({choice: results[choice]}), file=sys.stderr)
     summary = {"dataset": record, "config": config.to_dict(), "test_users": len(split.test_users),
                "results": results, "diagnostics": diagnosed, "runs": runs,
-               "total_seconds": round(time.perf_counter() - started, 1)}
+               "total_seconds": round(time.perf_counter() - started, 1), "environment": environment()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{data.name}: {len(split.test_users)} test users, exact retrieval over {data.num_items} items")

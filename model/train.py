@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -434,6 +435,20 @@ def evaluate_popular(data: Any, train_users: np.ndarray, users: np.ndarray,
                            holdout_fraction)
 
 
+def environment() -> dict[str, Any]:
+    """What a trained model's numbers depend on beyond code, flags and seeds: the same run on another CPU or
+    torch build can stop at another epoch (docs/MODEL.md, Round 12), so every run records it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "cpu": cpu, "torch_threads": torch.get_num_threads()}
+
+
 def write_run(run_dir: Path, result: TrainResult, data: Any, dataset_record: dict[str, Any]) -> str:
     """checkpoint.pt + metrics.json in run_dir; returns the model version."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -449,6 +464,7 @@ def write_run(run_dir: Path, result: TrainResult, data: Any, dataset_record: dic
         "best_epoch": result.best_epoch,
         "validation": result.best_validation,
         "epochs": result.epochs,
+        "environment": environment(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return version

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from model.cli import build_parser, main
 from model.config import MindConfig
@@ -35,6 +36,7 @@ def test_train_writes_checkpoint_and_metrics(run_dir):
     assert metrics["validation"]["user_split"]["users"] == metrics["dataset"]["split"]["valid_users"] == 100
     assert metrics["dataset"]["num_items"] == 400
     assert metrics["validation"]["user_split"]["Recall@50"] > 2 * 50 / 400
+    assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["cpu"]
 
 
 def test_train_records_its_held_out_users_by_raw_id(run_dir):
@@ -69,6 +71,7 @@ def test_compare_puts_all_models_in_one_table(tmp_path, capsys):
     assert all(name in table for name in ("mind", "youtube_dnn", "popular"))
     summary = json.loads((tmp_path / "compare.json").read_text())
     assert set(summary["results"]) == {"mind", "youtube_dnn", "popular"}
+    assert summary["environment"]["torch_threads"] >= 1
     assert (tmp_path / "youtube_dnn" / "checkpoint.pt").is_file()
 
 
