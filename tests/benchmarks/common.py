@@ -89,3 +89,22 @@ def emit_row(row: dict[str, Any], out: Path | None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as handle:
             handle.write(line + "\n")
+
+
+def screening_summary(values: dict[str, dict[str, Any]], k: int) -> dict[str, dict[str, float]]:
+    """Per setting, the means of a screen's per-user arrays (split_recall, next_hit, contributing, dominant,
+    valid_interests, and kept where present); coverage also for the users with all k interests valid."""
+    result = {}
+    for key, v in values.items():
+        full = v["valid_interests"] == k
+        row = {"split_recall": round(float(v["split_recall"].mean()), 4),
+               "next_hit": round(float(v["next_hit"].mean()), 4),
+               "contributing": round(float(v["contributing"].mean()), 3),
+               "dominant": round(float(v["dominant"].mean()), 3),
+               "contributing_full": round(float(v["contributing"][full].mean()), 3),
+               "dominant_full": round(float(v["dominant"][full].mean()), 3),
+               "users": int(len(v["split_recall"])), "users_full": int(full.sum())}
+        if "kept" in v:
+            row.update(kept=round(float(v["kept"].mean()), 4), users_kept=int(len(v["kept"])))
+        result[key] = row
+    return result

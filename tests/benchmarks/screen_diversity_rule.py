@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import checkpoint_parser, emit_row
+from common import checkpoint_parser, emit_row, screening_summary
 
 from export.evaluate import DIVERSITIES
 from export.merge import InterestList, Mixture, merge_interests
@@ -82,20 +82,6 @@ def choose(values: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     return {"best": float(best), "one-se": max(float(key) for key in within), "paired_se": se}
 
 
-def summary(values: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, dict[str, float]]:
-    result = {}
-    for key, v in values.items():
-        full = v["valid_interests"] == k
-        result[key] = {"split_recall": round(float(v["split_recall"].mean()), 4),
-                       "next_hit": round(float(v["next_hit"].mean()), 4),
-                       "contributing": round(float(v["contributing"].mean()), 3),
-                       "dominant": round(float(v["dominant"].mean()), 3),
-                       "contributing_full": round(float(v["contributing"][full].mean()), 3),
-                       "dominant_full": round(float(v["dominant"][full].mean()), 3),
-                       "users": int(len(v["split_recall"])), "users_full": int(full.sum())}
-    return result
-
-
 def main() -> None:
     parser = checkpoint_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--test", action="store_true", help="also score the test users at every λ")
@@ -107,9 +93,9 @@ def main() -> None:
     row: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": args.data,
                            "split_seed": args.split_seed, "merge": model.config.interest_merge,
                            "chosen": choose(validation),
-                           "validation": summary(validation, model.num_interests)}
+                           "validation": screening_summary(validation, model.num_interests)}
     if args.test:
-        row["test"] = summary(per_user(model, data, split.test_users), model.num_interests)
+        row["test"] = screening_summary(per_user(model, data, split.test_users), model.num_interests)
     emit_row(row, args.out)
 
 

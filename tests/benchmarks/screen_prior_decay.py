@@ -30,7 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from common import checkpoint_parser, emit_row
+from common import checkpoint_parser, emit_row, screening_summary
 
 from model.checkpoint import load_checkpoint
 from model.cli import _split, load_data
@@ -82,19 +82,6 @@ def per_user(model: Any, data: Any, users: np.ndarray) -> dict[str, dict[str, np
     finally:
         model.config = trained
     return out
-
-
-def summary(values: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, dict[str, float]]:
-    result = {}
-    for key, v in values.items():
-        full = v["valid_interests"] == k
-        result[key] = {"split_recall": round(float(v["split_recall"].mean()), 4),
-                       "next_hit": round(float(v["next_hit"].mean()), 4),
-                       "kept": round(float(v["kept"].mean()), 4),
-                       "contributing_full": round(float(v["contributing"][full].mean()), 3),
-                       "dominant_full": round(float(v["dominant"][full].mean()), 3),
-                       "users": int(len(v["split_recall"])), "users_kept": int(len(v["kept"]))}
-    return result
 
 
 def choose(pooled: dict[str, dict[str, np.ndarray]], trained: str) -> dict[str, Any]:
@@ -157,7 +144,7 @@ def main() -> None:
     emit_row({"checkpoint": str(args.checkpoint), "data": args.data, "split_seed": args.split_seed,
               "users": "test" if args.test else "validation", "merge": model.config.interest_merge,
               "trained_decay": model.config.interest_prior_decay,
-              "summary": summary(values, model.num_interests)}, args.out)
+              "summary": screening_summary(values, model.num_interests)}, args.out)
 
 
 if __name__ == "__main__":
